@@ -1,0 +1,139 @@
+import { isCurrency } from "../modules/ledger/money.js";
+
+/**
+ * The only reader of `process.env`. The environment is parsed once; every problem is collected and
+ * reported together, and the result is frozen.
+ */
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  readonly databaseUrl: string | null;
+  readonly dataDir: string;
+  readonly adminKey: string | null;
+  readonly publicUrl: string;
+  readonly paymentProvider: "sandbox" | "stripe";
+  readonly stripe: {
+    readonly secretKey: string | null;
+    readonly webhookSecret: string | null;
+    readonly apiBase: string | null;
+  };
+  readonly currency: string;
+  readonly creditPlans: readonly string[];
+  readonly usageBackdateDays: number;
+  readonly allowPrivateWebhookUrls: boolean;
+  readonly smtpUrl: string | null;
+  readonly emailFrom: string;
+  /** null = decide at start (true on an empty embedded database). */
+  readonly demo: boolean | null;
+  readonly logLevel: string;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join("\n")}`);
+  }
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const problems: string[] = [];
+  const str = (name: string): string | null => {
+    const v = env[name];
+    return v === undefined || v.trim() === "" ? null : v.trim();
+  };
+  const int = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = str(name);
+    if (raw === null) return fallback;
+    if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+      problems.push(`${name} must be an integer between ${min} and ${max} (got "${raw}")`);
+      return fallback;
+    }
+    return Number(raw);
+  };
+  const bool = (name: string): boolean | null => {
+    const raw = str(name);
+    if (raw === null) return null;
+    if (/^(true|1|yes)$/i.test(raw)) return true;
+    if (/^(false|0|no)$/i.test(raw)) return false;
+    problems.push(`${name} must be true or false (got "${raw}")`);
+    return null;
+  };
+  const url = (name: string, protocols: string[]): string | null => {
+    const raw = str(name);
+    if (raw === null) return null;
+    try {
+      const u = new URL(raw);
+      if (!protocols.includes(u.protocol)) throw new Error();
+      return raw;
+    } catch {
+      problems.push(`${name} must be a ${protocols.join(" or ")} URL (got "${raw}")`);
+      return null;
+    }
+  };
+
+  const port = int("PORT", 8080, 0, 65535);
+  const host = str("HOST") ?? "127.0.0.1";
+  const databaseUrl = url("DATABASE_URL", ["postgres:", "postgresql:"]);
+  const adminKey = str("TALLY_ADMIN_KEY");
+  if (adminKey !== null && adminKey.length < 24) {
+    problems.push("TALLY_ADMIN_KEY must be at least 24 characters");
+  }
+  const publicUrl = (
+    url("TALLY_PUBLIC_URL", ["http:", "https:"]) ??
+    `http://${host.includes(":") ? `[${host}]` : host}:${port}`
+  ).replace(/\/+$/, "");
+
+  const stripeSecret = str("STRIPE_SECRET_KEY");
+  const providerRaw = str("TALLY_PAYMENT_PROVIDER") ?? (stripeSecret ? "stripe" : "sandbox");
+  let paymentProvider: Config["paymentProvider"] = "sandbox";
+  if (providerRaw === "sandbox" || providerRaw === "stripe") paymentProvider = providerRaw;
+  else problems.push(`TALLY_PAYMENT_PROVIDER must be sandbox or stripe (got "${providerRaw}")`);
+  const stripeWebhookSecret = str("STRIPE_WEBHOOK_SECRET");
+  if (paymentProvider === "stripe") {
+    if (!stripeSecret) problems.push("STRIPE_SECRET_KEY is required for the stripe provider");
+    if (!stripeWebhookSecret) {
+      problems.push("STRIPE_WEBHOOK_SECRET is required for the stripe provider");
+    }
+  }
+
+  const currency = (str("TALLY_CURRENCY") ?? "USD").toUpperCase();
+  if (!isCurrency(currency))
+    problems.push(`TALLY_CURRENCY must be an ISO 4217 code (got "${currency}")`);
+
+  const plans = (str("TALLY_CREDIT_PLANS") ?? "professional,enterprise")
+    .split(",")
+    .map((p) => p.trim())
+    .filter(Boolean);
+  if (plans.length === 0) problems.push("TALLY_CREDIT_PLANS must name at least one plan");
+
+  const logLevel = str("LOG_LEVEL") ?? "info";
+  if (!LOG_LEVELS.includes(logLevel)) {
+    problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")} (got "${logLevel}")`);
+  }
+
+  const config: Config = {
+    port,
+    host,
+    databaseUrl,
+    dataDir: str("TALLY_DATA_DIR") ?? "./.tally",
+    adminKey,
+    publicUrl,
+    paymentProvider,
+    stripe: {
+      secretKey: stripeSecret,
+      webhookSecret: stripeWebhookSecret,
+      apiBase: url("STRIPE_API_BASE", ["http:", "https:"]),
+    },
+    currency,
+    creditPlans: plans,
+    usageBackdateDays: int("TALLY_USAGE_BACKDATE_DAYS", 35, 0, 3650),
+    allowPrivateWebhookUrls: bool("TALLY_ALLOW_PRIVATE_WEBHOOK_URLS") ?? false,
+    smtpUrl: url("TALLY_SMTP_URL", ["smtp:", "smtps:"]),
+    emailFrom: str("TALLY_EMAIL_FROM") ?? "Tally <tally@localhost>",
+    demo: bool("TALLY_DEMO"),
+    logLevel,
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}

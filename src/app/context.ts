@@ -1,0 +1,22 @@
+import type { Logger } from "pino";
+import type { Db } from "../db/index.js";
+import type { Config } from "./config.js";
+import type { IdGenerator } from "./ids.js";
+import type { Metrics } from "./metrics.js";
+
+export interface Clock {
+  now(): Date;
+}
+
+export const systemClock: Clock = { now: () => new Date() };
+
+/** Everything a use-case needs from the outside world; tests inject their own clock and ids. */
+export interface AppContext {
+  readonly config: Config;
+  readonly db: Db;
+  readonly dbKind: "postgres" | "pglite";
+  readonly clock: Clock;
+  readonly ids: IdGenerator;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+}

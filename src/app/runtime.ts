@@ -1,0 +1,101 @@
+import pino, { type Logger } from "pino";
+import { type Database, migrateToLatest, openDatabase } from "../db/index.js";
+import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
+import type { Config } from "./config.js";
+import { type AppContext, type Clock, systemClock } from "./context.js";
+import { createIdGenerator, type IdGenerator } from "./ids.js";
+import { createMetrics } from "./metrics.js";
+import { buildServer } from "./server.js";
+import { Workers } from "./workers.js";
+
+/** Secrets that must never reach a log line. */
+export const REDACT_PATHS = [
+  "req.headers.authorization",
+  "req.headers.cookie",
+  'req.headers["stripe-signature"]',
+  'res.headers["set-cookie"]',
+  "key",
+  "secret",
+  "*.key",
+  "*.secret",
+  "*.password",
+];
+
+export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
+  return pino({ level, redact: { paths: REDACT_PATHS, censor: "[redacted]" } }, destination);
+}
+
+export interface RuntimeOptions {
+  clock?: Clock;
+  ids?: IdGenerator;
+  logger?: Logger;
+  database?: Database;
+  /** Start background workers (default true). */
+  workers?: boolean;
+  /** Printed lines for a person at the terminal (first-start key, URLs). */
+  print?: (line: string) => void;
+}
+
+export interface Runtime {
+  ctx: AppContext;
+  app: Awaited<ReturnType<typeof buildServer>>;
+  database: Database;
+  workers: Workers;
+  /** The generated platform key when this start created one, else null. */
+  generatedAdminKey: string | null;
+  listen(): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function createRuntime(
+  config: Config,
+  options: RuntimeOptions = {},
+): Promise<Runtime> {
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const print = options.print ?? (() => {});
+  const database =
+    options.database ??
+    (await openDatabase({
+      url: config.databaseUrl,
+      dataDir: config.dataDir,
+      onInitialising: () =>
+        print(
+          `Initialising embedded database in ${config.dataDir} (first start takes a few seconds)…`,
+        ),
+    }));
+  try {
+    const applied = await migrateToLatest(database.db);
+    if (applied.length > 0) logger.info({ migrations: applied }, "migrations applied");
+
+    const ctx: AppContext = {
+      config,
+      db: database.db,
+      dbKind: database.kind,
+      clock: options.clock ?? systemClock,
+      ids: options.ids ?? createIdGenerator(),
+      logger,
+      metrics: createMetrics(),
+    };
+    const generatedAdminKey = await bootstrapPlatformKey(ctx);
+    const app = await buildServer(ctx);
+    const workers = new Workers(ctx);
+    if (options.workers !== false) workers.start();
+
+    return {
+      ctx,
+      app,
+      database,
+      workers,
+      generatedAdminKey,
+      listen: () => app.listen({ port: config.port, host: config.host }),
+      async close() {
+        await workers.stop();
+        await app.close();
+        await database.close();
+      },
+    };
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
+}

@@ -1,0 +1,62 @@
+import type { AppContext } from "./context.js";
+import { purgeExpiredIdempotencyKeys } from "./idempotency.js";
+
+export interface PeriodicTask {
+  name: string;
+  everyMs: number;
+  run(ctx: AppContext): Promise<unknown>;
+}
+
+/**
+ * Background work of this process: periodic tasks, each run one at a time, errors logged and
+ * retried next period. Tasks are safe to run in several instances at once (they claim rows in
+ * the database), so no leader election is needed.
+ */
+export class Workers {
+  private readonly tasks: PeriodicTask[] = [
+    {
+      name: "idempotency-cleanup",
+      everyMs: 10 * 60_000,
+      run: (ctx) => purgeExpiredIdempotencyKeys(ctx.db, ctx.clock.now()),
+    },
+  ];
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private running = new Set<Promise<unknown>>();
+  private stopped = true;
+
+  constructor(private readonly ctx: AppContext) {}
+
+  add(task: PeriodicTask): void {
+    this.tasks.push(task);
+  }
+
+  start(): void {
+    this.stopped = false;
+    for (const task of this.tasks) {
+      const tick = () => {
+        if (this.stopped) return;
+        const p = task
+          .run(this.ctx)
+          .catch((err) => this.ctx.logger.error({ err, task: task.name }, "background task failed"))
+          .finally(() => {
+            this.running.delete(p);
+            if (!this.stopped) this.timers.set(task.name, setTimeout(tick, task.everyMs).unref());
+          });
+        this.running.add(p);
+      };
+      this.timers.set(task.name, setTimeout(tick, Math.min(task.everyMs, 1000)).unref());
+    }
+  }
+
+  /** Runs every task once now (tests, CLI). */
+  async runAllOnce(): Promise<void> {
+    for (const task of this.tasks) await task.run(this.ctx);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    await Promise.allSettled([...this.running]);
+  }
+}

@@ -1,0 +1,20 @@
+import { PGlite } from "@electric-sql/pglite";
+
+let t = Date.now();
+const db = await PGlite.create();
+console.log("create", Date.now() - t);
+t = Date.now();
+await db.query("select 1");
+console.log("q", Date.now() - t);
+t = Date.now();
+const d2 = await PGlite.create({ dataDir: "/tmp/pgl1" });
+console.log("create dir", Date.now() - t);
+t = Date.now();
+const d3 = await d2.clone?.();
+console.log("clone", Date.now() - t, !!d3);
+t = Date.now();
+const dump = await d2.dumpDataDir("none");
+console.log("dump", Date.now() - t, dump.size);
+t = Date.now();
+const d4 = await PGlite.create({ loadDataDir: dump });
+console.log("load", Date.now() - t);

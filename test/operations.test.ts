@@ -1,0 +1,53 @@
+import { describe, expect, it } from "vitest";
+import { createTestApp } from "./support/app.js";
+
+describe("operational routes", async () => {
+  const app = await createTestApp();
+
+  it("GET /healthz answers ok", async () => {
+    const res = await app.call("GET", "/healthz", { key: null });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ status: "ok" });
+  });
+
+  it("GET /readyz is 200 once migrations are applied", async () => {
+    const res = await app.call("GET", "/readyz", { key: null });
+    expect(res.statusCode).toBe(200);
+  });
+
+  it("GET /metrics exposes request counters by route and status", async () => {
+    await app.call("GET", "/healthz", { key: null });
+    const res = await app.call("GET", "/metrics", { key: null });
+    expect(res.statusCode).toBe(200);
+    expect(res.body).toMatch(
+      /tally_http_requests_total\{method="GET",route="\/healthz",status="200"\} \d+/,
+    );
+    expect(res.body).toContain("process_cpu_seconds_total");
+  });
+
+  it("GET /openapi.json describes the v1 routes with the error envelope", async () => {
+    const res = await app.call("GET", "/openapi.json", { key: null });
+    expect(res.statusCode).toBe(200);
+    const doc = res.json();
+    expect(doc.openapi).toMatch(/^3\./);
+    const post = doc.paths["/v1/organizations"].post;
+    expect(Object.keys(post.responses)).toEqual(
+      expect.arrayContaining(["201", "400", "401", "403"]),
+    );
+    expect(post.responses["400"].content["application/json"].schema.properties.error).toBeDefined();
+  });
+
+  it("GET /docs renders the API reference", async () => {
+    const res = await app.call("GET", "/docs/", { key: null });
+    expect([200, 302]).toContain(res.statusCode);
+  });
+
+  it("unknown routes get the error envelope with a request id", async () => {
+    const res = await app.call("GET", "/v1/does-not-exist");
+    expect(res.statusCode).toBe(404);
+    const body = res.json();
+    expect(body.error.code).toBe("not_found");
+    expect(body.error.request_id).toMatch(/^req_/);
+    expect(res.headers["x-request-id"]).toBe(body.error.request_id);
+  });
+});
