@@ -5,7 +5,9 @@ import { Type } from "@sinclair/typebox";
 import Fastify from "fastify";
 import { isReady } from "../db/index.js";
 import { installAuth, type SessionAuthenticator } from "../modules/orgs/auth.js";
+import { registerLedgerRoutes } from "../modules/ledger/ledger.routes.js";
 import { registerOrgRoutes } from "../modules/orgs/orgs.routes.js";
+import { registerPricingRoutes } from "../modules/pricing/pricing.routes.js";
 import type { AppContext } from "./context.js";
 import { ErrorEnvelopeSchema } from "./errors.js";
 import { type App, installErrorHandling, installValidation } from "./http.js";
@@ -91,6 +93,8 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
 
   registerOperationalRoutes(app, ctx);
   registerOrgRoutes(app, ctx);
+  registerLedgerRoutes(app, ctx);
+  registerPricingRoutes(app, ctx);
 
   return app;
 }

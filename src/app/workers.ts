@@ -1,4 +1,5 @@
 import type { AppContext } from "./context.js";
+import { expireDueBlocks } from "../modules/ledger/ledger.service.js";
 import { purgeExpiredIdempotencyKeys } from "./idempotency.js";
 
 export interface PeriodicTask {
@@ -19,6 +20,7 @@ export class Workers {
       everyMs: 10 * 60_000,
       run: (ctx) => purgeExpiredIdempotencyKeys(ctx.db, ctx.clock.now()),
     },
+    { name: "block-expiry", everyMs: 30_000, run: (ctx) => expireDueBlocks(ctx) },
   ];
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private running = new Set<Promise<unknown>>();

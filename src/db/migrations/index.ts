@@ -1,7 +1,15 @@
 import type { Migration } from "kysely/migration";
 import * as m0001 from "./0001_foundation.js";
+import * as m0002 from "./0002_ledger.js";
+import * as m0003 from "./0003_pricing.js";
+import * as m0004 from "./0004_billing.js";
+import * as m0005 from "./0005_notify.js";
 
 /** Every migration, in order. Never edit one that has shipped: add the next. */
 export const migrations: Record<string, Migration> = {
   "0001_foundation": m0001,
+  "0002_ledger": m0002,
+  "0003_pricing": m0003,
+  "0004_billing": m0004,
+  "0005_notify": m0005,
 };

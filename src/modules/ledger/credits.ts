@@ -24,7 +24,7 @@ export class DecimalFormatError extends Error {
     readonly input: unknown,
     readonly problem: string,
   ) {
-    super(`${JSON.stringify(input)}: ${problem}`);
+    super(`${typeof input === "string" ? JSON.stringify(input) : typeof input}: ${problem}`);
   }
 }
 

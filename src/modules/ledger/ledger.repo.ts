@@ -1,0 +1,104 @@
+import { sql } from "kysely";
+import type { Db } from "../../db/index.js";
+import type { BlockStatus, EntryType, LedgerEntriesTable } from "./ledger.tables.js";
+
+export type EntryRow = LedgerEntriesTable;
+
+export function findBalance(db: Db, orgId: string) {
+  return db.selectFrom("org_balances").selectAll().where("org_id", "=", orgId).executeTakeFirst();
+}
+
+export function listBlocks(
+  db: Db,
+  orgId: string,
+  opts: { status?: BlockStatus; limit: number; before?: string },
+) {
+  let q = db
+    .selectFrom("credit_blocks")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .orderBy("id", "desc")
+    .limit(opts.limit + 1);
+  if (opts.status) q = q.where("status", "=", opts.status);
+  if (opts.before) q = q.where("id", "<", opts.before);
+  return q.execute();
+}
+
+export interface EntryFilters {
+  type?: EntryType;
+  user_id?: string;
+  from?: Date;
+  to?: Date;
+  reference_id?: string;
+}
+
+/** Newest first; keyset paging on the per-org sequence. */
+export function listEntries(
+  db: Db,
+  orgId: string,
+  filters: EntryFilters,
+  opts: { limit: number; beforeSequence?: string },
+) {
+  let q = db
+    .selectFrom("ledger_entries")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .orderBy("sequence", "desc")
+    .limit(opts.limit + 1);
+  if (filters.type) q = q.where("type", "=", filters.type);
+  if (filters.user_id) q = q.where("user_id", "=", filters.user_id);
+  if (filters.from) q = q.where("created_at", ">=", filters.from);
+  if (filters.to) q = q.where("created_at", "<", filters.to);
+  if (filters.reference_id) q = q.where("reference_id", "=", filters.reference_id);
+  if (opts.beforeSequence) q = q.where("sequence", "<", opts.beforeSequence);
+  return q.execute();
+}
+
+export function findEntry(db: Db, orgId: string, id: string) {
+  return db
+    .selectFrom("ledger_entries")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .where("id", "=", id)
+    .executeTakeFirst();
+}
+
+/** Ascending chunk of the chain, for verification and exports. */
+export function entriesAfter(db: Db, orgId: string, afterSequence: string, limit: number) {
+  return db
+    .selectFrom("ledger_entries")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .where("sequence", ">", afterSequence)
+    .orderBy("sequence")
+    .limit(limit)
+    .execute();
+}
+
+export async function sumActiveBlocks(db: Db, orgId: string): Promise<string> {
+  const row = await db
+    .selectFrom("credit_blocks")
+    .select(sql<string>`coalesce(sum(remaining), 0)`.as("total"))
+    .where("org_id", "=", orgId)
+    .where("status", "=", "active")
+    .executeTakeFirstOrThrow();
+  return row.total;
+}
+
+/** Organisations that hold an active block past its expiry. */
+export async function orgsWithExpiredBlocks(db: Db, now: Date, limit: number): Promise<string[]> {
+  const rows = await db
+    .selectFrom("credit_blocks")
+    .select("org_id")
+    .distinct()
+    .where("status", "=", "active")
+    .where("expires_at", "<=", now)
+    .limit(limit)
+    .execute();
+  return rows.map((r) => r.org_id);
+}
+
+export async function allOrgIdsWithBalances(db: Db): Promise<string[]> {
+  const rows = await db.selectFrom("org_balances").select("org_id").orderBy("org_id").execute();
+  return rows.map((r) => r.org_id);
+}

@@ -1,0 +1,228 @@
+import type { AppContext } from "../../app/context.js";
+import { fail, ok, type Result } from "../../app/errors.js";
+import type { Db } from "../../db/index.js";
+import type { Actor } from "../orgs/auth.js";
+import { type Credits, creditsFromDb, formatCredits } from "./credits.js";
+import { entryHash, GENESIS_HASH } from "./hash.js";
+import * as repo from "./ledger.repo.js";
+import type { EntryType } from "./ledger.tables.js";
+import {
+  type LedgerEntry,
+  openLedgers,
+  type Posting,
+  postEntries,
+  saveLedgers,
+} from "./posting.js";
+
+export type { LedgerEntry, Posting };
+export { openLedgers, postEntries, saveLedgers };
+
+export interface BalanceView {
+  org_id: string;
+  balance: Credits;
+  reserved: Credits;
+  available: Credits;
+  debt: Credits;
+  last_sequence: bigint;
+  head_hash: string;
+  updated_at: Date | null;
+}
+
+export async function getBalance(db: Db, orgId: string): Promise<BalanceView> {
+  const row = await repo.findBalance(db, orgId);
+  if (!row) {
+    return {
+      org_id: orgId,
+      balance: 0n,
+      reserved: 0n,
+      available: 0n,
+      debt: 0n,
+      last_sequence: 0n,
+      head_hash: GENESIS_HASH,
+      updated_at: null,
+    };
+  }
+  const balance = creditsFromDb(row.balance);
+  const reserved = creditsFromDb(row.reserved);
+  return {
+    org_id: orgId,
+    balance,
+    reserved,
+    available: balance - reserved,
+    debt: creditsFromDb(row.debt),
+    last_sequence: BigInt(row.last_sequence),
+    head_hash: row.head_hash,
+    updated_at: row.updated_at,
+  };
+}
+
+export interface AdjustInput {
+  orgId: string;
+  amount: Credits;
+  reason: string;
+  category: "promotional" | "correction";
+  expiresAt: Date | null;
+  priority: number | null;
+  actor: Actor;
+  userId: string | null;
+}
+
+/**
+ * A manual correction: positive → a new block (promotional or adjustment, free credits);
+ * negative → drawn from blocks in burn order, never into debt.
+ */
+export async function adjustCredits(
+  ctx: AppContext,
+  input: AdjustInput,
+): Promise<Result<LedgerEntry, "insufficient_credits" | "invalid_request">> {
+  if (input.amount === 0n) return fail("invalid_request", "amount must not be zero");
+  const meta = { actor: input.actor, userId: input.userId, reason: input.reason };
+  const posting: Posting =
+    input.amount > 0n
+      ? {
+          kind: "credit",
+          type: "adjustment",
+          amount: input.amount,
+          block: {
+            source: input.category === "promotional" ? "promotional" : "adjustment",
+            expiresAt: input.expiresAt,
+            priority: input.priority ?? 0,
+          },
+          ...meta,
+        }
+      : { kind: "debit", type: "adjustment", amount: -input.amount, allowDebt: false, ...meta };
+  const result = await ctx.db
+    .transaction()
+    .execute((tx) => postEntries(tx, ctx, input.orgId, [posting]));
+  if (!result.ok) {
+    return result.code === "insufficient_credits"
+      ? fail("insufficient_credits", "The organisation does not hold enough credits to remove.")
+      : fail("invalid_request", "Nothing to adjust.");
+  }
+  return ok(result.entries[0]!);
+}
+
+/** Writes `expiry` entries for blocks past their expiry, one transaction per organisation. */
+export async function expireDueBlocks(ctx: AppContext, limit = 100): Promise<number> {
+  const orgIds = await repo.orgsWithExpiredBlocks(ctx.db, ctx.clock.now(), limit);
+  let expired = 0;
+  for (const orgId of orgIds) {
+    expired += await ctx.db.transaction().execute(async (tx) => {
+      const ledgers = await openLedgers(tx, ctx, [orgId], { blocks: true });
+      await saveLedgers(tx, ledgers.values());
+      return ledgers.get(orgId)!.entries.length;
+    });
+  }
+  return expired;
+}
+
+export function entryFromRow(r: repo.EntryRow): LedgerEntry {
+  const allocations = typeof r.allocations === "string" ? JSON.parse(r.allocations) : r.allocations;
+  return {
+    org_id: r.org_id,
+    sequence: BigInt(r.sequence),
+    id: r.id,
+    type: r.type,
+    amount: creditsFromDb(r.amount),
+    balance_after: creditsFromDb(r.balance_after),
+    debt_change: creditsFromDb(r.debt_change),
+    allocations: (allocations as { block_id: string; amount: string }[]).map((a) => ({
+      block_id: a.block_id,
+      amount: creditsFromDb(a.amount),
+    })),
+    actor_type: r.actor_type,
+    actor_id: r.actor_id,
+    user_id: r.user_id,
+    reason: r.reason,
+    description: r.description,
+    reference_type: r.reference_type,
+    reference_id: r.reference_id,
+    created_at: r.created_at,
+    prev_hash: r.prev_hash,
+    hash: r.hash,
+  };
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  entries: number;
+  head_hash: string;
+  first_bad_sequence: number | null;
+  problems: string[];
+}
+
+/**
+ * Recomputes the chain from the first entry: gapless sequences, prev_hash links, hashes,
+ * running balance; then checks the balance row against the chain and the blocks:
+ * balance = Σ amounts = Σ remaining of active blocks − debt.
+ */
+export async function verifyLedger(db: Db, orgId: string): Promise<VerifyReport> {
+  const problems: string[] = [];
+  let firstBad: bigint | null = null;
+  const bad = (sequence: bigint, problem: string) => {
+    firstBad ??= sequence;
+    problems.push(`sequence ${sequence}: ${problem}`);
+  };
+  let prevHash = GENESIS_HASH;
+  let expected = 1n;
+  let running = 0n;
+  let count = 0;
+  let after = "0";
+  for (;;) {
+    const rows = await repo.entriesAfter(db, orgId, after, 1000);
+    if (rows.length === 0) break;
+    for (const row of rows) {
+      const e = entryFromRow(row);
+      count++;
+      if (firstBad === null) {
+        if (e.sequence !== expected) bad(e.sequence, `expected sequence ${expected}`);
+        else if (e.prev_hash !== prevHash)
+          bad(e.sequence, "prev_hash does not link to the previous entry");
+        else if (entryHash(e.prev_hash, e) !== e.hash)
+          bad(e.sequence, "hash does not match the entry");
+        else if (running + e.amount !== e.balance_after)
+          bad(e.sequence, "balance_after ≠ previous + amount");
+        else if (
+          e.type !== "purchase" &&
+          e.type !== "bonus" &&
+          e.type !== "adjustment" &&
+          e.amount > 0n
+        ) {
+          bad(e.sequence, `a ${e.type} entry cannot add credits`);
+        } else {
+          const allocated = e.allocations.reduce((s, a) => s + a.amount, 0n);
+          if (allocated - e.debt_change !== e.amount) {
+            bad(e.sequence, "allocations minus debt change ≠ amount");
+          }
+        }
+      }
+      prevHash = e.hash;
+      running = e.balance_after;
+      expected = e.sequence + 1n;
+      after = row.sequence;
+    }
+  }
+
+  const balance = await getBalance(db, orgId);
+  if (firstBad === null) {
+    if (balance.last_sequence !== BigInt(count))
+      problems.push("balance row: last_sequence ≠ entries");
+    if (balance.head_hash !== prevHash) problems.push("balance row: head_hash ≠ chain head");
+    if (balance.balance !== running) problems.push("balance row: balance ≠ Σ entry amounts");
+    const blocks = creditsFromDb(await repo.sumActiveBlocks(db, orgId));
+    if (blocks - balance.debt !== balance.balance) {
+      problems.push(
+        `balance ${formatCredits(balance.balance)} ≠ Σ active blocks ${formatCredits(blocks)} − debt ${formatCredits(balance.debt)}`,
+      );
+    }
+  }
+  return {
+    ok: problems.length === 0,
+    entries: count,
+    head_hash: prevHash,
+    first_bad_sequence: firstBad === null ? null : Number(firstBad),
+    problems,
+  };
+}
+
+export type { EntryType };

@@ -1,0 +1,530 @@
+import { sql } from "kysely";
+import type { AppContext } from "../../app/context.js";
+import type { Db } from "../../db/index.js";
+import type { Actor } from "../orgs/auth.js";
+import { type Credits, creditsFromDb, creditsToDb, minCredits, parseCredits } from "./credits.js";
+import { entryHash, GENESIS_HASH, type HashedEntry } from "./hash.js";
+import type { BlockSource, BlockStatus, EntryType } from "./ledger.tables.js";
+
+/**
+ * Posting: the one way credits move. Every module (usage, purchases, refunds, adjustments,
+ * expiry) expresses its movements as postings and hands them to an `OrgLedger`, which holds the
+ * organisation's balance row lock for the transaction, applies the postings in memory (burn order,
+ * debt, hash chain) and then writes entries, blocks and the balance with a few set-based
+ * statements. Many postings — a whole ingest flush — cost one lock and a handful of statements.
+ */
+
+export interface PostingMeta {
+  actor: Actor;
+  userId?: string | null;
+  reason?: string | null;
+  description?: string | null;
+  reference?: { type: string; id: string } | null;
+}
+
+export interface NewBlock {
+  source: BlockSource;
+  /** Money paid per credit, decimal string (≤ 12 fractional digits); 0 for free credits. */
+  unitCost?: string;
+  priority?: number;
+  expiresAt?: Date | null;
+  purchaseId?: string | null;
+}
+
+export type Posting =
+  | ({
+      kind: "credit";
+      type: "purchase" | "bonus" | "adjustment";
+      amount: Credits;
+      block: NewBlock;
+    } & PostingMeta)
+  | ({
+      kind: "debit";
+      type: "usage" | "adjustment";
+      amount: Credits;
+      /** Usage is a fact: what blocks cannot cover becomes debt. Anything else is refused. */
+      allowDebt: boolean;
+    } & PostingMeta)
+  | ({ kind: "void"; type: "refund" | "expiry"; blockId: string } & PostingMeta);
+
+export interface Allocation {
+  block_id: string;
+  amount: Credits;
+}
+
+export interface LedgerEntry extends HashedEntry {
+  prev_hash: string;
+  hash: string;
+}
+
+export interface Block {
+  org_id: string;
+  id: string;
+  source: BlockSource;
+  original: Credits;
+  remaining: Credits;
+  unit_cost: Credits;
+  priority: number;
+  effective_at: Date;
+  expires_at: Date | null;
+  status: BlockStatus;
+  purchase_id: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export type ApplyOutcome =
+  | { ok: true; entry: LedgerEntry | null }
+  | { ok: false; code: "insufficient_credits" | "not_found" };
+
+const SYSTEM: Actor = { type: "system", id: "tally" };
+
+/** Burn order: priority → expiry (never-expiring last) → unit cost → creation → id. */
+export function burnOrder(a: Block, b: Block): number {
+  if (a.priority !== b.priority) return a.priority - b.priority;
+  const ae = a.expires_at?.getTime() ?? Number.POSITIVE_INFINITY;
+  const be = b.expires_at?.getTime() ?? Number.POSITIVE_INFINITY;
+  if (ae !== be) return ae < be ? -1 : 1;
+  if (a.unit_cost !== b.unit_cost) return a.unit_cost < b.unit_cost ? -1 : 1;
+  const ac = a.created_at.getTime();
+  const bc = b.created_at.getTime();
+  if (ac !== bc) return ac - bc;
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}
+
+export class OrgLedger {
+  balance: Credits;
+  reserved: Credits;
+  debt: Credits;
+  lastSequence: bigint;
+  headHash: string;
+  readonly entries: LedgerEntry[] = [];
+  private readonly initial: { balance: Credits; reserved: Credits; sequence: bigint };
+  /** Active blocks in burn order; null until loaded. */
+  private blocks: Block[] | null = null;
+  private readonly newBlocks = new Set<Block>();
+  private readonly changedBlocks = new Set<Block>();
+
+  constructor(
+    private readonly ctx: AppContext,
+    readonly orgId: string,
+    row: {
+      balance: string;
+      reserved: string;
+      debt: string;
+      last_sequence: string;
+      head_hash: string;
+    },
+    readonly now: Date,
+  ) {
+    this.balance = creditsFromDb(row.balance);
+    this.reserved = creditsFromDb(row.reserved);
+    this.debt = creditsFromDb(row.debt);
+    this.lastSequence = BigInt(row.last_sequence);
+    this.headHash = row.head_hash;
+    this.initial = { balance: this.balance, reserved: this.reserved, sequence: this.lastSequence };
+  }
+
+  get available(): Credits {
+    return this.balance - this.reserved;
+  }
+
+  /** The balance before this transaction's postings. */
+  get balanceBefore(): Credits {
+    return this.initial.balance;
+  }
+
+  get changed(): boolean {
+    return (
+      this.entries.length > 0 ||
+      this.reserved !== this.initial.reserved ||
+      this.changedBlocks.size > 0 ||
+      this.newBlocks.size > 0
+    );
+  }
+
+  /** Credits that debits can draw now (active, effective, unexpired blocks). */
+  get drawable(): Credits {
+    let total = 0n;
+    for (const b of this.requireBlocks()) if (this.isDrawable(b)) total += b.remaining;
+    return total;
+  }
+
+  activeBlocks(): readonly Block[] {
+    return this.requireBlocks();
+  }
+
+  /** Called by `openLedgers`: loads active blocks and expires the ones past `expires_at`. */
+  setBlocks(blocks: Block[]): void {
+    this.blocks = blocks.sort(burnOrder);
+    for (const block of [...this.blocks]) {
+      if (block.expires_at && block.expires_at <= this.now && block.remaining > 0n) {
+        this.voidBlock(block, "expired", {
+          type: "expiry",
+          actor: SYSTEM,
+          description: `Credits expired at ${block.expires_at.toISOString()}`,
+          reference: { type: "credit_block", id: block.id },
+        });
+      }
+    }
+  }
+
+  apply(posting: Posting): ApplyOutcome {
+    switch (posting.kind) {
+      case "credit":
+        return { ok: true, entry: this.credit(posting) };
+      case "debit":
+        return this.debit(posting);
+      case "void": {
+        const block = this.requireBlocks().find((b) => b.id === posting.blockId);
+        if (!block) return { ok: false, code: "not_found" };
+        return {
+          ok: true,
+          entry: this.voidBlock(block, posting.type === "expiry" ? "expired" : "voided", posting),
+        };
+      }
+    }
+  }
+
+  reserve(amount: Credits): void {
+    this.reserved += amount;
+  }
+
+  release(amount: Credits): void {
+    this.reserved -= amount;
+    if (this.reserved < 0n) throw new Error(`reserved would go negative for ${this.orgId}`);
+  }
+
+  private credit(p: Extract<Posting, { kind: "credit" }>): LedgerEntry {
+    if (p.amount <= 0n) throw new RangeError("a credit must be positive");
+    const repay = minCredits(p.amount, this.debt);
+    const block: Block = {
+      org_id: this.orgId,
+      id: this.ctx.ids.newId("blk"),
+      source: p.block.source,
+      original: p.amount,
+      remaining: p.amount - repay,
+      unit_cost: p.block.unitCost ? parseCredits(p.block.unitCost) : 0n,
+      priority: p.block.priority ?? 0,
+      effective_at: this.now,
+      expires_at: p.block.expiresAt ?? null,
+      status: p.amount - repay > 0n ? "active" : "depleted",
+      purchase_id: p.block.purchaseId ?? null,
+      created_at: this.now,
+      updated_at: this.now,
+    };
+    this.newBlocks.add(block);
+    if (this.blocks && block.status === "active") {
+      const at = this.blocks.findIndex((b) => burnOrder(block, b) < 0);
+      this.blocks.splice(at < 0 ? this.blocks.length : at, 0, block);
+    }
+    this.debt -= repay;
+    return this.append(p, p.type, p.amount, -repay, [
+      { block_id: block.id, amount: block.remaining },
+    ]);
+  }
+
+  private debit(p: Extract<Posting, { kind: "debit" }>): ApplyOutcome {
+    if (p.amount < 0n) throw new RangeError("a debit amount must not be negative");
+    const blocks = this.requireBlocks();
+    if (!p.allowDebt && this.drawable < p.amount)
+      return { ok: false, code: "insufficient_credits" };
+    let left = p.amount;
+    const allocations: Allocation[] = [];
+    for (const block of blocks) {
+      if (left === 0n) break;
+      if (!this.isDrawable(block) || block.remaining === 0n) continue;
+      const take = minCredits(left, block.remaining);
+      block.remaining -= take;
+      if (block.remaining === 0n) block.status = "depleted";
+      this.touch(block);
+      allocations.push({ block_id: block.id, amount: -take });
+      left -= take;
+    }
+    this.debt += left;
+    if (allocations.length > 0) this.compact();
+    return { ok: true, entry: this.append(p, p.type, -p.amount, left, allocations) };
+  }
+
+  private voidBlock(
+    block: Block,
+    status: "expired" | "voided",
+    meta: PostingMeta & { type: EntryType },
+  ) {
+    const amount = block.remaining;
+    block.remaining = 0n;
+    block.status = status;
+    this.touch(block);
+    this.blocks = this.requireBlocks().filter((b) => b !== block);
+    if (amount === 0n) return null;
+    return this.append(meta, meta.type, -amount, 0n, [{ block_id: block.id, amount: -amount }]);
+  }
+
+  private isDrawable(b: Block): boolean {
+    return (
+      b.status === "active" &&
+      b.effective_at <= this.now &&
+      (b.expires_at === null || b.expires_at > this.now)
+    );
+  }
+
+  /** Drops depleted blocks from the front so hot debits stay O(1). */
+  private compact(): void {
+    const blocks = this.blocks!;
+    let i = 0;
+    while (i < blocks.length && blocks[i]!.status !== "active") i++;
+    if (i > 0) blocks.splice(0, i);
+  }
+
+  private touch(block: Block): void {
+    block.updated_at = this.now;
+    if (!this.newBlocks.has(block)) this.changedBlocks.add(block);
+  }
+
+  private requireBlocks(): Block[] {
+    if (!this.blocks) throw new Error("blocks not loaded: open the ledger with { blocks: true }");
+    return this.blocks;
+  }
+
+  private append(
+    meta: PostingMeta,
+    type: EntryType,
+    amount: Credits,
+    debtChange: Credits,
+    allocations: Allocation[],
+  ): LedgerEntry {
+    this.balance += amount;
+    this.lastSequence += 1n;
+    const body: HashedEntry = {
+      org_id: this.orgId,
+      sequence: this.lastSequence,
+      id: this.ctx.ids.newId("txn"),
+      type,
+      amount,
+      balance_after: this.balance,
+      debt_change: debtChange,
+      allocations,
+      actor_type: meta.actor.type,
+      actor_id: meta.actor.id,
+      user_id: meta.userId ?? null,
+      reason: meta.reason ?? null,
+      description: meta.description ?? null,
+      reference_type: meta.reference?.type ?? null,
+      reference_id: meta.reference?.id ?? null,
+      created_at: this.now,
+    };
+    const entry: LedgerEntry = {
+      ...body,
+      prev_hash: this.headHash,
+      hash: entryHash(this.headHash, body),
+    };
+    this.headHash = entry.hash;
+    this.entries.push(entry);
+    return entry;
+  }
+
+  /** Rows to write; used by `saveLedgers`. */
+  writes() {
+    return {
+      newBlocks: [...this.newBlocks],
+      changedBlocks: [...this.changedBlocks],
+      entries: this.entries,
+    };
+  }
+}
+
+/**
+ * Locks the balance rows of `orgIds` (creating missing ones) in `org_id` order — the same order
+ * in every instance, so two transactions never deadlock — and returns one ledger per org.
+ * Must run inside a transaction.
+ */
+export async function openLedgers(
+  tx: Db,
+  ctx: AppContext,
+  orgIds: readonly string[],
+  options: { blocks: boolean; now?: Date },
+): Promise<Map<string, OrgLedger>> {
+  const ids = [...new Set(orgIds)].sort();
+  const now = options.now ?? ctx.clock.now();
+  const lock = () =>
+    tx
+      .selectFrom("org_balances")
+      .selectAll()
+      .where("org_id", "in", ids)
+      .orderBy("org_id")
+      .forUpdate()
+      .execute();
+  let rows = await lock();
+  if (rows.length < ids.length) {
+    const have = new Set(rows.map((r) => r.org_id));
+    await tx
+      .insertInto("org_balances")
+      .values(
+        ids
+          .filter((id) => !have.has(id))
+          .map((org_id) => ({ org_id, head_hash: GENESIS_HASH, updated_at: now }) as never),
+      )
+      .onConflict((oc) => oc.column("org_id").doNothing())
+      .execute();
+    rows = await lock();
+  }
+  const ledgers = new Map<string, OrgLedger>();
+  for (const row of rows) ledgers.set(row.org_id, new OrgLedger(ctx, row.org_id, row, now));
+  if (ledgers.size !== ids.length) throw new Error("organisation without a balance row");
+
+  if (options.blocks) {
+    const blockRows = await tx
+      .selectFrom("credit_blocks")
+      .selectAll()
+      .where("org_id", "in", ids)
+      .where("status", "=", "active")
+      .execute();
+    const byOrg = new Map<string, Block[]>(ids.map((id) => [id, []]));
+    for (const r of blockRows) byOrg.get(r.org_id)!.push(blockFromRow(r));
+    for (const [orgId, blocks] of byOrg) ledgers.get(orgId)!.setBlocks(blocks);
+  }
+  return ledgers;
+}
+
+export function blockFromRow(r: {
+  org_id: string;
+  id: string;
+  source: BlockSource;
+  original: string;
+  remaining: string;
+  unit_cost: string;
+  priority: number;
+  effective_at: Date;
+  expires_at: Date | null;
+  status: BlockStatus;
+  purchase_id: string | null;
+  created_at: Date;
+  updated_at: Date;
+}): Block {
+  return {
+    ...r,
+    original: creditsFromDb(r.original),
+    remaining: creditsFromDb(r.remaining),
+    unit_cost: creditsFromDb(r.unit_cost),
+  };
+}
+
+const CHUNK = 1000;
+
+function chunks<T>(rows: readonly T[], size = CHUNK): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < rows.length; i += size) out.push(rows.slice(i, i + size));
+  return out;
+}
+
+/** Writes the changes of every ledger with one statement per kind of row (chunked). */
+export async function saveLedgers(tx: Db, ledgers: Iterable<OrgLedger>): Promise<void> {
+  const changed = [...ledgers].filter((l) => l.changed);
+  if (changed.length === 0) return;
+  const newBlocks: Block[] = [];
+  const changedBlocks: Block[] = [];
+  const entries: LedgerEntry[] = [];
+  for (const l of changed) {
+    const w = l.writes();
+    newBlocks.push(...w.newBlocks);
+    changedBlocks.push(...w.changedBlocks);
+    entries.push(...w.entries);
+  }
+
+  for (const part of chunks(newBlocks)) {
+    await tx
+      .insertInto("credit_blocks")
+      .values(
+        part.map((b) => ({
+          ...b,
+          original: creditsToDb(b.original),
+          remaining: creditsToDb(b.remaining),
+          unit_cost: creditsToDb(b.unit_cost),
+        })),
+      )
+      .execute();
+  }
+
+  for (const part of chunks(changedBlocks)) {
+    const values = sql.join(
+      part.map(
+        (b) =>
+          sql`(${b.org_id}, ${b.id}, ${creditsToDb(b.remaining)}::numeric, ${b.status}, ${b.updated_at}::timestamptz)`,
+      ),
+    );
+    await sql`
+      update credit_blocks as b
+         set remaining = v.remaining, status = v.status, updated_at = v.updated_at
+        from (values ${values}) as v(org_id, id, remaining, status, updated_at)
+       where b.org_id = v.org_id and b.id = v.id`.execute(tx);
+  }
+
+  for (const part of chunks(entries, 500)) {
+    await tx
+      .insertInto("ledger_entries")
+      .values(
+        part.map((e) => ({
+          org_id: e.org_id,
+          sequence: e.sequence.toString(),
+          id: e.id,
+          type: e.type,
+          amount: creditsToDb(e.amount),
+          balance_after: creditsToDb(e.balance_after),
+          debt_change: creditsToDb(e.debt_change),
+          allocations: JSON.stringify(
+            e.allocations.map((a) => ({ block_id: a.block_id, amount: creditsToDb(a.amount) })),
+          ),
+          actor_type: e.actor_type as "api_key",
+          actor_id: e.actor_id,
+          user_id: e.user_id,
+          reason: e.reason,
+          description: e.description,
+          reference_type: e.reference_type,
+          reference_id: e.reference_id,
+          created_at: e.created_at,
+          prev_hash: e.prev_hash,
+          hash: e.hash,
+        })),
+      )
+      .execute();
+  }
+
+  const values = sql.join(
+    changed.map(
+      (l) =>
+        sql`(${l.orgId}, ${creditsToDb(l.balance)}::numeric, ${creditsToDb(l.reserved)}::numeric, ${creditsToDb(l.debt)}::numeric, ${l.lastSequence.toString()}::bigint, ${l.headHash}, ${l.now}::timestamptz)`,
+    ),
+  );
+  await sql`
+    update org_balances as b
+       set balance = v.balance, reserved = v.reserved, debt = v.debt,
+           last_sequence = v.last_sequence, head_hash = v.head_hash, updated_at = v.updated_at
+      from (values ${values}) as v(org_id, balance, reserved, debt, last_sequence, head_hash, updated_at)
+     where b.org_id = v.org_id`.execute(tx);
+}
+
+export type PostResult =
+  | { ok: true; entries: LedgerEntry[]; ledger: OrgLedger }
+  | { ok: false; code: "insufficient_credits" | "not_found"; index: number };
+
+/**
+ * Posts a batch for one organisation inside the caller's transaction: all or nothing. On a
+ * refusal nothing is written (the caller decides whether to roll back its own changes).
+ */
+export async function postEntries(
+  tx: Db,
+  ctx: AppContext,
+  orgId: string,
+  postings: readonly Posting[],
+): Promise<PostResult> {
+  const needsBlocks = postings.some((p) => p.kind !== "credit");
+  const ledger = (await openLedgers(tx, ctx, [orgId], { blocks: needsBlocks })).get(orgId)!;
+  const entries: LedgerEntry[] = [];
+  for (const [index, posting] of postings.entries()) {
+    const outcome = ledger.apply(posting);
+    if (!outcome.ok) return { ok: false, code: outcome.code, index };
+    if (outcome.entry) entries.push(outcome.entry);
+  }
+  await saveLedgers(tx, [ledger]);
+  return { ok: true, entries, ledger };
+}
