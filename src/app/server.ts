@@ -4,10 +4,14 @@ import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
 import Fastify from "fastify";
 import { isReady } from "../db/index.js";
-import { installAuth, type SessionAuthenticator } from "../modules/orgs/auth.js";
+import { registerBillingRoutes } from "../modules/billing/billing.routes.js";
 import { registerLedgerRoutes } from "../modules/ledger/ledger.routes.js";
+import { registerNotifyRoutes } from "../modules/notify/notify.routes.js";
+import { installAuth, type SessionAuthenticator } from "../modules/orgs/auth.js";
 import { registerOrgRoutes } from "../modules/orgs/orgs.routes.js";
 import { registerPricingRoutes } from "../modules/pricing/pricing.routes.js";
+import { IngestEngine } from "../modules/usage/engine.js";
+import { registerUsageRoutes } from "../modules/usage/usage.routes.js";
 import type { AppContext } from "./context.js";
 import { ErrorEnvelopeSchema } from "./errors.js";
 import { type App, installErrorHandling, installValidation } from "./http.js";
@@ -94,7 +98,16 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   registerOperationalRoutes(app, ctx);
   registerOrgRoutes(app, ctx);
   registerLedgerRoutes(app, ctx);
+  registerNotifyRoutes(app, ctx);
   registerPricingRoutes(app, ctx);
+  registerBillingRoutes(app, ctx);
+
+  const ingest = new IngestEngine(ctx, {
+    maxBatchEvents: 2000,
+    maxConcurrentFlushes: ctx.dbKind === "pglite" ? 1 : 2,
+  });
+  app.addHook("onClose", () => ingest.drain());
+  registerUsageRoutes(app, ctx, ingest);
 
   return app;
 }

@@ -1,5 +1,6 @@
-import type { AppContext } from "./context.js";
 import { expireDueBlocks } from "../modules/ledger/ledger.service.js";
+import { expireReservations } from "../modules/usage/usage.service.js";
+import type { AppContext } from "./context.js";
 import { purgeExpiredIdempotencyKeys } from "./idempotency.js";
 
 export interface PeriodicTask {
@@ -21,6 +22,7 @@ export class Workers {
       run: (ctx) => purgeExpiredIdempotencyKeys(ctx.db, ctx.clock.now()),
     },
     { name: "block-expiry", everyMs: 30_000, run: (ctx) => expireDueBlocks(ctx) },
+    { name: "reservation-expiry", everyMs: 5_000, run: (ctx) => expireReservations(ctx) },
   ];
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private running = new Set<Promise<unknown>>();

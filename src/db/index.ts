@@ -21,13 +21,19 @@ export interface Database {
 /**
  * Both drivers return the same JS types: `numeric` and `int8` as strings (exactness is the
  * caller's business: credits go through `creditsFromDb`, counters through `BigInt`/`Number`),
- * `timestamptz` as `Date`, `jsonb` parsed.
+ * `date` as `YYYY-MM-DD` text, `timestamptz` as `Date`, `jsonb` parsed.
  */
-const OID = { INT8: 20, NUMERIC: 1700 } as const;
+const OID = { INT8: 20, NUMERIC: 1700, DATE: 1082 } as const;
 const asText = (value: string) => value;
 pg.types.setTypeParser(OID.INT8, asText);
 pg.types.setTypeParser(OID.NUMERIC, asText);
-const PGLITE_PARSERS = { [pgliteTypes.INT8]: asText, [pgliteTypes.NUMERIC]: asText };
+// A calendar date has no time zone: keep "2026-11-01" rather than a local-midnight Date.
+pg.types.setTypeParser(OID.DATE, asText);
+const PGLITE_PARSERS = {
+  [pgliteTypes.INT8]: asText,
+  [pgliteTypes.NUMERIC]: asText,
+  [pgliteTypes.DATE]: asText,
+};
 
 export interface OpenOptions {
   /** `postgres://…`; null → embedded PGlite. */

@@ -3,6 +3,13 @@ import type { LedgerTables } from "../modules/ledger/ledger.tables.js";
 import type { NotifyTables } from "../modules/notify/notify.tables.js";
 import type { OrgTables } from "../modules/orgs/orgs.tables.js";
 import type { PricingTables } from "../modules/pricing/pricing.tables.js";
+import type { UsageTables } from "../modules/usage/usage.tables.js";
 
 /** The database as Kysely sees it: each module declares its own tables. */
-export interface DB extends OrgTables, LedgerTables, BillingTables, NotifyTables, PricingTables {}
+export interface DB
+  extends OrgTables,
+    LedgerTables,
+    BillingTables,
+    NotifyTables,
+    PricingTables,
+    UsageTables {}

@@ -4,6 +4,7 @@ import * as m0002 from "./0002_ledger.js";
 import * as m0003 from "./0003_pricing.js";
 import * as m0004 from "./0004_billing.js";
 import * as m0005 from "./0005_notify.js";
+import * as m0006 from "./0006_usage.js";
 
 /** Every migration, in order. Never edit one that has shipped: add the next. */
 export const migrations: Record<string, Migration> = {
@@ -12,4 +13,5 @@ export const migrations: Record<string, Migration> = {
   "0003_pricing": m0003,
   "0004_billing": m0004,
   "0005_notify": m0005,
+  "0006_usage": m0006,
 };

@@ -1,0 +1,736 @@
+import { Counter, Histogram } from "prom-client";
+import type { AppContext } from "../../app/context.js";
+import type { ErrorCode, ErrorDetail } from "../../app/errors.js";
+import type { Db } from "../../db/index.js";
+import {
+  type Credits,
+  creditsFromDb,
+  creditsToDb,
+  formatScaled,
+  parseScaled6,
+  type Scaled6,
+} from "../ledger/credits.js";
+import { openLedgers, saveLedgers } from "../ledger/ledger.service.js";
+import type { Actor } from "../orgs/auth.js";
+import { storageIntervalCost } from "../pricing/pricing.service.js";
+import { type PreparedEvent, sameSubmission } from "./prepare.js";
+
+/**
+ * The ingest engine: group commit for usage events.
+ *
+ * Requests hand their validated, priced events to `submit`. Whatever arrives while a flush is
+ * being written is collected and written by the next flush in ONE transaction: events inserted,
+ * each touched organisation's balance row locked once (in org_id order, so instances never
+ * deadlock), one `usage` ledger entry per event drawn from blocks in memory, blocks and balance
+ * written once per organisation, rollups upserted. A request's promise resolves only after the
+ * commit, so every acknowledged event is durable and in the balance.
+ *
+ * Duplicates are decided under the organisation's lock: an id already stored (or earlier in the
+ * same flush) with the same submission is a `duplicate`; with another submission the whole
+ * request is refused with `event_conflict` and none of its events is written — without failing
+ * the other requests of the flush.
+ */
+
+export interface IngestRequest {
+  events: PreparedEvent[];
+  actor: Actor;
+  /** Settles this hold in the same transaction as the events. */
+  reservation?: { orgId: string; id: string };
+}
+
+export interface IngestResult {
+  id: string;
+  status: "accepted" | "duplicate";
+  cost: Credits;
+  transactionId: string;
+  balanceAfter: Credits;
+}
+
+export type IngestOutcome =
+  | { ok: true; results: IngestResult[]; settledCost: Credits }
+  | { ok: false; code: ErrorCode; message: string; details: ErrorDetail[] };
+
+export interface IngestEngineOptions {
+  /** Upper bound of events per flush transaction. */
+  maxBatchEvents: number;
+  /** Flush transactions in flight at once (PGlite: 1 — it has one connection). */
+  maxConcurrentFlushes: number;
+}
+
+interface Pending {
+  request: IngestRequest;
+  resolve(outcome: IngestOutcome): void;
+  reject(error: unknown): void;
+}
+
+const RETRYABLE = new Set(["40001", "40P01"]);
+
+export class IngestEngine {
+  private queue: Pending[] = [];
+  private active = 0;
+  private scheduled = false;
+  private readonly metrics;
+
+  constructor(
+    private readonly ctx: AppContext,
+    private readonly options: IngestEngineOptions,
+  ) {
+    const registers = [ctx.metrics.registry];
+    this.metrics = {
+      events: new Counter({
+        name: "tally_usage_events_total",
+        help: "Usage events by outcome",
+        labelNames: ["status"] as const,
+        registers,
+      }),
+      flushSize: new Histogram({
+        name: "tally_ingest_flush_events",
+        help: "Events per ingest flush",
+        buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000],
+        registers,
+      }),
+      flushSeconds: new Histogram({
+        name: "tally_ingest_flush_seconds",
+        help: "Ingest flush transaction latency",
+        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+        registers,
+      }),
+    };
+  }
+
+  submit(request: IngestRequest): Promise<IngestOutcome> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ request, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  /** Resolves when everything submitted so far is written. */
+  async drain(): Promise<void> {
+    while (this.queue.length > 0 || this.active > 0) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.active >= this.options.maxConcurrentFlushes) return;
+    this.scheduled = true;
+    // One turn of the event loop lets concurrent requests join the same flush.
+    setImmediate(() => {
+      this.scheduled = false;
+      this.flushNext();
+    });
+  }
+
+  private flushNext(): void {
+    if (this.queue.length === 0 || this.active >= this.options.maxConcurrentFlushes) return;
+    const batch: Pending[] = [];
+    let events = 0;
+    while (this.queue.length > 0) {
+      const next = this.queue[0]!;
+      if (batch.length > 0 && events + next.request.events.length > this.options.maxBatchEvents)
+        break;
+      batch.push(this.queue.shift()!);
+      events += next.request.events.length;
+    }
+    this.active++;
+    const started = process.hrtime.bigint();
+    this.write(batch)
+      .then((outcomes) => {
+        this.metrics.flushSize.observe(events);
+        this.metrics.flushSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+        outcomes.forEach((o, i) => {
+          if (o.ok) {
+            for (const r of o.results) this.metrics.events.inc({ status: r.status });
+          } else {
+            this.metrics.events.inc({ status: "rejected" }, batch[i]!.request.events.length);
+          }
+          batch[i]!.resolve(o);
+        });
+      })
+      .catch((error) => {
+        for (const p of batch) p.reject(error);
+      })
+      .finally(() => {
+        this.active--;
+        if (this.queue.length > 0) this.schedule();
+      });
+    if (this.queue.length > 0) this.schedule();
+  }
+
+  private async write(batch: Pending[]): Promise<IngestOutcome[]> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.ctx.db.transaction().execute((tx) =>
+          writeBatch(
+            tx,
+            this.ctx,
+            batch.map((p) => p.request),
+          ),
+        );
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        if (attempt < 3 && code && RETRYABLE.has(code)) continue;
+        throw error;
+      }
+    }
+  }
+}
+
+interface ExistingEvent {
+  org_id: string;
+  id: string;
+  payload_hash: string;
+  timestamp: Date;
+  timestamp_defaulted: boolean;
+  cost: string;
+  transaction_id: string;
+  balance_after: string;
+}
+
+interface Accepted {
+  event: PreparedEvent;
+  requestIndex: number;
+  cost: Credits;
+  billedQuantity: bigint | null;
+  transactionId: string;
+  balanceAfter: Credits;
+}
+
+const key = (orgId: string, id: string) => `${orgId}\u0000${id}`;
+
+/** One flush: everything in the caller's transaction. Exported for tests and the bench. */
+export async function writeBatch(
+  tx: Db,
+  ctx: AppContext,
+  requests: readonly IngestRequest[],
+): Promise<IngestOutcome[]> {
+  const orgIds = new Set<string>();
+  for (const r of requests) {
+    for (const e of r.events) orgIds.add(e.orgId);
+    if (r.reservation) orgIds.add(r.reservation.orgId);
+  }
+  const ledgers = await openLedgers(tx, ctx, [...orgIds], { blocks: true });
+  const now = [...ledgers.values()][0]?.now ?? ctx.clock.now();
+
+  const existing = await findExisting(tx, requests);
+  const holds = await lockReservations(tx, requests);
+
+  // Classify request by request, in order: a refused request contributes nothing.
+  const outcomes: (IngestOutcome | null)[] = requests.map(() => null);
+  const inFlush = new Map<string, Accepted>();
+  const accepted: Accepted[] = [];
+  const duplicates: { requestIndex: number; slot: number; of: Accepted | ExistingEvent }[] = [];
+  requests.forEach((request, requestIndex) => {
+    const mine: Accepted[] = [];
+    const myDuplicates: typeof duplicates = [];
+    const conflicts: ErrorDetail[] = [];
+    const seen = new Map<string, Accepted>();
+    request.events.forEach((event, slot) => {
+      const k = key(event.orgId, event.id);
+      const stored = existing.get(k);
+      const earlier = seen.get(k) ?? inFlush.get(k);
+      if (stored) {
+        const same = sameSubmission(event, {
+          payloadHash: stored.payload_hash,
+          timestamp: stored.timestamp,
+          timestampDefaulted: stored.timestamp_defaulted,
+        });
+        if (same) myDuplicates.push({ requestIndex, slot, of: stored });
+        else
+          conflicts.push({
+            field: `/events/${slot}/id`,
+            message: `event ${event.id} was recorded with a different payload`,
+          });
+      } else if (earlier) {
+        if (sameSubmission(event, earlier.event))
+          myDuplicates.push({ requestIndex, slot, of: earlier });
+        else
+          conflicts.push({
+            field: `/events/${slot}/id`,
+            message: `event ${event.id} appears with a different payload`,
+          });
+      } else {
+        const a: Accepted = {
+          event,
+          requestIndex,
+          cost: 0n,
+          billedQuantity: null,
+          transactionId: "",
+          balanceAfter: 0n,
+        };
+        seen.set(k, a);
+        mine.push(a);
+      }
+    });
+    if (conflicts.length > 0) {
+      outcomes[requestIndex] = {
+        ok: false,
+        code: "event_conflict",
+        message: conflicts[0]!.message,
+        details: conflicts,
+      };
+      return;
+    }
+    if (request.reservation) {
+      const hold = holds.get(key(request.reservation.orgId, request.reservation.id));
+      if (!hold || hold.status !== "held" || hold.expires_at <= now) {
+        outcomes[requestIndex] = {
+          ok: false,
+          code: hold ? "invalid_state" : "not_found",
+          message: hold
+            ? `The reservation is ${hold.status === "held" ? "expired" : hold.status}.`
+            : "Reservation not found.",
+          details: [],
+        };
+        return;
+      }
+    }
+    for (const a of mine) {
+      inFlush.set(key(a.event.orgId, a.event.id), a);
+      accepted.push(a);
+    }
+    duplicates.push(...myDuplicates);
+  });
+
+  await priceStorage(tx, accepted);
+
+  // Post: one usage entry per accepted event, in request order.
+  for (const a of accepted) {
+    const ledger = ledgers.get(a.event.orgId)!;
+    const request = requests[a.requestIndex]!;
+    const outcome = ledger.apply({
+      kind: "debit",
+      type: "usage",
+      amount: a.cost,
+      allowDebt: true,
+      actor: request.actor,
+      userId: a.event.userId,
+      description: describe(a.event),
+      reference: { type: "usage_event", id: a.event.id },
+    });
+    if (!outcome.ok || !outcome.entry) throw new Error("usage debit refused");
+    a.transactionId = outcome.entry.id;
+    a.balanceAfter = outcome.entry.balance_after;
+  }
+
+  // Settle holds: release what was reserved, in the same transaction as the events.
+  const settled = new Map<number, Credits>();
+  for (const [i, request] of requests.entries()) {
+    if (!request.reservation || outcomes[i]) continue;
+    const hold = holds.get(key(request.reservation.orgId, request.reservation.id))!;
+    const cost = accepted.filter((a) => a.requestIndex === i).reduce((s, a) => s + a.cost, 0n);
+    ledgers.get(hold.org_id)!.release(creditsFromDb(hold.amount));
+    settled.set(i, cost);
+    await tx
+      .updateTable("reservations")
+      .set({ status: "settled", settled_cost: creditsToDb(cost), closed_at: now })
+      .where("org_id", "=", hold.org_id)
+      .where("id", "=", hold.id)
+      .execute();
+  }
+
+  await insertEvents(tx, accepted, requests, now);
+  await upsertRollups(tx, accepted);
+  await saveLedgers(tx, ledgers.values());
+
+  const resultFor = (requestIndex: number): IngestResult[] => {
+    const request = requests[requestIndex]!;
+    const out: IngestResult[] = new Array(request.events.length);
+    for (const a of accepted) {
+      if (a.requestIndex !== requestIndex) continue;
+      const slot = request.events.indexOf(a.event);
+      out[slot] = {
+        id: a.event.id,
+        status: "accepted",
+        cost: a.cost,
+        transactionId: a.transactionId,
+        balanceAfter: a.balanceAfter,
+      };
+    }
+    for (const d of duplicates) {
+      if (d.requestIndex !== requestIndex) continue;
+      const of = d.of;
+      out[d.slot] =
+        "event" in of
+          ? {
+              id: of.event.id,
+              status: "duplicate",
+              cost: of.cost,
+              transactionId: of.transactionId,
+              balanceAfter: of.balanceAfter,
+            }
+          : {
+              id: of.id,
+              status: "duplicate",
+              cost: creditsFromDb(of.cost),
+              transactionId: of.transaction_id,
+              balanceAfter: creditsFromDb(of.balance_after),
+            };
+    }
+    return out;
+  };
+
+  return requests.map(
+    (_r, i) =>
+      outcomes[i] ?? { ok: true, results: resultFor(i), settledCost: settled.get(i) ?? 0n },
+  );
+}
+
+async function findExisting(tx: Db, requests: readonly IngestRequest[]) {
+  const keys = new Map<string, { orgId: string; id: string }>();
+  for (const r of requests)
+    for (const e of r.events) keys.set(key(e.orgId, e.id), { orgId: e.orgId, id: e.id });
+  const found = new Map<string, ExistingEvent>();
+  const all = [...keys.values()];
+  for (let i = 0; i < all.length; i += 1000) {
+    const part = all.slice(i, i + 1000);
+    const rows = await tx
+      .selectFrom("usage_events as e")
+      .innerJoin("ledger_entries as l", (j) =>
+        j.onRef("l.org_id", "=", "e.org_id").onRef("l.id", "=", "e.transaction_id"),
+      )
+      .select([
+        "e.org_id",
+        "e.id",
+        "e.payload_hash",
+        "e.timestamp",
+        "e.timestamp_defaulted",
+        "e.cost",
+        "e.transaction_id",
+        "l.balance_after",
+      ])
+      .where((eb) =>
+        eb(
+          eb.refTuple("e.org_id", "e.id"),
+          "in",
+          part.map((k) => eb.tuple(k.orgId, k.id)),
+        ),
+      )
+      .execute();
+    for (const r of rows) found.set(key(r.org_id, r.id), r);
+  }
+  return found;
+}
+
+async function lockReservations(tx: Db, requests: readonly IngestRequest[]) {
+  const wanted = requests.flatMap((r) => (r.reservation ? [r.reservation] : []));
+  const holds = new Map<
+    string,
+    { org_id: string; id: string; amount: string; status: string; expires_at: Date }
+  >();
+  if (wanted.length === 0) return holds;
+  const rows = await tx
+    .selectFrom("reservations")
+    .select(["org_id", "id", "amount", "status", "expires_at"])
+    .where((eb) =>
+      eb(
+        eb.refTuple("org_id", "id"),
+        "in",
+        wanted.map((w) => eb.tuple(w.orgId, w.id)),
+      ),
+    )
+    .forUpdate()
+    .execute();
+  for (const r of rows) holds.set(key(r.org_id, r.id), r);
+  return holds;
+}
+
+/**
+ * Storage gauges: the interval since the previous reading of the same resource is billed at the
+ * previous reading. The first reading bills nothing. A reading older than the last one known
+ * (out of order) is recorded but bills nothing and leaves the gauge as it is: that interval was
+ * already billed at the reading known then.
+ */
+async function priceStorage(tx: Db, accepted: Accepted[]): Promise<void> {
+  for (const a of accepted) if (a.event.cost !== null) a.cost = a.event.cost;
+  const storage = accepted.filter((a) => a.event.cost === null);
+  if (storage.length === 0) return;
+  const gaugeKey = (e: PreparedEvent) => `${e.orgId}\u0000${e.meter}\u0000${e.resource}`;
+  const keys = [...new Map(storage.map((a) => [gaugeKey(a.event), a.event])).values()];
+  const rows = await tx
+    .selectFrom("storage_gauges")
+    .selectAll()
+    .where((eb) =>
+      eb(
+        eb.refTuple("org_id", "meter", "resource"),
+        "in",
+        keys.map((e) => eb.tuple(e.orgId, e.meter!, e.resource!)),
+      ),
+    )
+    .execute();
+  const gauges = new Map<
+    string,
+    { at: Date; gb: Scaled6; dirty: boolean; orgId: string; meter: string; resource: string }
+  >();
+  for (const r of rows) {
+    gauges.set(`${r.org_id}\u0000${r.meter}\u0000${r.resource}`, {
+      at: r.last_timestamp,
+      gb: parseScaled6(r.last_quantity),
+      dirty: false,
+      orgId: r.org_id,
+      meter: r.meter,
+      resource: r.resource,
+    });
+  }
+  const ordered = [...storage].sort(
+    (x, y) => x.event.timestamp.getTime() - y.event.timestamp.getTime(),
+  );
+  for (const a of ordered) {
+    const e = a.event;
+    const k = gaugeKey(e);
+    const gauge = gauges.get(k);
+    if (!gauge) {
+      gauges.set(k, {
+        at: e.timestamp,
+        gb: e.quantity!,
+        dirty: true,
+        orgId: e.orgId,
+        meter: e.meter!,
+        resource: e.resource!,
+      });
+      a.billedQuantity = 0n;
+      continue;
+    }
+    if (e.timestamp < gauge.at) {
+      a.billedQuantity = 0n;
+      continue;
+    }
+    const charge = storageIntervalCost(e.storageRate!, gauge.gb, gauge.at, e.timestamp);
+    a.cost = charge.cost;
+    a.billedQuantity = charge.quantity;
+    gauge.at = e.timestamp;
+    gauge.gb = e.quantity!;
+    gauge.dirty = true;
+  }
+  const dirty = [...gauges.values()].filter((g) => g.dirty);
+  if (dirty.length > 0) {
+    await tx
+      .insertInto("storage_gauges")
+      .values(
+        dirty.map((g) => ({
+          org_id: g.orgId,
+          meter: g.meter,
+          resource: g.resource,
+          last_timestamp: g.at,
+          last_quantity: formatScaled(g.gb, 6),
+        })),
+      )
+      .onConflict((oc) =>
+        oc.columns(["org_id", "meter", "resource"]).doUpdateSet((eb) => ({
+          last_timestamp: eb.ref("excluded.last_timestamp"),
+          last_quantity: eb.ref("excluded.last_quantity"),
+        })),
+      )
+      .execute();
+  }
+}
+
+function describe(e: PreparedEvent): string {
+  if (e.type === "ai_tokens") return `${e.model}${e.operation ? ` · ${e.operation}` : ""}`;
+  return `${e.meter}${e.resource ? ` · ${e.resource}` : ""}`;
+}
+
+async function insertEvents(
+  tx: Db,
+  accepted: readonly Accepted[],
+  requests: readonly IngestRequest[],
+  now: Date,
+): Promise<void> {
+  for (let i = 0; i < accepted.length; i += 500) {
+    await tx
+      .insertInto("usage_events")
+      .values(
+        accepted.slice(i, i + 500).map((a) => {
+          const e = a.event;
+          return {
+            org_id: e.orgId,
+            id: e.id,
+            type: e.type,
+            timestamp: e.timestamp,
+            timestamp_defaulted: e.timestampDefaulted,
+            user_id: e.userId,
+            operation: e.operation,
+            model: e.model,
+            meter: e.meter,
+            resource: e.resource,
+            quantity: e.quantity === null ? null : formatScaled(e.quantity, 6),
+            billed_quantity: a.billedQuantity === null ? null : formatScaled(a.billedQuantity, 12),
+            input_tokens: e.tokens ? e.tokens.input.toString() : null,
+            cached_input_tokens: e.tokens ? e.tokens.cached_input.toString() : null,
+            cache_write_tokens: e.tokens ? e.tokens.cache_write.toString() : null,
+            output_tokens: e.tokens ? e.tokens.output.toString() : null,
+            provider_usage: e.providerUsage === null ? null : JSON.stringify(e.providerUsage),
+            metadata: e.metadata === null ? null : JSON.stringify(e.metadata),
+            cost: creditsToDb(a.cost),
+            price_version: e.priceVersion,
+            transaction_id: a.transactionId,
+            reservation_id: requests[a.requestIndex]!.reservation?.id ?? null,
+            payload_hash: e.payloadHash,
+            received_at: now,
+          };
+        }),
+      )
+      .execute();
+  }
+}
+
+interface RollupRow {
+  org_id: string;
+  period: string;
+  type: string;
+  model: string;
+  operation: string;
+  user_id: string;
+  resource: string;
+  meter: string;
+  unit: string;
+  quantity: bigint;
+  input_tokens: bigint;
+  cached_input_tokens: bigint;
+  cache_write_tokens: bigint;
+  output_tokens: bigint;
+  cost: bigint;
+  events: bigint;
+}
+
+/** Monthly rollups (all dimensions) and daily cost per type, aggregated in memory first. */
+async function upsertRollups(tx: Db, accepted: readonly Accepted[]): Promise<void> {
+  if (accepted.length === 0) return;
+  const monthly = new Map<string, RollupRow>();
+  const daily = new Map<
+    string,
+    { org_id: string; day: string; type: string; cost: bigint; events: bigint }
+  >();
+  for (const a of accepted) {
+    const e = a.event;
+    const iso = e.timestamp.toISOString();
+    const period = `${iso.slice(0, 7)}-01`;
+    const dims = [
+      e.orgId,
+      period,
+      e.type,
+      e.model ?? "",
+      e.operation ?? "",
+      e.userId ?? "",
+      e.resource ?? "",
+      e.meter ?? "",
+    ];
+    const k = dims.join("\u0000");
+    let row = monthly.get(k);
+    if (!row) {
+      row = {
+        org_id: e.orgId,
+        period,
+        type: e.type,
+        model: e.model ?? "",
+        operation: e.operation ?? "",
+        user_id: e.userId ?? "",
+        resource: e.resource ?? "",
+        meter: e.meter ?? "",
+        unit: e.unit,
+        quantity: 0n,
+        input_tokens: 0n,
+        cached_input_tokens: 0n,
+        cache_write_tokens: 0n,
+        output_tokens: 0n,
+        cost: 0n,
+        events: 0n,
+      };
+      monthly.set(k, row);
+    }
+    row.quantity += quantityOf(a);
+    if (e.tokens) {
+      row.input_tokens += e.tokens.input;
+      row.cached_input_tokens += e.tokens.cached_input;
+      row.cache_write_tokens += e.tokens.cache_write;
+      row.output_tokens += e.tokens.output;
+    }
+    row.cost += a.cost;
+    row.events += 1n;
+
+    const day = iso.slice(0, 10);
+    const dk = `${e.orgId}\u0000${day}\u0000${e.type}`;
+    const d = daily.get(dk) ?? { org_id: e.orgId, day, type: e.type, cost: 0n, events: 0n };
+    d.cost += a.cost;
+    d.events += 1n;
+    daily.set(dk, d);
+  }
+
+  const rows = [...monthly.values()];
+  for (let i = 0; i < rows.length; i += 500) {
+    await tx
+      .insertInto("usage_rollups")
+      .values(
+        rows.slice(i, i + 500).map((r) => ({
+          ...r,
+          quantity: creditsToDb(r.quantity),
+          input_tokens: r.input_tokens.toString(),
+          cached_input_tokens: r.cached_input_tokens.toString(),
+          cache_write_tokens: r.cache_write_tokens.toString(),
+          output_tokens: r.output_tokens.toString(),
+          cost: creditsToDb(r.cost),
+          events: r.events.toString(),
+        })),
+      )
+      .onConflict((oc) =>
+        oc
+          .columns([
+            "org_id",
+            "period",
+            "type",
+            "model",
+            "operation",
+            "user_id",
+            "resource",
+            "meter",
+          ])
+          .doUpdateSet((eb) => ({
+            quantity: eb("usage_rollups.quantity", "+", eb.ref("excluded.quantity")),
+            input_tokens: eb("usage_rollups.input_tokens", "+", eb.ref("excluded.input_tokens")),
+            cached_input_tokens: eb(
+              "usage_rollups.cached_input_tokens",
+              "+",
+              eb.ref("excluded.cached_input_tokens"),
+            ),
+            cache_write_tokens: eb(
+              "usage_rollups.cache_write_tokens",
+              "+",
+              eb.ref("excluded.cache_write_tokens"),
+            ),
+            output_tokens: eb("usage_rollups.output_tokens", "+", eb.ref("excluded.output_tokens")),
+            cost: eb("usage_rollups.cost", "+", eb.ref("excluded.cost")),
+            events: eb("usage_rollups.events", "+", eb.ref("excluded.events")),
+          })),
+      )
+      .execute();
+  }
+  await tx
+    .insertInto("usage_daily")
+    .values(
+      [...daily.values()].map((d) => ({
+        ...d,
+        cost: creditsToDb(d.cost),
+        events: d.events.toString(),
+      })),
+    )
+    .onConflict((oc) =>
+      oc.columns(["org_id", "day", "type"]).doUpdateSet((eb) => ({
+        cost: eb("usage_daily.cost", "+", eb.ref("excluded.cost")),
+        events: eb("usage_daily.events", "+", eb.ref("excluded.events")),
+      })),
+    )
+    .execute();
+}
+
+/** Rollup quantity, × 10^12: total tokens, the meter quantity, or GB-hours billed. */
+function quantityOf(a: Accepted): bigint {
+  const e = a.event;
+  if (e.tokens) {
+    return (
+      (e.tokens.input + e.tokens.cached_input + e.tokens.cache_write + e.tokens.output) * 10n ** 12n
+    );
+  }
+  if (e.type === "storage") return a.billedQuantity ?? 0n;
+  return (e.quantity ?? 0n) * 10n ** 6n;
+}

@@ -1,0 +1,274 @@
+import { createHash } from "node:crypto";
+import type { AppContext } from "../../app/context.js";
+import { AppError, type ErrorCode, type ErrorDetail } from "../../app/errors.js";
+import { type Credits, parseScaled6, type Scaled6 } from "../ledger/credits.js";
+import type { Principal } from "../orgs/auth.js";
+import { isCreditsEligible, resolveOrganization } from "../orgs/orgs.service.js";
+import {
+  type MeterType,
+  meterCost,
+  normaliseProviderUsage,
+  sharedCatalogue,
+  type TokenCounts,
+  tokensCost,
+} from "../pricing/pricing.service.js";
+import type { UsageEventInput } from "./usage.schemas.js";
+import type { UsageType } from "./usage.tables.js";
+
+/** A validated, priced event ready for the ingest engine. */
+export interface PreparedEvent {
+  orgId: string;
+  id: string;
+  type: UsageType;
+  timestamp: Date;
+  timestampDefaulted: boolean;
+  userId: string | null;
+  operation: string | null;
+  model: string | null;
+  meter: string | null;
+  resource: string | null;
+  /** Meter quantity (storage: the gauge reading in GB), × 10^6. */
+  quantity: Scaled6 | null;
+  tokens: TokenCounts | null;
+  providerUsage: unknown;
+  metadata: Record<string, string> | null;
+  /** Identity of the event as submitted, without the defaultable org_id and timestamp. */
+  payloadHash: string;
+  priceVersion: number;
+  unit: string;
+  /** Cost in credits; storage readings are priced by the engine from the gauge state. */
+  cost: Credits | null;
+  /** Storage: credits per GB-hour, × 10^6. */
+  storageRate: Scaled6 | null;
+}
+
+const FUTURE_TOLERANCE_MS = 5 * 60_000;
+const DAY_MS = 86_400_000;
+
+/**
+ * Validates and prices a request's events. Any problem rejects the whole request, with every
+ * problem listed; nothing is recorded. Only the engine decides duplicates, because only it sees
+ * the database under the organisation's lock.
+ */
+export async function prepareEvents(
+  ctx: AppContext,
+  principal: Principal,
+  inputs: readonly UsageEventInput[],
+  pointer: (index: number) => string,
+  options: { orgId?: string } = {},
+): Promise<PreparedEvent[]> {
+  const problems: { code: ErrorCode; detail: ErrorDetail }[] = [];
+  const problem = (code: ErrorCode, index: number, field: string, message: string) =>
+    problems.push({ code, detail: { field: `${pointer(index)}${field}`, message } });
+
+  const orgIds = await resolveOrgs(ctx, principal, inputs, options.orgId, (i, code, message) =>
+    problem(code, i, "/org_id", message),
+  );
+
+  const catalogue = sharedCatalogue(ctx);
+  await catalogue.refresh(ctx.db);
+  const now = ctx.clock.now();
+  const oldest = now.getTime() - ctx.config.usageBackdateDays * DAY_MS;
+
+  const prepared: PreparedEvent[] = [];
+  inputs.forEach((e, i) => {
+    const orgId = orgIds[i];
+    const timestamp = e.timestamp ? new Date(e.timestamp) : now;
+    const t = timestamp.getTime();
+    if (Number.isNaN(t))
+      return problem("invalid_request", i, "/timestamp", "not a valid date-time");
+    if (t < oldest || t > now.getTime() + FUTURE_TOLERANCE_MS) {
+      problem(
+        "timestamp_out_of_range",
+        i,
+        "/timestamp",
+        `must be within the last ${ctx.config.usageBackdateDays} days and at most 5 minutes ahead`,
+      );
+      return;
+    }
+    const base = {
+      orgId: orgId ?? "",
+      id: e.id,
+      type: e.type,
+      timestamp,
+      timestampDefaulted: e.timestamp === undefined,
+      userId: e.user_id ?? null,
+      operation: e.operation ?? null,
+      resource: e.resource ?? null,
+      metadata: e.metadata ?? null,
+      payloadHash: payloadHash(e),
+    };
+
+    if (e.type === "ai_tokens") {
+      for (const f of ["meter", "quantity"] as const) {
+        if (e[f] !== undefined) problem("invalid_request", i, `/${f}`, "not allowed for ai_tokens");
+      }
+      if (!e.model) return problem("invalid_request", i, "/model", "required for ai_tokens");
+      if ((e.tokens === undefined) === (e.provider_usage === undefined)) {
+        return problem(
+          "invalid_request",
+          i,
+          "/tokens",
+          "give exactly one of tokens or provider_usage",
+        );
+      }
+      let tokens: TokenCounts;
+      if (e.tokens) {
+        tokens = {
+          input: BigInt(e.tokens.input ?? 0),
+          cached_input: BigInt(e.tokens.cached_input ?? 0),
+          cache_write: BigInt(e.tokens.cache_write ?? 0),
+          output: BigInt(e.tokens.output ?? 0),
+        };
+      } else {
+        const normalised = normaliseProviderUsage(
+          e.provider_usage!.provider,
+          e.provider_usage!.usage,
+          `${pointer(i)}/provider_usage/usage`,
+        );
+        if (!normalised.ok) {
+          for (const d of normalised.details ?? [{ message: normalised.message ?? "invalid" }]) {
+            problems.push({ code: "invalid_request", detail: d });
+          }
+          return;
+        }
+        tokens = normalised.value;
+      }
+      const quote = catalogue.modelPriceAt(timestamp, e.model);
+      if (!quote.ok) return problem("price_not_found", i, "/model", quote.message ?? "no price");
+      prepared.push({
+        ...base,
+        model: e.model,
+        meter: null,
+        quantity: null,
+        tokens,
+        providerUsage: e.provider_usage ?? null,
+        priceVersion: quote.value.version.version,
+        unit: "tokens",
+        cost: tokensCost(quote.value.price, tokens),
+        storageRate: null,
+      });
+      return;
+    }
+
+    for (const f of ["model", "tokens", "provider_usage"] as const) {
+      if (e[f] !== undefined) problem("invalid_request", i, `/${f}`, `not allowed for ${e.type}`);
+    }
+    if (!e.meter) return problem("invalid_request", i, "/meter", `required for ${e.type}`);
+    if (e.quantity === undefined) return problem("invalid_request", i, "/quantity", "required");
+    if (e.type === "storage" && !e.resource) {
+      return problem("invalid_request", i, "/resource", "required for storage readings");
+    }
+    const quantity = parseScaled6(e.quantity);
+    const quote = catalogue.meterPriceAt(timestamp, e.meter, e.type as MeterType);
+    if (!quote.ok) return problem("price_not_found", i, "/meter", quote.message ?? "no price");
+    const price = quote.value.price;
+    const timeWeighted = price.aggregation === "time_weighted";
+    prepared.push({
+      ...base,
+      model: null,
+      meter: e.meter,
+      quantity,
+      tokens: null,
+      providerUsage: null,
+      priceVersion: quote.value.version.version,
+      unit: price.unit,
+      cost: timeWeighted ? null : meterCost(price.rate, quantity),
+      storageRate: timeWeighted ? price.rate : null,
+    });
+  });
+
+  if (problems.length > 0) {
+    // The most fundamental problem decides the status; every problem is listed.
+    const order: ErrorCode[] = [
+      "invalid_request",
+      "not_found",
+      "plan_not_eligible",
+      "timestamp_out_of_range",
+      "price_not_found",
+    ];
+    const code = order.find((c) => problems.some((p) => p.code === c)) ?? "invalid_request";
+    const first = problems.find((p) => p.code === code)!;
+    throw new AppError(
+      code,
+      `${first.detail.field}: ${first.detail.message}`,
+      problems.map((p) => ({ ...p.detail, code: p.code })),
+    );
+  }
+  return prepared;
+}
+
+/** Resolves each event's organisation once per distinct reference; checks scope and plan. */
+async function resolveOrgs(
+  ctx: AppContext,
+  principal: Principal,
+  inputs: readonly UsageEventInput[],
+  fixedOrgId: string | undefined,
+  report: (index: number, code: ErrorCode, message: string) => void,
+): Promise<(string | undefined)[]> {
+  const cache = new Map<string, { id: string } | { error: ErrorCode; message: string }>();
+  const out: (string | undefined)[] = [];
+  for (const [i, e] of inputs.entries()) {
+    const ref = e.org_id ?? fixedOrgId ?? principal.orgId ?? undefined;
+    if (!ref) {
+      report(i, "invalid_request", "required with a platform key");
+      out.push(undefined);
+      continue;
+    }
+    let resolved = cache.get(ref);
+    if (!resolved) {
+      const org = await resolveOrganization(ctx.db, ref);
+      if (!org || (principal.orgId !== null && principal.orgId !== org.id)) {
+        resolved = { error: "not_found", message: "organisation not found" };
+      } else if (fixedOrgId && org.id !== fixedOrgId) {
+        resolved = {
+          error: "invalid_request",
+          message: "must be the organisation of the reservation",
+        };
+      } else if (!isCreditsEligible(ctx, org)) {
+        resolved = {
+          error: "plan_not_eligible",
+          message: "the plan does not include credits billing",
+        };
+      } else {
+        resolved = { id: org.id };
+      }
+      cache.set(ref, resolved);
+    }
+    if ("error" in resolved) {
+      report(i, resolved.error, resolved.message);
+      out.push(undefined);
+    } else {
+      out.push(resolved.id);
+    }
+  }
+  return out;
+}
+
+/** SHA-256 of the event with sorted keys, leaving out what a client may let default. */
+export function payloadHash(event: UsageEventInput): string {
+  const { org_id: _org, timestamp: _ts, ...rest } = event;
+  return createHash("sha256").update(stableStringify(rest)).digest("hex");
+}
+
+function stableStringify(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(stableStringify).join(",")}]`;
+  if (value && typeof value === "object") {
+    const keys = Object.keys(value).sort();
+    return `{${keys
+      .map((k) => `${JSON.stringify(k)}:${stableStringify((value as Record<string, unknown>)[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
+}
+
+/** Same id seen again: a duplicate only if the event as submitted is the same. */
+export function sameSubmission(
+  a: { payloadHash: string; timestamp: Date; timestampDefaulted: boolean },
+  b: { payloadHash: string; timestamp: Date; timestampDefaulted: boolean },
+): boolean {
+  if (a.payloadHash !== b.payloadHash) return false;
+  return (
+    a.timestampDefaulted || b.timestampDefaulted || a.timestamp.getTime() === b.timestamp.getTime()
+  );
+}

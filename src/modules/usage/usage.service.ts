@@ -1,0 +1,134 @@
+import type { AppContext } from "../../app/context.js";
+import { fail, ok, type Result } from "../../app/errors.js";
+import { type Credits, creditsFromDb, creditsToDb } from "../ledger/credits.js";
+import { openLedgers, saveLedgers } from "../ledger/ledger.service.js";
+import type { Principal } from "../orgs/auth.js";
+import type { IngestEngine, IngestOutcome } from "./engine.js";
+import { prepareEvents } from "./prepare.js";
+import type { UsageEventInput } from "./usage.schemas.js";
+import type { ReservationsTable } from "./usage.tables.js";
+
+export type Reservation = ReservationsTable;
+
+/** Validates, prices and records events; resolves after they are durable and deducted. */
+export async function ingestUsage(
+  ctx: AppContext,
+  engine: IngestEngine,
+  principal: Principal,
+  events: readonly UsageEventInput[],
+  pointer: (index: number) => string,
+): Promise<IngestOutcome> {
+  const prepared = await prepareEvents(ctx, principal, events, pointer);
+  return engine.submit({ events: prepared, actor: principal.actor });
+}
+
+export const MAX_HOLD_SECONDS = 86_400;
+
+/**
+ * Holds credits before expensive work. Admission: available + overdraft_limit ≥ amount, checked
+ * under the organisation's balance lock so concurrent holds never over-reserve.
+ */
+export async function createReservation(
+  ctx: AppContext,
+  input: {
+    orgId: string;
+    overdraftLimit: Credits;
+    amount: Credits;
+    expiresInSeconds: number;
+    description: string | null;
+    principal: Principal;
+  },
+): Promise<Result<Reservation, "insufficient_credits">> {
+  return ctx.db.transaction().execute(async (tx) => {
+    const ledger = (await openLedgers(tx, ctx, [input.orgId], { blocks: false })).get(input.orgId)!;
+    if (ledger.available + input.overdraftLimit < input.amount) {
+      return fail("insufficient_credits", "Not enough credits available to reserve this amount.");
+    }
+    ledger.reserve(input.amount);
+    const now = ledger.now;
+    const row: Reservation = {
+      org_id: input.orgId,
+      id: ctx.ids.newId("rsv"),
+      amount: creditsToDb(input.amount),
+      status: "held",
+      description: input.description,
+      expires_at: new Date(now.getTime() + input.expiresInSeconds * 1000),
+      actor_type: input.principal.actor.type,
+      actor_id: input.principal.actor.id,
+      user_id: input.principal.userId,
+      settled_cost: null,
+      created_at: now,
+      closed_at: null,
+    };
+    await tx.insertInto("reservations").values(row).execute();
+    await saveLedgers(tx, [ledger]);
+    return ok(row);
+  });
+}
+
+/** Settles a hold with the actual usage: events recorded as usual, the hold released. */
+export async function settleReservation(
+  ctx: AppContext,
+  engine: IngestEngine,
+  principal: Principal,
+  orgId: string,
+  reservationId: string,
+  events: readonly UsageEventInput[],
+): Promise<IngestOutcome> {
+  const prepared = await prepareEvents(ctx, principal, events, (i) => `body/events/${i}`, {
+    orgId,
+  });
+  return engine.submit({
+    events: prepared,
+    actor: principal.actor,
+    reservation: { orgId, id: reservationId },
+  });
+}
+
+/** Releases a held reservation (`released`, or `expired` when the sweeper does it). */
+export async function releaseReservation(
+  ctx: AppContext,
+  orgId: string,
+  reservationId: string,
+  status: "released" | "expired" = "released",
+): Promise<Result<Reservation, "not_found" | "invalid_state">> {
+  return ctx.db.transaction().execute(async (tx) => {
+    const ledger = (await openLedgers(tx, ctx, [orgId], { blocks: false })).get(orgId)!;
+    const hold = await tx
+      .selectFrom("reservations")
+      .selectAll()
+      .where("org_id", "=", orgId)
+      .where("id", "=", reservationId)
+      .forUpdate()
+      .executeTakeFirst();
+    if (!hold) return fail("not_found", "Reservation not found.");
+    if (hold.status !== "held") return fail("invalid_state", `The reservation is ${hold.status}.`);
+    ledger.release(creditsFromDb(hold.amount));
+    const closed = await tx
+      .updateTable("reservations")
+      .set({ status, closed_at: ledger.now })
+      .where("org_id", "=", orgId)
+      .where("id", "=", reservationId)
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    await saveLedgers(tx, [ledger]);
+    return ok(closed);
+  });
+}
+
+/** Releases holds past their expiry; run periodically. */
+export async function expireReservations(ctx: AppContext, limit = 500): Promise<number> {
+  const due = await ctx.db
+    .selectFrom("reservations")
+    .select(["org_id", "id"])
+    .where("status", "=", "held")
+    .where("expires_at", "<=", ctx.clock.now())
+    .limit(limit)
+    .execute();
+  let n = 0;
+  for (const r of due) {
+    const result = await releaseReservation(ctx, r.org_id, r.id, "expired");
+    if (result.ok) n++;
+  }
+  return n;
+}
