@@ -1,5 +1,6 @@
 import pino, { type Logger } from "pino";
 import { type Database, migrateToLatest, openDatabase } from "../db/index.js";
+import { createNotifyWorker } from "../modules/notify/notify.service.js";
 import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
 import type { Config } from "./config.js";
 import { type AppContext, type Clock, systemClock } from "./context.js";
@@ -79,6 +80,7 @@ export async function createRuntime(
     const generatedAdminKey = await bootstrapPlatformKey(ctx);
     const app = await buildServer(ctx);
     const workers = new Workers(ctx);
+    workers.add(createNotifyWorker(ctx));
     if (options.workers !== false) workers.start();
 
     return {

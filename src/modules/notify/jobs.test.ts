@@ -1,0 +1,181 @@
+import { describe, expect, it } from "vitest";
+import { createTestApp, waitFor } from "../../../test/support/app.js";
+import {
+  backoffDelay,
+  DEFAULT_BACKOFF,
+  enqueueJob,
+  findJob,
+  type Job,
+  JobRunner,
+  PermanentJobError,
+  purgeFinishedJobs,
+} from "./jobs.js";
+
+describe("job queue", async () => {
+  const app = await createTestApp();
+  const ctx = app.runtime.ctx;
+  let n = 0;
+
+  /** A runner serving one fresh queue with `handler`. */
+  function runnerFor(handler: (job: Job<{ n: number }>) => Promise<void>, maxAgeMs?: number) {
+    const queue = `test.${++n}`;
+    const runner = new JobRunner({ ctx, random: () => 0.5 }).register(queue, handler, {
+      maxAgeMs,
+      backoff: { baseMs: 1000, maxMs: 8000, jitter: 0.25 },
+    });
+    return { queue, runner };
+  }
+
+  it("backoff doubles, is capped and jittered within bounds", () => {
+    const policy = { baseMs: 1000, maxMs: 8000, jitter: 0.25 };
+    expect([1, 2, 3, 4, 5, 6].map((a) => backoffDelay(policy, a, () => 0.5))).toEqual([
+      1000, 2000, 4000, 8000, 8000, 8000,
+    ]);
+    expect(backoffDelay(policy, 1, () => 0)).toBe(750);
+    expect(backoffDelay(policy, 1, () => 0.999999)).toBe(1250);
+    for (let a = 1; a < 60; a++) {
+      const d = backoffDelay(DEFAULT_BACKOFF, a);
+      expect(d).toBeGreaterThan(0);
+      expect(d).toBeLessThanOrEqual(DEFAULT_BACKOFF.maxMs * 1.25);
+    }
+  });
+
+  it("a job enqueued in a rolled-back transaction never runs; a committed one runs once", async () => {
+    const seen: number[] = [];
+    const { queue, runner } = runnerFor(async (job) => {
+      seen.push(job.payload.n);
+    });
+    await ctx.db
+      .transaction()
+      .execute(async (trx) => {
+        await enqueueJob(trx, ctx, { queue, payload: { n: 1 } });
+        throw new Error("roll back");
+      })
+      .catch(() => {});
+    await ctx.db.transaction().execute((trx) => enqueueJob(trx, ctx, { queue, payload: { n: 2 } }));
+    expect(await runner.runDueJobs()).toBe(1);
+    expect(await runner.runDueJobs()).toBe(0);
+    expect(seen).toEqual([2]);
+  });
+
+  it("a duplicate dedupe key is a no-op", async () => {
+    const seen: number[] = [];
+    const { queue, runner } = runnerFor(async (job) => {
+      seen.push(job.payload.n);
+    });
+    const first = await enqueueJob(ctx.db, ctx, { queue, payload: { n: 1 }, dedupeKey: `k${n}` });
+    const second = await enqueueJob(ctx.db, ctx, { queue, payload: { n: 2 }, dedupeKey: `k${n}` });
+    expect(first.enqueued).toBe(true);
+    expect(second).toEqual({ id: first.id, enqueued: false });
+    await runner.runDueJobs();
+    expect(seen).toEqual([1]);
+  });
+
+  it("runs a job only from its run_at, and only jobs of registered queues", async () => {
+    const seen: number[] = [];
+    const { queue, runner } = runnerFor(async (job) => {
+      seen.push(job.payload.n);
+    });
+    await enqueueJob(ctx.db, ctx, {
+      queue,
+      payload: { n: 1 },
+      runAt: new Date(app.clock.now().getTime() + 60_000),
+    });
+    const other = await enqueueJob(ctx.db, ctx, { queue: "nobody.serves.this", payload: {} });
+    expect(await runner.runDueJobs()).toBe(0);
+    app.clock.advance(60_000);
+    expect(await runner.runDueJobs()).toBe(1);
+    expect(seen).toEqual([1]);
+    expect((await findJob(ctx.db, other.id))?.status).toBe("pending");
+  });
+
+  it("retries failures with backoff and marks the job dead after its max age, error kept", async () => {
+    let calls = 0;
+    const { queue, runner } = runnerFor(async () => {
+      calls++;
+      throw new Error(`boom ${calls}`);
+    }, 10_000);
+    const { id } = await enqueueJob(ctx.db, ctx, { queue, payload: { n: 1 } });
+    await runner.runDueJobs();
+    expect(await findJob(ctx.db, id)).toMatchObject({
+      status: "pending",
+      attempts: 1,
+      last_error: "boom 1",
+      locked_until: null,
+      run_at: new Date(app.clock.now().getTime() + 1000),
+    });
+    app.clock.advance(999);
+    expect(await runner.runDueJobs()).toBe(0);
+    app.clock.advance(1);
+    expect(await runner.runDueJobs()).toBe(1); // attempt 2, next in 2 s
+    app.clock.advance(2000);
+    await runner.runDueJobs(); // attempt 3, next in 4 s (7 s after creation)
+    app.clock.advance(4000);
+    await runner.runDueJobs(); // attempt 4: the next try (8 s later) would pass 10 s → dead
+    expect(calls).toBe(4);
+    expect(await findJob(ctx.db, id)).toMatchObject({
+      status: "dead",
+      attempts: 4,
+      last_error: "boom 4",
+    });
+    app.clock.advance(3600_000);
+    expect(await runner.runDueJobs()).toBe(0);
+  });
+
+  it("a PermanentJobError makes the job dead at once and calls onDead", async () => {
+    const dead: string[] = [];
+    const queue = `test.${++n}`;
+    const runner = new JobRunner({ ctx }).register(
+      queue,
+      async () => {
+        throw new PermanentJobError("cannot ever work");
+      },
+      {
+        onDead: async (job, error) => {
+          dead.push(`${job.id}:${error}`);
+        },
+      },
+    );
+    const { id } = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    await runner.runDueJobs();
+    expect((await findJob(ctx.db, id))?.status).toBe("dead");
+    expect(dead).toEqual([`${id}:cannot ever work`]);
+  });
+
+  it("a runner whose lease was taken over cannot overwrite the new owner's result", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const queue = `test.${++n}`;
+    const slow = new JobRunner({ ctx, leaseMs: 1000 }).register(queue, async () => {
+      await gate;
+      throw new Error("late failure");
+    });
+    const fast = new JobRunner({ ctx, leaseMs: 1000 }).register(queue, async () => {});
+    const { id } = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    const running = slow.runDueJobs();
+    await waitFor(async () => (await findJob(ctx.db, id))?.status === "running");
+    app.clock.advance(1001);
+    expect(await fast.runDueJobs()).toBe(1);
+    release();
+    await running;
+    expect(await findJob(ctx.db, id)).toMatchObject({ status: "done", attempts: 2 });
+  });
+
+  it("runDueJobs respects its limit; purge deletes old finished jobs only", async () => {
+    const { queue, runner } = runnerFor(async () => {});
+    for (let i = 0; i < 5; i++) await enqueueJob(ctx.db, ctx, { queue, payload: { n: i } });
+    expect(await runner.runDueJobs({ limit: 3 })).toBe(3);
+    expect(await runner.runDueJobs()).toBe(2);
+    const pending = await enqueueJob(ctx.db, ctx, {
+      queue,
+      payload: { n: 9 },
+      runAt: new Date(app.clock.now().getTime() + 3600_000),
+    });
+    app.clock.advance(1000);
+    const deleted = await purgeFinishedJobs(ctx.db, app.clock.now());
+    expect(deleted).toBeGreaterThanOrEqual(5);
+    expect(await findJob(ctx.db, pending.id)).toBeDefined();
+  });
+});

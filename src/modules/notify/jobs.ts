@@ -1,0 +1,392 @@
+import { randomBytes } from "node:crypto";
+import { sql } from "kysely";
+import type { AppContext } from "../../app/context.js";
+import type { Db } from "../../db/index.js";
+import type { JobsTable } from "./notify.tables.js";
+
+/**
+ * The transactional outbox. A job row is written in the caller's transaction, so it exists
+ * exactly when the change that caused it committed; a `JobRunner` performs it afterwards, at
+ * least once, with retries. Handlers must therefore be idempotent (or carry an idempotency key
+ * to whoever they call).
+ */
+
+export type JobRow = JobsTable;
+
+export interface Job<P = unknown> {
+  id: string;
+  queue: string;
+  orgId: string | null;
+  payload: P;
+  /** 1 on the first run; a run whose lease expired (crash) counts too. */
+  attempts: number;
+  createdAt: Date;
+  runAt: Date;
+}
+
+export type JobHandler<P = unknown> = (job: Job<P>, ctx: AppContext) => Promise<void>;
+
+export interface BackoffPolicy {
+  /** Delay after the first failure. */
+  baseMs: number;
+  /** The delay doubles per failure up to this. */
+  maxMs: number;
+  /** ± fraction applied at random so that retries of many jobs spread out (0.25 = ±25 %). */
+  jitter: number;
+}
+
+export interface QueueOptions {
+  backoff?: BackoffPolicy;
+  /** After this age (from the job's creation) a failing job is not retried but marked dead. */
+  maxAgeMs?: number;
+  /** Called once when a job goes dead (its last error kept on the row). */
+  onDead?: (job: Job, error: string, ctx: AppContext) => Promise<void>;
+}
+
+export const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 5_000, maxMs: 60 * 60_000, jitter: 0.25 };
+export const DEFAULT_MAX_AGE_MS = 24 * 60 * 60_000;
+
+/** Thrown by a handler for a failure that no retry can fix: the job goes dead at once. */
+export class PermanentJobError extends Error {}
+
+export interface EnqueueJobInput<P = unknown> {
+  queue: string;
+  orgId?: string | null;
+  payload: P;
+  /** Unique across all jobs still stored: enqueueing the same key again does nothing. */
+  dedupeKey?: string;
+  /** Not before this time (default now). */
+  runAt?: Date;
+}
+
+/**
+ * Writes a job in the caller's transaction (pass the transaction as `db`). A duplicate
+ * `dedupeKey` is a no-op: `enqueued` is then false and `id` is the existing job's id.
+ */
+export async function enqueueJob<P>(
+  db: Db,
+  ctx: AppContext,
+  input: EnqueueJobInput<P>,
+): Promise<{ id: string; enqueued: boolean }> {
+  const now = ctx.clock.now();
+  const id = ctx.ids.newId("job");
+  const inserted = await db
+    .insertInto("jobs")
+    .values({
+      id,
+      queue: input.queue,
+      org_id: input.orgId ?? null,
+      dedupe_key: input.dedupeKey ?? null,
+      payload: JSON.stringify(input.payload ?? null),
+      status: "pending",
+      attempts: 0,
+      run_at: input.runAt ?? now,
+      locked_until: null,
+      locked_by: null,
+      last_error: null,
+      created_at: now,
+      updated_at: now,
+    })
+    .onConflict((oc) => oc.column("dedupe_key").doNothing())
+    .returning("id")
+    .executeTakeFirst();
+  if (inserted) return { id, enqueued: true };
+  const existing = await db
+    .selectFrom("jobs")
+    .select("id")
+    .where("dedupe_key", "=", input.dedupeKey ?? "")
+    .executeTakeFirst();
+  return { id: existing?.id ?? id, enqueued: false };
+}
+
+/** The delay before retry number `attempts` (1 = after the first failure), jittered. */
+export function backoffDelay(
+  policy: BackoffPolicy,
+  attempts: number,
+  random: () => number = Math.random,
+): number {
+  const exponent = Math.min(Math.max(attempts - 1, 0), 40);
+  const plain = Math.min(policy.maxMs, policy.baseMs * 2 ** exponent);
+  return Math.max(1, Math.round(plain * (1 - policy.jitter + 2 * policy.jitter * random())));
+}
+
+export interface JobRunnerOptions {
+  ctx: AppContext;
+  /** Identifies this runner's leases (default: random). */
+  workerId?: string;
+  /** Jobs claimed per round trip (default 20). */
+  batchSize?: number;
+  /**
+   * How long a claimed job is reserved. A runner that crashes loses its jobs to the next
+   * runner once the lease has passed, so a lease must outlast any handler (default 2 min).
+   */
+  leaseMs?: number;
+  /** `start()` polls this often when nothing is due (default 1 s). */
+  pollIntervalMs?: number;
+  /** Finished (done/dead) jobs are deleted after this long; their dedupe keys with them (default 14 days). */
+  retentionMs?: number;
+  /** Jitter source (tests may fix it). */
+  random?: () => number;
+}
+
+interface QueueDefinition {
+  handler: JobHandler<unknown>;
+  backoff: BackoffPolicy;
+  maxAgeMs: number;
+  onDead?: QueueOptions["onDead"];
+}
+
+const PURGE_EVERY_MS = 10 * 60_000;
+const MAX_ERROR_LENGTH = 2000;
+
+/**
+ * Claims due jobs with `FOR UPDATE SKIP LOCKED` (several runners, in one process or many, never
+ * claim the same job at once), marks them running under a lease, commits, then runs their
+ * handlers. Success marks a job done; failure reschedules it with exponential backoff and
+ * jitter until its queue's maximum age, then marks it dead with the error kept. A job whose
+ * runner died stays `running` until its lease passes and is then claimed again: delivery is at
+ * least once. Time comes from `ctx.clock`, so tests move it by hand.
+ */
+export class JobRunner {
+  readonly workerId: string;
+  private readonly ctx: AppContext;
+  private readonly queues = new Map<string, QueueDefinition>();
+  private readonly batchSize: number;
+  private readonly leaseMs: number;
+  private readonly pollIntervalMs: number;
+  private readonly retentionMs: number;
+  private readonly random: () => number;
+  private timer: NodeJS.Timeout | null = null;
+  private loop: Promise<void> | null = null;
+  private stopping = false;
+  private lastPurge = 0;
+
+  constructor(options: JobRunnerOptions) {
+    this.ctx = options.ctx;
+    this.workerId = options.workerId ?? `w_${randomBytes(6).toString("hex")}`;
+    this.batchSize = options.batchSize ?? 20;
+    this.leaseMs = options.leaseMs ?? 120_000;
+    this.pollIntervalMs = options.pollIntervalMs ?? 1000;
+    this.retentionMs = options.retentionMs ?? 14 * 24 * 60 * 60_000;
+    this.random = options.random ?? Math.random;
+  }
+
+  /** Handles `queue`. Only queues with a handler are claimed by this runner. */
+  register<P>(queue: string, handler: JobHandler<P>, options: QueueOptions = {}): this {
+    if (this.queues.has(queue)) throw new Error(`queue ${queue} is already registered`);
+    this.queues.set(queue, {
+      handler: handler as JobHandler<unknown>,
+      backoff: options.backoff ?? DEFAULT_BACKOFF,
+      maxAgeMs: options.maxAgeMs ?? DEFAULT_MAX_AGE_MS,
+      onDead: options.onDead,
+    });
+    return this;
+  }
+
+  get registeredQueues(): string[] {
+    return [...this.queues.keys()];
+  }
+
+  /** Polls in the background until `stop()`. */
+  start(): void {
+    if (this.loop || this.timer) return;
+    this.stopping = false;
+    const tick = () => {
+      this.timer = null;
+      this.loop = this.tick()
+        .then(() => undefined)
+        .catch((err) => this.ctx.logger.error({ err }, "job runner tick failed"))
+        .finally(() => {
+          this.loop = null;
+          if (!this.stopping) this.timer = setTimeout(tick, this.pollIntervalMs).unref();
+        });
+    };
+    this.timer = setTimeout(tick, 0).unref();
+  }
+
+  /** Stops claiming; waits for the handlers already running. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.loop;
+    this.stopping = false;
+  }
+
+  /** One polling round: run what is due, and now and then purge old finished jobs. */
+  async tick(): Promise<number> {
+    const processed = await this.runDueJobs({ limit: this.batchSize * 10 });
+    if (Date.now() - this.lastPurge > PURGE_EVERY_MS) {
+      this.lastPurge = Date.now();
+      await purgeFinishedJobs(
+        this.ctx.db,
+        new Date(this.ctx.clock.now().getTime() - this.retentionMs),
+      );
+    }
+    return processed;
+  }
+
+  /**
+   * Claims and runs due jobs batch after batch until none is due (or `limit` jobs ran). Jobs the
+   * handlers enqueue for now run in the same call. Returns how many jobs ran.
+   */
+  async runDueJobs(options: { limit?: number } = {}): Promise<number> {
+    const limit = options.limit ?? 1000;
+    let processed = 0;
+    while (processed < limit && !this.stopping) {
+      const jobs = await this.claimDueJobs(Math.min(this.batchSize, limit - processed));
+      if (jobs.length === 0) break;
+      await Promise.all(jobs.map((job) => this.execute(job)));
+      processed += jobs.length;
+    }
+    return processed;
+  }
+
+  /**
+   * Claims up to `limit` due jobs of the registered queues and commits the claim. Public so that
+   * tests can simulate a runner that claims and then dies.
+   */
+  async claimDueJobs(limit: number): Promise<JobRow[]> {
+    const queues = this.registeredQueues;
+    if (queues.length === 0 || limit <= 0) return [];
+    const now = this.ctx.clock.now();
+    const leaseUntil = new Date(now.getTime() + this.leaseMs);
+    const { rows } = await sql<JobRow>`
+      with due as (
+        select id from jobs
+        where queue in (${sql.join(queues)})
+          and ((status = 'pending' and run_at <= ${now})
+            or (status = 'running' and locked_until <= ${now}))
+        order by run_at, id
+        limit ${limit}
+        for update skip locked
+      )
+      update jobs set
+        status = 'running',
+        attempts = jobs.attempts + 1,
+        locked_until = ${leaseUntil},
+        locked_by = ${this.workerId},
+        updated_at = ${now}
+      from due
+      where jobs.id = due.id
+      returning jobs.*`.execute(this.ctx.db);
+    return rows.sort((a, b) => a.run_at.getTime() - b.run_at.getTime() || (a.id < b.id ? -1 : 1));
+  }
+
+  private async execute(row: JobRow): Promise<void> {
+    const definition = this.queues.get(row.queue);
+    const job = toJob(row);
+    if (!definition) return; // claimed only for registered queues
+    try {
+      await definition.handler(job, this.ctx);
+    } catch (error) {
+      await this.fail(row, job, definition, error);
+      return;
+    }
+    const finished = await this.ctx.db
+      .updateTable("jobs")
+      .set({
+        status: "done",
+        locked_until: null,
+        locked_by: null,
+        last_error: null,
+        updated_at: this.ctx.clock.now(),
+      })
+      .where("id", "=", row.id)
+      .where("locked_by", "=", this.workerId)
+      .where("attempts", "=", row.attempts)
+      .executeTakeFirst()
+      .catch((err) => {
+        this.ctx.logger.error({ err, job: row.id }, "could not mark job done; it will run again");
+        return null;
+      });
+    if (finished && finished.numUpdatedRows === 0n) {
+      this.ctx.logger.warn(
+        { job: row.id, queue: row.queue },
+        "job finished after its lease was taken over; it may have run twice",
+      );
+    }
+  }
+
+  private async fail(
+    row: JobRow,
+    job: Job,
+    definition: QueueDefinition,
+    error: unknown,
+  ): Promise<void> {
+    const message = errorMessage(error);
+    const now = this.ctx.clock.now();
+    const nextRun = new Date(
+      now.getTime() + backoffDelay(definition.backoff, row.attempts, this.random),
+    );
+    const dead =
+      error instanceof PermanentJobError ||
+      nextRun.getTime() - row.created_at.getTime() > definition.maxAgeMs;
+    try {
+      const result = await this.ctx.db
+        .updateTable("jobs")
+        .set({
+          status: dead ? "dead" : "pending",
+          run_at: dead ? row.run_at : nextRun,
+          locked_until: null,
+          locked_by: null,
+          last_error: message,
+          updated_at: now,
+        })
+        .where("id", "=", row.id)
+        .where("locked_by", "=", this.workerId)
+        .where("attempts", "=", row.attempts)
+        .executeTakeFirst();
+      if (result.numUpdatedRows === 0n) return; // another runner owns it now
+    } catch (err) {
+      this.ctx.logger.error({ err, job: row.id }, "could not record job failure");
+      return;
+    }
+    const log = { job: row.id, queue: row.queue, attempts: row.attempts, error: message };
+    if (!dead) {
+      this.ctx.logger.info(
+        { ...log, next_run_at: nextRun.toISOString() },
+        "job failed; will retry",
+      );
+      return;
+    }
+    this.ctx.logger.warn(log, "job failed for good (dead)");
+    try {
+      await definition.onDead?.(job, message, this.ctx);
+    } catch (err) {
+      this.ctx.logger.error({ err, job: row.id }, "onDead hook failed");
+    }
+  }
+}
+
+function toJob(row: JobRow): Job {
+  return {
+    id: row.id,
+    queue: row.queue,
+    orgId: row.org_id,
+    payload: typeof row.payload === "string" ? JSON.parse(row.payload) : row.payload,
+    attempts: row.attempts,
+    createdAt: row.created_at,
+    runAt: row.run_at,
+  };
+}
+
+function errorMessage(error: unknown): string {
+  const message =
+    error instanceof Error ? error.message || error.name : String(error ?? "unknown error");
+  return message.length > MAX_ERROR_LENGTH ? `${message.slice(0, MAX_ERROR_LENGTH)}…` : message;
+}
+
+/** Deletes done and dead jobs last touched before `before`. */
+export async function purgeFinishedJobs(db: Db, before: Date): Promise<number> {
+  const result = await db
+    .deleteFrom("jobs")
+    .where("status", "in", ["done", "dead"])
+    .where("updated_at", "<", before)
+    .executeTakeFirst();
+  return Number(result.numDeletedRows);
+}
+
+export async function findJob(db: Db, id: string): Promise<JobRow | undefined> {
+  return db.selectFrom("jobs").selectAll().where("id", "=", id).executeTakeFirst();
+}

@@ -1,0 +1,364 @@
+import { createHmac } from "node:crypto";
+import { beforeEach, describe, expect, it } from "vitest";
+import { createTestApp, waitFor } from "../../../test/support/app.js";
+import { type EventType, emitEvent, runDueJobs } from "./notify.service.js";
+import { createJobRunner, createNotifyWorker } from "./notify.worker.js";
+import { startReceiver } from "./test-receiver.js";
+import { WEBHOOK_QUEUE_OPTIONS } from "./webhooks.service.js";
+
+/** Standard Webhooks verification written from the spec, not with the library that signs. */
+function verifySignature(secret: string, headers: Record<string, unknown>, body: string) {
+  const key = Buffer.from(secret.slice("whsec_".length), "base64");
+  const expected = createHmac("sha256", key)
+    .update(`${headers["webhook-id"]}.${headers["webhook-timestamp"]}.${body}`)
+    .digest("base64");
+  return String(headers["webhook-signature"])
+    .split(" ")
+    .some((s) => s === `v1,${expected}`);
+}
+
+describe("webhook delivery", async () => {
+  const app = await createTestApp({ env: { TALLY_ALLOW_PRIVATE_WEBHOOK_URLS: "true" } });
+  const ctx = app.runtime.ctx;
+  const receiver = await startReceiver();
+  const orgId = await app.createOrg();
+
+  async function createEndpoint(body: Record<string, unknown> = {}) {
+    const res = await app.call("POST", "/v1/webhook-endpoints", {
+      body: { url: receiver.url, ...body },
+    });
+    expect(res.statusCode, res.body).toBe(201);
+    return res.json() as { id: string; secret: string };
+  }
+
+  async function emit(type: EventType = "balance.low", data: Record<string, unknown> = {}) {
+    return ctx.db
+      .transaction()
+      .execute((trx) => emitEvent(trx, ctx, { type, orgId, data: { balance: "12.5", ...data } }));
+  }
+
+  async function deliveries(endpointId: string) {
+    const res = await app.call("GET", `/v1/webhook-endpoints/${endpointId}/deliveries`);
+    expect(res.statusCode, res.body).toBe(200);
+    return res.json().data as Array<Record<string, unknown>>;
+  }
+
+  beforeEach(async () => {
+    // Each test starts from an empty queue and no endpoints.
+    await runDueJobs(ctx);
+    await ctx.db.deleteFrom("webhook_endpoints").execute();
+    receiver.requests.length = 0;
+    receiver.respond = () => 204;
+  });
+
+  it("creates an endpoint with a Standard Webhooks secret", async () => {
+    const res = await app.call("POST", "/v1/webhook-endpoints", {
+      body: { url: receiver.url, events: ["balance.low", "purchase.completed"], org_id: orgId },
+    });
+    expect(res.statusCode, res.body).toBe(201);
+    const body = res.json();
+    expect(body).toEqual({
+      id: expect.stringMatching(/^whe_/),
+      url: receiver.url,
+      events: ["balance.low", "purchase.completed"],
+      org_id: orgId,
+      status: "enabled",
+      disabled_reason: null,
+      disabled_at: null,
+      created_at: "2026-11-24T10:00:00.000Z",
+      secret: expect.stringMatching(/^whsec_[A-Za-z0-9+/]+=*$/),
+    });
+    expect(Buffer.from(body.secret.slice(6), "base64").length).toBeGreaterThanOrEqual(24);
+
+    const got = await app.call("GET", `/v1/webhook-endpoints/${body.id}`);
+    expect(got.statusCode).toBe(200);
+    expect(got.json().secret).toBeUndefined();
+    expect(got.json().events).toEqual(["balance.low", "purchase.completed"]);
+
+    const list = await app.call("GET", "/v1/webhook-endpoints");
+    expect(list.json().data.map((e: { id: string }) => e.id)).toContain(body.id);
+
+    const del = await app.call("DELETE", `/v1/webhook-endpoints/${body.id}`);
+    expect(del.statusCode).toBe(204);
+    expect((await app.call("GET", `/v1/webhook-endpoints/${body.id}`)).statusCode).toBe(404);
+    expect((await app.call("DELETE", `/v1/webhook-endpoints/${body.id}`)).statusCode).toBe(404);
+  });
+
+  it("rejects unknown event types, non-http URLs and unknown organisations", async () => {
+    const bad = [
+      { url: receiver.url, events: ["balance.lowish"] },
+      { url: "ftp://example.com/x" },
+      { url: "not a url" },
+      { url: receiver.url, extra: true },
+    ];
+    for (const body of bad) {
+      const res = await app.call("POST", "/v1/webhook-endpoints", { body });
+      expect(res.statusCode, JSON.stringify(body)).toBe(400);
+      expect(res.json().error.code).toBe("invalid_request");
+    }
+    const res = await app.call("POST", "/v1/webhook-endpoints", {
+      body: { url: receiver.url, org_id: "org_00000000000000000000000000" },
+    });
+    expect(res.statusCode).toBe(404);
+  });
+
+  it("delivers nothing for a rolled-back transaction", async () => {
+    await createEndpoint();
+    await expect(
+      ctx.db.transaction().execute(async (trx) => {
+        await emitEvent(trx, ctx, { type: "balance.low", orgId, data: {} });
+        throw new Error("roll back");
+      }),
+    ).rejects.toThrow("roll back");
+    expect(await runDueJobs(ctx)).toBe(0);
+    expect(receiver.requests).toHaveLength(0);
+    expect(
+      await ctx.db.selectFrom("events").selectAll().where("org_id", "=", orgId).execute(),
+    ).toHaveLength(0);
+  });
+
+  it("delivers a committed event, signed, in the documented shape", async () => {
+    const endpoint = await createEndpoint();
+    const { id } = await emit("balance.low", { threshold: "100" });
+    expect(receiver.requests).toHaveLength(0); // nothing leaves before a worker runs
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(1);
+    const [request] = receiver.requests;
+    expect(JSON.parse(request!.body)).toEqual({
+      id,
+      type: "balance.low",
+      created_at: "2026-11-24T10:00:00.000Z",
+      org_id: orgId,
+      data: { balance: "12.5", threshold: "100" },
+    });
+    expect(request!.headers["content-type"]).toBe("application/json");
+    expect(request!.headers["webhook-id"]).toBe(id);
+    expect(request!.headers["webhook-timestamp"]).toBe(
+      String(Math.floor(app.clock.now().getTime() / 1000)),
+    );
+    expect(verifySignature(endpoint.secret, request!.headers, request!.body)).toBe(true);
+    expect(verifySignature(endpoint.secret, request!.headers, `${request!.body} `)).toBe(false);
+
+    const [attempt] = await deliveries(endpoint.id);
+    expect(attempt).toEqual({
+      id: expect.stringMatching(/^dlv_/),
+      event_id: id,
+      event_type: "balance.low",
+      attempt: 1,
+      status_code: 204,
+      error: null,
+      duration_ms: expect.any(Number),
+      succeeded: true,
+      created_at: "2026-11-24T10:00:00.000Z",
+    });
+    expect(await runDueJobs(ctx)).toBe(0);
+  });
+
+  it("delivers only to endpoints of the event's organisation (or all) and type", async () => {
+    const otherOrg = await app.createOrg();
+    const all = await createEndpoint();
+    const mine = await createEndpoint({ org_id: orgId, events: ["balance.low"] });
+    const wrongType = await createEndpoint({ org_id: orgId, events: ["purchase.completed"] });
+    const other = await createEndpoint({ org_id: otherOrg });
+    await emit("balance.low");
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(2);
+    expect(await deliveries(all.id)).toHaveLength(1);
+    expect(await deliveries(mine.id)).toHaveLength(1);
+    expect(await deliveries(wrongType.id)).toHaveLength(0);
+    expect(await deliveries(other.id)).toHaveLength(0);
+  });
+
+  it("retries with backoff: two failures, then success, three attempts logged", async () => {
+    const endpoint = await createEndpoint();
+    receiver.respond = (_r, i) => (i < 2 ? 500 : 200);
+    const { backoff } = WEBHOOK_QUEUE_OPTIONS;
+    const low = (n: number) => backoff.baseMs * 2 ** (n - 1) * (1 - backoff.jitter);
+    const high = (n: number) => backoff.baseMs * 2 ** (n - 1) * (1 + backoff.jitter);
+
+    await emit();
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(1);
+
+    app.clock.advance(low(1) - 500);
+    expect(await runDueJobs(ctx)).toBe(0); // not due yet
+    app.clock.advance(high(1) - low(1) + 1000);
+    expect(await runDueJobs(ctx)).toBe(1);
+    expect(receiver.requests).toHaveLength(2);
+
+    app.clock.advance(low(2) - 500);
+    expect(await runDueJobs(ctx)).toBe(0);
+    app.clock.advance(high(2) - low(2) + 1000);
+    expect(await runDueJobs(ctx)).toBe(1);
+    expect(receiver.requests).toHaveLength(3);
+
+    app.clock.advance(24 * 3600_000);
+    expect(await runDueJobs(ctx)).toBe(0);
+    const ids = new Set(receiver.requests.map((r) => r.headers["webhook-id"]));
+    expect(ids.size).toBe(1); // the same message id on every retry
+    for (const r of receiver.requests) {
+      expect(verifySignature(endpoint.secret, r.headers, r.body)).toBe(true);
+    }
+
+    const attempts = (await deliveries(endpoint.id)).reverse();
+    expect(attempts.map((a) => [a.attempt, a.status_code, a.succeeded, a.error])).toEqual([
+      [1, 500, false, "HTTP 500"],
+      [2, 500, false, "HTTP 500"],
+      [3, 200, true, null],
+    ]);
+    const ep = (await app.call("GET", `/v1/webhook-endpoints/${endpoint.id}`)).json();
+    expect(ep.status).toBe("enabled");
+  });
+
+  it("records a timeout as a failed attempt", async () => {
+    const endpoint = await createEndpoint();
+    receiver.respond = () => "hang";
+    const runner = createJobRunner(ctx, { webhookTimeoutMs: 200 });
+    await emit();
+    await runner.runDueJobs();
+    const [attempt] = await deliveries(endpoint.id);
+    expect(attempt).toMatchObject({
+      succeeded: false,
+      status_code: null,
+      error: "timed out after 200 ms",
+    });
+    receiver.respond = () => 204;
+    app.clock.advance(60_000);
+    await runner.runDueJobs();
+    expect((await deliveries(endpoint.id))[0]).toMatchObject({ attempt: 2, succeeded: true });
+  });
+
+  it("a crashed worker's job is picked up again once its lease has passed", async () => {
+    await createEndpoint();
+    await emit();
+    const crashed = createJobRunner(ctx, { leaseMs: 60_000 });
+    const claimed = await crashed.claimDueJobs(10);
+    expect(claimed).toHaveLength(1); // the fan-out job; this runner now "dies"
+
+    expect(await runDueJobs(ctx)).toBe(0); // leased to the dead runner
+    app.clock.advance(59_000);
+    expect(await runDueJobs(ctx)).toBe(0);
+    app.clock.advance(2_000);
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(1);
+    const job = await ctx.db
+      .selectFrom("jobs")
+      .selectAll()
+      .where("id", "=", claimed[0]!.id)
+      .executeTakeFirstOrThrow();
+    expect(job).toMatchObject({ status: "done", attempts: 2 });
+  });
+
+  it("two runners at once deliver every event exactly once", async () => {
+    app.clock.advance(1); // this test's jobs are those created at this instant
+    await createEndpoint();
+    const ids: string[] = [];
+    for (let i = 0; i < 30; i++) ids.push((await emit()).id);
+    const a = createJobRunner(ctx, { batchSize: 3 });
+    const b = createJobRunner(ctx, { batchSize: 3 });
+    const [ranA, ranB] = await Promise.all([a.runDueJobs(), b.runDueJobs()]);
+    expect(ranA + ranB).toBe(60); // 30 fan-outs + 30 deliveries
+    expect(Math.min(ranA, ranB)).toBeGreaterThan(0); // both took a share
+    const delivered = receiver.requests.map((r) => r.headers["webhook-id"]);
+    expect(delivered.sort()).toEqual([...ids].sort());
+    const jobs = await ctx.db
+      .selectFrom("jobs")
+      .select(["status", "attempts"])
+      .where("org_id", "=", orgId)
+      .where("created_at", "=", app.clock.now())
+      .execute();
+    expect(jobs).toHaveLength(60);
+    expect(jobs.every((j) => j.status === "done" && j.attempts === 1)).toBe(true);
+  });
+
+  it("disables an endpoint whose deliveries all fail for 3 days", async () => {
+    const endpoint = await createEndpoint();
+    receiver.respond = () => 503;
+    await emit();
+    const start = app.clock.now().getTime();
+    await runDueJobs(ctx);
+    while (app.clock.now().getTime() - start < 4 * 24 * 3600_000) {
+      app.clock.advance(30 * 60_000);
+      await runDueJobs(ctx);
+    }
+    const attempts = await deliveries(endpoint.id);
+    expect(attempts.length).toBeGreaterThan(15);
+    const spanMs =
+      Date.parse(attempts[0]!.created_at as string) -
+      Date.parse(attempts[attempts.length - 1]!.created_at as string);
+    expect(spanMs).toBeGreaterThanOrEqual(24 * 3600_000); // retried for at least 24 h
+    const ep = (await app.call("GET", `/v1/webhook-endpoints/${endpoint.id}`)).json();
+    expect(ep.status).toBe("disabled");
+    expect(ep.disabled_reason).toMatch(/failed/);
+
+    // Disabled: new events are not sent; re-enabled: they are.
+    const before = receiver.requests.length;
+    await emit();
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(before);
+    receiver.respond = () => 204;
+    const enabled = await app.call("POST", `/v1/webhook-endpoints/${endpoint.id}/enable`);
+    expect(enabled.statusCode, enabled.body).toBe(200);
+    expect(enabled.json()).toMatchObject({ status: "enabled", disabled_reason: null });
+    await emit();
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(before + 1);
+  });
+
+  it("does not disable an endpoint that succeeded in between", async () => {
+    const endpoint = await createEndpoint();
+    // Always fails for one event, succeeds for others.
+    let poisoned = "";
+    receiver.respond = (r) => (JSON.parse(r.body).id === poisoned ? 500 : 204);
+    poisoned = (await emit()).id;
+    await runDueJobs(ctx);
+    const start = app.clock.now().getTime();
+    while (app.clock.now().getTime() - start < 4 * 24 * 3600_000) {
+      app.clock.advance(6 * 3600_000);
+      await emit("balance.recovered");
+      await runDueJobs(ctx);
+    }
+    const job = await ctx.db
+      .selectFrom("jobs")
+      .select(["status", "last_error"])
+      .where("dedupe_key", "=", `webhook:${endpoint.id}:${poisoned}`)
+      .executeTakeFirstOrThrow();
+    expect(job).toEqual({ status: "dead", last_error: "HTTP 500" });
+    const ep = (await app.call("GET", `/v1/webhook-endpoints/${endpoint.id}`)).json();
+    expect(ep.status).toBe("enabled");
+  });
+
+  it("stops delivering to a deleted endpoint", async () => {
+    const endpoint = await createEndpoint();
+    receiver.respond = () => 500;
+    await emit();
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(1);
+    await app.call("DELETE", `/v1/webhook-endpoints/${endpoint.id}`);
+    app.clock.advance(3600_000);
+    await runDueJobs(ctx);
+    expect(receiver.requests).toHaveLength(1);
+  });
+
+  it("createNotifyWorker is a periodic task that runs the context's due jobs", async () => {
+    await createEndpoint();
+    const task = createNotifyWorker(ctx);
+    expect(task.everyMs).toBeLessThanOrEqual(1000);
+    await emit();
+    await task.run(ctx);
+    expect(receiver.requests).toHaveLength(1);
+  });
+
+  it("the background runner delivers without runDueJobs", async () => {
+    await createEndpoint();
+    const runner = createJobRunner(ctx, { pollIntervalMs: 20 });
+    runner.start();
+    try {
+      await emit();
+      await waitFor(() => receiver.requests.length > 0);
+      expect(receiver.requests).toHaveLength(1);
+    } finally {
+      await runner.stop();
+    }
+  });
+});
