@@ -77,14 +77,12 @@ export const Name = (description = "A name (1–200 characters).") =>
 export const Timestamp = (description?: string) =>
   Type.String({ format: "date-time", description, examples: ["2026-11-24T10:00:00Z"] });
 
-export const Metadata = Type.Record(
-  Type.String({ maxLength: 128 }),
-  Type.String({ maxLength: 500 }),
-  {
-    maxProperties: 50,
-    description: "Up to 50 string keys with string values of at most 500 characters.",
-  },
-);
+export const Metadata = Type.Record(Type.String(), Type.String({ maxLength: 500 }), {
+  maxProperties: 50,
+  // A Record's key schema is not validated; propertyNames is.
+  propertyNames: { minLength: 1, maxLength: 128 },
+  description: "Up to 50 keys (1–128 characters) with string values of at most 500 characters.",
+});
 
 export const OrgParams = Type.Object({
   org_id: Type.String({
@@ -160,7 +158,51 @@ function makeAjv(coerce: boolean): Ajv {
   return ajv;
 }
 
+/**
+ * PostgreSQL text cannot hold NUL (it would be a 500), and a lone UTF-16 surrogate is stored as
+ * U+FFFD — a ledger entry read back would no longer match its hash. Both are refused anywhere in
+ * a JSON body, before any route sees it. (In `u` mode `\p{Cs}` matches only unpaired surrogates.)
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what is refused.
+const UNSTORABLE = /\u0000|\p{Cs}/u;
+
+export function findUnstorableText(value: unknown, pointer = ""): string | null {
+  if (typeof value === "string") return UNSTORABLE.test(value) ? pointer || "/" : null;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = findUnstorableText(value[i], `${pointer}/${i}`);
+      if (found) return found;
+    }
+  } else if (value && typeof value === "object") {
+    for (const [k, v] of Object.entries(value)) {
+      if (UNSTORABLE.test(k)) return `${pointer}/${k}`;
+      const found = findUnstorableText(v, `${pointer}/${k}`);
+      if (found) return found;
+    }
+  }
+  return null;
+}
+
 export function installValidation(app: App): void {
+  app.addHook("preValidation", async (request) => {
+    if (request.body === undefined || request.body === null) return;
+    const field = findUnstorableText(request.body);
+    if (field) {
+      throw new AppError("invalid_request", "Text must be valid Unicode without NUL characters.", [
+        { field, message: "contains a NUL character or an unpaired surrogate" },
+      ]);
+    }
+  });
+  // JSON only: a text/plain body is 415, not a string that fails the schema. An empty body
+  // with a JSON content type (clients that set it on every DELETE) is no body; where a body is
+  // required, the schema says so.
+  app.removeContentTypeParser(["application/json", "text/plain"]);
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (request, body, done) => {
+    if (body.length === 0) return done(null, undefined);
+    return parseJson(request, body.toString(), done);
+  });
+
   const bodyAjv = makeAjv(false);
   const textAjv = makeAjv(true);
   app.setValidatorCompiler(({ schema, httpPart }) =>
@@ -169,22 +211,62 @@ export function installValidation(app: App): void {
   app.setSchemaErrorFormatter((errors, dataVar) => {
     const err = new AppError(
       "invalid_request",
-      `The ${dataVar === "body" ? "request body" : dataVar} is invalid.`,
-      errors.map((e) => detailOf(e as ErrorObject, dataVar)),
+      `Invalid ${PART_NAMES[dataVar] ?? dataVar}.`,
+      detailsOf(errors as ErrorObject[], dataVar),
     );
     return err as unknown as Error;
   });
 }
 
-function detailOf(e: ErrorObject, part: string): ErrorDetail {
-  let field = e.instancePath || "";
-  if (e.keyword === "required")
-    field += `/${(e.params as { missingProperty: string }).missingProperty}`;
-  if (e.keyword === "additionalProperties") {
-    field += `/${(e.params as { additionalProperty: string }).additionalProperty}`;
-    return { field: `${part}${field}`, message: "unknown field" };
+const PART_NAMES: Record<string, string> = {
+  body: "request body",
+  querystring: "query string",
+  params: "path",
+  headers: "request headers",
+};
+const PART_PREFIX: Record<string, string> = {
+  querystring: "query",
+  params: "path",
+  headers: "header",
+};
+
+/**
+ * One detail per problem. Body fields are JSON pointers (`/metadata/k1`); query, path and header
+ * fields are `query.limit`, `path.org_id`, `header.idempotency-key`. A failed union (`anyOf`) is
+ * one problem, not one per branch.
+ */
+function detailsOf(errors: ErrorObject[], part: string): ErrorDetail[] {
+  const unions = errors.filter((e) => e.keyword === "anyOf");
+  const inUnion = (e: ErrorObject) =>
+    unions.find((u) => u !== e && e.schemaPath.startsWith(`${u.schemaPath}/`));
+  const details: ErrorDetail[] = [];
+  for (const e of errors) {
+    if (inUnion(e)) continue;
+    let pointer = e.instancePath || "";
+    let message = e.message ?? "invalid";
+    if (e.keyword === "required") {
+      pointer += `/${(e.params as { missingProperty: string }).missingProperty}`;
+      message = "is required";
+    } else if (e.keyword === "additionalProperties") {
+      pointer += `/${(e.params as { additionalProperty: string }).additionalProperty}`;
+      message = "unknown field";
+    } else if (e.keyword === "anyOf") {
+      const branches = errors.filter((b) => inUnion(b) === e);
+      const allowed = branches
+        .filter((b) => b.keyword === "const")
+        .map((b) => JSON.stringify((b.params as { allowedValue: unknown }).allowedValue));
+      message =
+        allowed.length > 0 && branches.every((b) => b.keyword === "const" || b.keyword === "type")
+          ? `must be one of ${allowed.join(", ")}`
+          : [...new Set(branches.map((b) => b.message ?? "invalid"))].join(", or ");
+    }
+    const field =
+      part === "body"
+        ? pointer || undefined
+        : [PART_PREFIX[part] ?? part, ...pointer.split("/").filter(Boolean)].join(".");
+    details.push(field === undefined ? { message } : { field, message });
   }
-  return { field: `${part}${field}`, message: e.message ?? "invalid" };
+  return details;
 }
 
 // ---- errors ---------------------------------------------------------------------------------
@@ -247,6 +329,23 @@ export function installErrorHandling(app: App): void {
     ),
   );
 }
+
+/**
+ * Fastify constructor options for what fails before routing. Path parameters carry
+ * `ext:<external_id>` and client ids of up to 128 characters (Fastify's default limit is 100),
+ * and a bad URL must still be answered in the error envelope.
+ */
+export const ROUTER_OPTIONS = {
+  routerOptions: { maxParamLength: 512 },
+  frameworkErrors(error: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+    if (error.code === "FST_ERR_MAX_PARAM_LENGTH") {
+      return sendError(reply, request, "not_found", "No such resource.");
+    }
+    return sendError(reply, request, "invalid_request", "The URL is not valid.", [
+      { field: "path", message: error.message },
+    ]);
+  },
+};
 
 function mappedMessage(error: FastifyError, code: ErrorCode): string {
   switch (code) {

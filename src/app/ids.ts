@@ -22,7 +22,8 @@ export type IdPrefix =
   | "att"
   | "dlv"
   | "pv"
-  | "sbx";
+  | "sbx"
+  | "pmt";
 
 export interface IdGenerator {
   newId(prefix: IdPrefix): string;

@@ -1,5 +1,6 @@
 import pino, { type Logger } from "pino";
 import { type Database, migrateToLatest, openDatabase } from "../db/index.js";
+import { purchaseExpiryTask } from "../modules/billing/purchases.service.js";
 import { createNotifyWorker } from "../modules/notify/notify.service.js";
 import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
 import type { Config } from "./config.js";
@@ -81,6 +82,7 @@ export async function createRuntime(
     const app = await buildServer(ctx);
     const workers = new Workers(ctx);
     workers.add(createNotifyWorker(ctx));
+    workers.add(purchaseExpiryTask);
     if (options.workers !== false) workers.start();
 
     return {

@@ -14,7 +14,7 @@ import { IngestEngine } from "../modules/usage/engine.js";
 import { registerUsageRoutes } from "../modules/usage/usage.routes.js";
 import type { AppContext } from "./context.js";
 import { ErrorEnvelopeSchema } from "./errors.js";
-import { type App, installErrorHandling, installValidation } from "./http.js";
+import { type App, installErrorHandling, installValidation, ROUTER_OPTIONS } from "./http.js";
 import { installIdempotency } from "./idempotency.js";
 
 export const BODY_LIMIT = 4 * 1024 * 1024;
@@ -38,6 +38,7 @@ const ERROR_RESPONSES: Record<number, string> = {
  */
 export async function buildServer(ctx: AppContext, options: ServerOptions = {}): Promise<App> {
   const app = Fastify({
+    ...ROUTER_OPTIONS,
     loggerInstance: ctx.logger,
     genReqId: () => ctx.ids.newId("req"),
     bodyLimit: BODY_LIMIT,

@@ -4,9 +4,12 @@ import type { AppContext } from "../app/context.js";
 import { systemClock } from "../app/context.js";
 import { createIdGenerator } from "../app/ids.js";
 import { createMetrics } from "../app/metrics.js";
-import { createLogger, createRuntime } from "../app/runtime.js";
 import { DataDirLockedError, migrateToLatest, openDatabase } from "../db/index.js";
 import { createApiKey, resolveOrganization } from "../modules/orgs/orgs.service.js";
+
+// The HTTP server and every module load only for `start`: one-shot commands and configuration
+// errors answer about a second sooner.
+const runtimeModule = () => import("../app/runtime.js");
 
 const out = (line: string) => process.stdout.write(`${line}\n`);
 
@@ -27,7 +30,7 @@ async function withContext<T>(fn: (ctx: AppContext) => Promise<T>): Promise<T> {
       dbKind: database.kind,
       clock: systemClock,
       ids: createIdGenerator(),
-      logger: createLogger("warn"),
+      logger: (await runtimeModule()).createLogger("warn"),
       metrics: createMetrics(),
     };
     return await fn(ctx);
@@ -46,6 +49,7 @@ export function buildCli(): Command {
     .description("Start the HTTP API, dashboard and background workers")
     .action(async () => {
       const config = loadConfig();
+      const { createRuntime } = await runtimeModule();
       const runtime = await createRuntime(config, { print: out });
       const url = await runtime.listen();
       out(

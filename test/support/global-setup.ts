@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -43,11 +43,12 @@ export default async function setup(project: TestProject) {
   project.provide("pgTemplate", template);
 
   return async () => {
+    rmSync(file, { force: true });
     if (url && template) {
       const { rows } = await adminQuery(
         url,
-        "select datname from pg_database where datname like 'tally_t\\_%' or datname = $1",
-        [template],
+        "select datname from pg_database where datname like $1 or datname = $2",
+        [`tally\\_t\\_${template.replace(/^tally_tpl_/, "")}\\_%`, template],
       );
       for (const { datname } of rows as { datname: string }[]) {
         await adminQuery(url, `drop database if exists ${datname} with (force)`);

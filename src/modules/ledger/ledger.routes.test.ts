@@ -273,37 +273,56 @@ describe("ledger routes", async () => {
 
     const future = "2030-01-01T00:00:00Z";
     it.each([
-      ["zero", { amount: "+0", reason: "r" }],
-      ["negative zero", { amount: "-0.000", reason: "r" }],
-      ["13 fractional digits", { amount: "+1.0000000000001", reason: "r" }],
-      ["a JSON number", { amount: 100, reason: "r" }],
-      ["an unsigned amount", { amount: "100", reason: "r" }],
-      ["an exponent", { amount: "+1e3", reason: "r" }],
-      ["a blank amount", { amount: "", reason: "r" }],
-      ["27 integer digits", { amount: `+${"9".repeat(27)}`, reason: "r" }],
-      ["a missing amount", { reason: "r" }],
-      ["a missing reason", { amount: "+1" }],
-      ["an empty reason", { amount: "+1", reason: "" }],
-      ["a blank reason", { amount: "+1", reason: "   " }],
-      ["a reason of 501 characters", { amount: "+1", reason: "x".repeat(501) }],
-      ["a reason with a NUL character", { amount: "+1", reason: "a\u0000b" }],
-      ["a reason with a lone surrogate", { amount: "+1", reason: "a\ud800b" }],
-      ["expires_at in the past", { amount: "+1", reason: "r", expires_at: "2026-11-24T09:59:59Z" }],
-      ["expires_at now", { amount: "+1", reason: "r", expires_at: "2026-11-24T10:00:00Z" }],
-      ["expires_at not a timestamp", { amount: "+1", reason: "r", expires_at: "tomorrow" }],
-      ["expires_at on a negative amount", { amount: "-1", reason: "r", expires_at: future }],
-      ["priority on a negative amount", { amount: "-1", reason: "r", priority: 1 }],
-      ["a fractional priority", { amount: "+1", reason: "r", priority: 1.5 }],
-      ["an unknown category", { amount: "+1", reason: "r", category: "gift" }],
-      ["an unknown field", { amount: "+1", reason: "r", note: "x" }],
-      ["a non-object body", ["+1"]],
-    ])("%s → 400 and nothing changes", async (_name, body) => {
+      ["zero", { amount: "+0", reason: "r" }, "/amount"],
+      ["negative zero", { amount: "-0.000", reason: "r" }, "/amount"],
+      ["13 fractional digits", { amount: "+1.0000000000001", reason: "r" }, "/amount"],
+      ["a JSON number", { amount: 100, reason: "r" }, "/amount"],
+      ["an unsigned amount", { amount: "100", reason: "r" }, "/amount"],
+      ["an exponent", { amount: "+1e3", reason: "r" }, "/amount"],
+      ["a blank amount", { amount: "", reason: "r" }, "/amount"],
+      ["27 integer digits", { amount: `+${"9".repeat(27)}`, reason: "r" }, "/amount"],
+      ["a balance beyond NUMERIC(38,12)", { amount: `+${"9".repeat(26)}`, reason: "r" }, "/amount"],
+      ["a missing amount", { reason: "r" }, "/amount"],
+      ["a missing reason", { amount: "+1" }, "/reason"],
+      ["an empty reason", { amount: "+1", reason: "" }, "/reason"],
+      ["a blank reason", { amount: "+1", reason: "   " }, "/reason"],
+      ["a reason of 501 characters", { amount: "+1", reason: "x".repeat(501) }, "/reason"],
+      ["a reason with a NUL character", { amount: "+1", reason: "a\u0000b" }, "/reason"],
+      ["a reason with a lone surrogate", { amount: "+1", reason: "a\ud800b" }, "/reason"],
+      [
+        "expires_at in the past",
+        { amount: "+1", reason: "r", expires_at: "2026-11-24T09:59:59Z" },
+        "/expires_at",
+      ],
+      [
+        "expires_at now",
+        { amount: "+1", reason: "r", expires_at: "2026-11-24T10:00:00Z" },
+        "/expires_at",
+      ],
+      [
+        "expires_at not a timestamp",
+        { amount: "+1", reason: "r", expires_at: "tomorrow" },
+        "/expires_at",
+      ],
+      [
+        "expires_at on a negative amount",
+        { amount: "-1", reason: "r", expires_at: future },
+        "/amount",
+      ],
+      ["priority on a negative amount", { amount: "-1", reason: "r", priority: 1 }, "/amount"],
+      ["a fractional priority", { amount: "+1", reason: "r", priority: 1.5 }, "/priority"],
+      ["an unknown category", { amount: "+1", reason: "r", category: "gift" }, "/category"],
+      ["an unknown field", { amount: "+1", reason: "r", note: "x" }, "/note"],
+      ["a non-object body", ["+1"], undefined],
+    ])("%s → 400 and nothing changes", async (_name, body, field) => {
       const orgId = await app.createOrg();
       await grant(orgId, "+10");
       const before = await snapshot(orgId);
       const details = expectError(await adjust(orgId, body), 400, "invalid_request");
       expect(details.length).toBeGreaterThan(0);
+      expect(details.map((d) => d.field)).toContain(field);
       expect(await snapshot(orgId)).toEqual(before);
+      expect(await verify(orgId)).toMatchObject({ ok: true, entries: 1 });
     });
 
     it("malformed JSON → 400 and nothing changes", async () => {
@@ -742,7 +761,7 @@ describe("ledger routes", async () => {
   });
 
   describe("block expiry", () => {
-    it("expired credits are never drawn, and the expiry worker writes the expiry entry", async () => {
+    it("expired credits are never drawn; their expiry is written even when the debit is refused", async () => {
       const orgId = await app.createOrg();
       const granted = await grant(orgId, "+50", {
         expires_at: new Date(app.clock.now().getTime() + HOUR).toISOString(),
@@ -756,12 +775,9 @@ describe("ledger routes", async () => {
         402,
         "insufficient_credits",
       );
-      // The refused posting rolled back everything, its in-memory expiry included: until the
-      // worker runs, the expired block still shows as active and counts in the balance.
-      expect(await snapshot(orgId)).toEqual(before);
+      // The debit is refused, but the expiry found while loading the blocks is a fact and is
+      // kept: the block is expired and the balance no longer counts it.
       expect(before).toMatchObject({ balance: "50", last_sequence: 1 });
-
-      expect(await expireDueBlocks(ctx)).toBe(1);
       const [expiry] = await transactions(orgId);
       expect(expiry).toMatchObject({
         sequence: 2,
@@ -781,12 +797,12 @@ describe("ledger routes", async () => {
       });
       expect(await balance(orgId)).toMatchObject({ balance: "0", last_sequence: 2 });
       expect(await verify(orgId)).toMatchObject({ ok: true, entries: 2 });
-      // Running again finds nothing to do.
-      expect(await expireDueBlocks(ctx)).toBe(0);
+      // Running the worker again changes nothing here.
+      await expireDueBlocks(ctx);
       expect((await balance(orgId)).last_sequence).toBe(2);
     });
 
-    it("a credit posted after expiry leaves the expired block out and expires it in the same transaction", async () => {
+    it("a debit after expiry first expires the due block in the same transaction", async () => {
       const orgId = await app.createOrg();
       await grant(orgId, "+5", {
         expires_at: new Date(app.clock.now().getTime() + HOUR).toISOString(),

@@ -286,9 +286,6 @@ export function registerLedgerRoutes(
         throw invalidField("body/expires_at", "must be in the future");
       }
       if (b.reason.trim() === "") throw invalidField("body/reason", "must not be blank");
-      if (!isStorableText(b.reason)) {
-        throw invalidField("body/reason", "must be valid Unicode text without NUL characters");
-      }
       const principal = requestPrincipal(request);
       const entry = unwrap(
         await service.adjustCredits(ctx, {
@@ -484,17 +481,9 @@ function toFilters(q: {
   };
 }
 
-/**
- * PostgreSQL text cannot hold NUL (a 500), and a lone UTF-16 surrogate is stored as U+FFFD, so
- * the entry read back no longer matches the hash computed from the request and verify would
- * report the ledger as tampered. (In `u` mode `\p{Cs}` matches only unpaired surrogates.)
- */
-function isStorableText(s: string): boolean {
-  return !s.includes("\u0000") && !/\p{Cs}/u.test(s);
-}
-
+/** `body/amount` → detail field `/amount` (a JSON pointer, like schema errors); `query.x` as is. */
 function invalidField(field: string, message: string): AppError {
   return new AppError("invalid_request", `${field.replace(/^body\//, "")} ${message}.`, [
-    { field, message },
+    { field: field.replace(/^body\//, "/"), message },
   ]);
 }

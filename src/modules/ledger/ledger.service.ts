@@ -56,6 +56,9 @@ export async function getBalance(db: Db, orgId: string): Promise<BalanceView> {
   };
 }
 
+/** SQLSTATE numeric_value_out_of_range (PostgreSQL and PGlite). */
+const NUMERIC_OUT_OF_RANGE = "22003";
+
 export interface AdjustInput {
   orgId: string;
   amount: Credits;
@@ -91,9 +94,19 @@ export async function adjustCredits(
           ...meta,
         }
       : { kind: "debit", type: "adjustment", amount: -input.amount, allowDebt: false, ...meta };
-  const result = await ctx.db
-    .transaction()
-    .execute((tx) => postEntries(tx, ctx, input.orgId, [posting]));
+  let result: Awaited<ReturnType<typeof postEntries>>;
+  try {
+    result = await ctx.db
+      .transaction()
+      .execute((tx) => postEntries(tx, ctx, input.orgId, [posting]));
+  } catch (error) {
+    // The new balance does not fit NUMERIC(38,12): bad input (rolled back), not a fault.
+    if ((error as { code?: unknown }).code === NUMERIC_OUT_OF_RANGE) {
+      const message = "The balance would exceed the largest amount Tally can hold.";
+      return fail("invalid_request", message, [{ field: "/amount", message }]);
+    }
+    throw error;
+  }
   if (!result.ok) {
     return result.code === "insufficient_credits"
       ? fail("insufficient_credits", "The organisation does not hold enough credits to remove.")
@@ -103,8 +116,18 @@ export async function adjustCredits(
 }
 
 /** Writes `expiry` entries for blocks past their expiry, one transaction per organisation. */
-export async function expireDueBlocks(ctx: AppContext, limit = 100): Promise<number> {
-  const orgIds = await repo.orgsWithExpiredBlocks(ctx.db, ctx.clock.now(), limit);
+export async function expireDueBlocks(ctx: AppContext, batch = 100): Promise<number> {
+  let expired = 0;
+  // Bounded: each round expires every due block of the organisations it picks.
+  for (let round = 0; round < 1000; round++) {
+    const orgIds = await repo.orgsWithExpiredBlocks(ctx.db, ctx.clock.now(), batch);
+    if (orgIds.length === 0) break;
+    expired += await expireOrgs(ctx, orgIds);
+  }
+  return expired;
+}
+
+async function expireOrgs(ctx: AppContext, orgIds: string[]): Promise<number> {
   let expired = 0;
   for (const orgId of orgIds) {
     expired += await ctx.db.transaction().execute(async (tx) => {
@@ -175,7 +198,9 @@ export async function verifyLedger(db: Db, orgId: string): Promise<VerifyReport>
       const e = entryFromRow(row);
       count++;
       if (firstBad === null) {
-        if (e.sequence !== expected) bad(e.sequence, `expected sequence ${expected}`);
+        // Sequences only grow (primary key, ascending read): a mismatch is a gap, and the
+        // first bad sequence is the missing one.
+        if (e.sequence !== expected) bad(expected, `missing (the next entry is ${e.sequence})`);
         else if (e.prev_hash !== prevHash)
           bad(e.sequence, "prev_hash does not link to the previous entry");
         else if (entryHash(e.prev_hash, e) !== e.hash)
@@ -205,8 +230,14 @@ export async function verifyLedger(db: Db, orgId: string): Promise<VerifyReport>
 
   const balance = await getBalance(db, orgId);
   if (firstBad === null) {
-    if (balance.last_sequence !== BigInt(count))
+    if (balance.last_sequence > BigInt(count)) {
+      bad(
+        BigInt(count) + 1n,
+        `missing (the balance row's last sequence is ${balance.last_sequence})`,
+      );
+    } else if (balance.last_sequence !== BigInt(count)) {
       problems.push("balance row: last_sequence ≠ entries");
+    }
     if (balance.head_hash !== prevHash) problems.push("balance row: head_hash ≠ chain head");
     if (balance.balance !== running) problems.push("balance row: balance ≠ Σ entry amounts");
     const blocks = creditsFromDb(await repo.sumActiveBlocks(db, orgId));

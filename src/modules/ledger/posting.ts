@@ -99,7 +99,8 @@ export class OrgLedger {
   lastSequence: bigint;
   headHash: string;
   readonly entries: LedgerEntry[] = [];
-  private readonly initial: { balance: Credits; reserved: Credits; sequence: bigint };
+  private initial: { balance: Credits; reserved: Credits; sequence: bigint };
+  private savedEntries = 0;
   /** Active blocks in burn order; null until loaded. */
   private blocks: Block[] | null = null;
   private readonly newBlocks = new Set<Block>();
@@ -136,7 +137,7 @@ export class OrgLedger {
 
   get changed(): boolean {
     return (
-      this.entries.length > 0 ||
+      this.entries.length > this.savedEntries ||
       this.reserved !== this.initial.reserved ||
       this.changedBlocks.size > 0 ||
       this.newBlocks.size > 0
@@ -158,7 +159,7 @@ export class OrgLedger {
   setBlocks(blocks: Block[]): void {
     this.blocks = blocks.sort(burnOrder);
     for (const block of [...this.blocks]) {
-      if (block.expires_at && block.expires_at <= this.now && block.remaining > 0n) {
+      if (block.expires_at && block.expires_at <= this.now) {
         this.voidBlock(block, "expired", {
           type: "expiry",
           actor: SYSTEM,
@@ -323,13 +324,21 @@ export class OrgLedger {
     return entry;
   }
 
-  /** Rows to write; used by `saveLedgers`. */
+  /** Rows to write since the last save; used by `saveLedgers`. */
   writes() {
     return {
       newBlocks: [...this.newBlocks],
       changedBlocks: [...this.changedBlocks],
-      entries: this.entries,
+      entries: this.entries.slice(this.savedEntries),
     };
+  }
+
+  /** After `saveLedgers`: later saves in the same transaction write only what is new. */
+  markSaved(): void {
+    this.savedEntries = this.entries.length;
+    this.newBlocks.clear();
+    this.changedBlocks.clear();
+    this.initial = { balance: this.balance, reserved: this.reserved, sequence: this.lastSequence };
   }
 }
 
@@ -501,6 +510,7 @@ export async function saveLedgers(tx: Db, ledgers: Iterable<OrgLedger>): Promise
            last_sequence = v.last_sequence, head_hash = v.head_hash, updated_at = v.updated_at
       from (values ${values}) as v(org_id, balance, reserved, debt, last_sequence, head_hash, updated_at)
      where b.org_id = v.org_id`.execute(tx);
+  for (const l of changed) l.markSaved();
 }
 
 export type PostResult =
@@ -519,6 +529,8 @@ export async function postEntries(
 ): Promise<PostResult> {
   const needsBlocks = postings.some((p) => p.kind !== "credit");
   const ledger = (await openLedgers(tx, ctx, [orgId], { blocks: needsBlocks })).get(orgId)!;
+  // Expiries found while loading the blocks are facts: keep them even if a posting is refused.
+  await saveLedgers(tx, [ledger]);
   const entries: LedgerEntry[] = [];
   for (const [index, posting] of postings.entries()) {
     const outcome = ledger.apply(posting);

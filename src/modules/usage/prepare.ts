@@ -58,8 +58,10 @@ export async function prepareEvents(
   options: { orgId?: string } = {},
 ): Promise<PreparedEvent[]> {
   const problems: { code: ErrorCode; detail: ErrorDetail }[] = [];
-  const problem = (code: ErrorCode, index: number, field: string, message: string) =>
+  const problem = (code: ErrorCode, index: number, field: string, message: string): null => {
     problems.push({ code, detail: { field: `${pointer(index)}${field}`, message } });
+    return null;
+  };
 
   const orgIds = await resolveOrgs(ctx, principal, inputs, options.orgId, (i, code, message) =>
     problem(code, i, "/org_id", message),
@@ -71,7 +73,7 @@ export async function prepareEvents(
   const oldest = now.getTime() - ctx.config.usageBackdateDays * DAY_MS;
 
   const prepared: PreparedEvent[] = [];
-  inputs.forEach((e, i) => {
+  const prepareOne = (e: UsageEventInput, i: number): null => {
     const orgId = orgIds[i];
     const timestamp = e.timestamp ? new Date(e.timestamp) : now;
     const t = timestamp.getTime();
@@ -84,7 +86,7 @@ export async function prepareEvents(
         "/timestamp",
         `must be within the last ${ctx.config.usageBackdateDays} days and at most 5 minutes ahead`,
       );
-      return;
+      return null;
     }
     const base = {
       orgId: orgId ?? "",
@@ -130,7 +132,7 @@ export async function prepareEvents(
           for (const d of normalised.details ?? [{ message: normalised.message ?? "invalid" }]) {
             problems.push({ code: "invalid_request", detail: d });
           }
-          return;
+          return null;
         }
         tokens = normalised.value;
       }
@@ -148,7 +150,7 @@ export async function prepareEvents(
         cost: tokensCost(quote.value.price, tokens),
         storageRate: null,
       });
-      return;
+      return null;
     }
 
     for (const f of ["model", "tokens", "provider_usage"] as const) {
@@ -176,7 +178,9 @@ export async function prepareEvents(
       cost: timeWeighted ? null : meterCost(price.rate, quantity),
       storageRate: timeWeighted ? price.rate : null,
     });
-  });
+    return null;
+  };
+  for (const [i, e] of inputs.entries()) prepareOne(e, i);
 
   if (problems.length > 0) {
     // The most fundamental problem decides the status; every problem is listed.

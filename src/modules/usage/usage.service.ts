@@ -40,7 +40,9 @@ export async function createReservation(
   },
 ): Promise<Result<Reservation, "insufficient_credits">> {
   return ctx.db.transaction().execute(async (tx) => {
-    const ledger = (await openLedgers(tx, ctx, [input.orgId], { blocks: false })).get(input.orgId)!;
+    // With blocks: credits past their expiry are expired first and never admit work.
+    const ledger = (await openLedgers(tx, ctx, [input.orgId], { blocks: true })).get(input.orgId)!;
+    await saveLedgers(tx, [ledger]);
     if (ledger.available + input.overdraftLimit < input.amount) {
       return fail("insufficient_credits", "Not enough credits available to reserve this amount.");
     }

@@ -1,0 +1,194 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "./config.js";
+
+const ADMIN_KEY = "a-platform-key-of-at-least-24-chars";
+
+/** The problems a bad environment produces (fails the test when it loads instead). */
+function problemsOf(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as ConfigError).problems;
+  }
+  throw new Error(`loadConfig accepted ${JSON.stringify(env)}`);
+}
+
+describe("loadConfig", () => {
+  it("has the documented defaults for an empty environment", () => {
+    const config = loadConfig({});
+    expect(config).toEqual({
+      port: 8080,
+      host: "127.0.0.1",
+      databaseUrl: null,
+      dataDir: "./.tally",
+      adminKey: null,
+      publicUrl: "http://127.0.0.1:8080",
+      paymentProvider: "sandbox",
+      stripe: { secretKey: null, webhookSecret: null, apiBase: null },
+      currency: "USD",
+      creditPlans: ["professional", "enterprise"],
+      usageBackdateDays: 35,
+      allowPrivateWebhookUrls: false,
+      smtpUrl: null,
+      emailFrom: expect.any(String),
+      demo: null,
+      logLevel: "info",
+    });
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it("reads every variable", () => {
+    const config = loadConfig({
+      PORT: "9000",
+      HOST: "0.0.0.0",
+      DATABASE_URL: "postgres://u:p@db.internal:5432/tally",
+      TALLY_DATA_DIR: "/var/lib/tally",
+      TALLY_ADMIN_KEY: ADMIN_KEY,
+      TALLY_PUBLIC_URL: "https://billing.example.com/",
+      TALLY_PAYMENT_PROVIDER: "stripe",
+      STRIPE_SECRET_KEY: "sk_test_123",
+      STRIPE_WEBHOOK_SECRET: "whsec_123",
+      STRIPE_API_BASE: "http://127.0.0.1:12111",
+      TALLY_CURRENCY: "eur",
+      TALLY_CREDIT_PLANS: " team , enterprise ,",
+      TALLY_USAGE_BACKDATE_DAYS: "7",
+      TALLY_ALLOW_PRIVATE_WEBHOOK_URLS: "true",
+      TALLY_SMTP_URL: "smtp://mail.example.com:587",
+      TALLY_EMAIL_FROM: "Billing <billing@example.com>",
+      TALLY_DEMO: "false",
+      LOG_LEVEL: "debug",
+    });
+    expect(config).toEqual({
+      port: 9000,
+      host: "0.0.0.0",
+      databaseUrl: "postgres://u:p@db.internal:5432/tally",
+      dataDir: "/var/lib/tally",
+      adminKey: ADMIN_KEY,
+      // A trailing slash would double up in joined links.
+      publicUrl: "https://billing.example.com",
+      paymentProvider: "stripe",
+      stripe: {
+        secretKey: "sk_test_123",
+        webhookSecret: "whsec_123",
+        apiBase: "http://127.0.0.1:12111",
+      },
+      currency: "EUR",
+      creditPlans: ["team", "enterprise"],
+      usageBackdateDays: 7,
+      allowPrivateWebhookUrls: true,
+      smtpUrl: "smtp://mail.example.com:587",
+      emailFrom: "Billing <billing@example.com>",
+      demo: false,
+      logLevel: "debug",
+    });
+  });
+
+  it("derives the public URL from HOST and PORT", () => {
+    expect(loadConfig({ HOST: "tally.local", PORT: "3000" }).publicUrl).toBe(
+      "http://tally.local:3000",
+    );
+    expect(loadConfig({ HOST: "::1", PORT: "3000" }).publicUrl).toBe("http://[::1]:3000");
+  });
+
+  it("picks stripe when STRIPE_SECRET_KEY is set and sandbox otherwise", () => {
+    expect(
+      loadConfig({ STRIPE_SECRET_KEY: "sk_test_1", STRIPE_WEBHOOK_SECRET: "whsec_1" })
+        .paymentProvider,
+    ).toBe("stripe");
+    expect(
+      loadConfig({ TALLY_PAYMENT_PROVIDER: "sandbox", STRIPE_SECRET_KEY: "sk_1" }),
+    ).toMatchObject({ paymentProvider: "sandbox" });
+  });
+
+  it("accepts the boolean spellings and treats blank values as unset", () => {
+    expect(loadConfig({ TALLY_DEMO: "yes" }).demo).toBe(true);
+    expect(loadConfig({ TALLY_DEMO: "1" }).demo).toBe(true);
+    expect(loadConfig({ TALLY_DEMO: "NO" }).demo).toBe(false);
+    expect(loadConfig({ TALLY_DEMO: "0" }).demo).toBe(false);
+    expect(loadConfig({ PORT: "  ", DATABASE_URL: "" })).toMatchObject({
+      port: 8080,
+      databaseUrl: null,
+    });
+    expect(loadConfig({ PORT: "0" }).port).toBe(0);
+    expect(loadConfig({ DATABASE_URL: "postgresql://localhost/x" }).databaseUrl).toBe(
+      "postgresql://localhost/x",
+    );
+  });
+
+  it("lists every problem of a bad environment at once", () => {
+    const problems = problemsOf({
+      PORT: "abc",
+      DATABASE_URL: "mysql://localhost/tally",
+      TALLY_ADMIN_KEY: "short",
+      TALLY_PUBLIC_URL: "ftp://example.com",
+      TALLY_PAYMENT_PROVIDER: "paypal",
+      STRIPE_API_BASE: "not a url",
+      TALLY_CURRENCY: "XYZ",
+      TALLY_CREDIT_PLANS: " , ",
+      TALLY_USAGE_BACKDATE_DAYS: "-1",
+      TALLY_ALLOW_PRIVATE_WEBHOOK_URLS: "maybe",
+      TALLY_SMTP_URL: "http://mail.example.com",
+      TALLY_DEMO: "sure",
+      LOG_LEVEL: "loud",
+    });
+    const expected = [
+      "PORT",
+      "DATABASE_URL",
+      "TALLY_ADMIN_KEY",
+      "TALLY_PUBLIC_URL",
+      "TALLY_PAYMENT_PROVIDER",
+      "STRIPE_API_BASE",
+      "TALLY_CURRENCY",
+      "TALLY_CREDIT_PLANS",
+      "TALLY_USAGE_BACKDATE_DAYS",
+      "TALLY_ALLOW_PRIVATE_WEBHOOK_URLS",
+      "TALLY_SMTP_URL",
+      "TALLY_DEMO",
+      "LOG_LEVEL",
+    ];
+    for (const name of expected) {
+      expect(
+        problems.some((p) => p.startsWith(`${name} `)),
+        `${name} in ${problems}`,
+      ).toBe(true);
+    }
+    expect(problems).toHaveLength(expected.length);
+  });
+
+  it("puts every problem in the error message", () => {
+    let message = "";
+    try {
+      loadConfig({ PORT: "70000", LOG_LEVEL: "loud" });
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toContain("Invalid configuration");
+    expect(message).toContain('PORT must be an integer between 0 and 65535 (got "70000")');
+    expect(message).toContain("LOG_LEVEL must be one of");
+  });
+
+  it("refuses a TALLY_ADMIN_KEY shorter than 24 characters", () => {
+    expect(problemsOf({ TALLY_ADMIN_KEY: "x".repeat(23) })).toEqual([
+      "TALLY_ADMIN_KEY must be at least 24 characters",
+    ]);
+    expect(loadConfig({ TALLY_ADMIN_KEY: "x".repeat(24) }).adminKey).toBe("x".repeat(24));
+  });
+
+  it("refuses the stripe provider without its secrets", () => {
+    const problems = problemsOf({ TALLY_PAYMENT_PROVIDER: "stripe" });
+    expect(problems).toHaveLength(2);
+    expect(problems.join("\n")).toContain("STRIPE_SECRET_KEY");
+    expect(problems.join("\n")).toContain("STRIPE_WEBHOOK_SECRET");
+    expect(problemsOf({ STRIPE_SECRET_KEY: "sk_test_1" })).toEqual([
+      expect.stringContaining("STRIPE_WEBHOOK_SECRET"),
+    ]);
+  });
+
+  it("refuses integers with trailing junk or out of range", () => {
+    for (const value of ["12abc", "1.5", "1e3", "65536"]) {
+      expect(problemsOf({ PORT: value }), value).toHaveLength(1);
+    }
+    expect(problemsOf({ TALLY_USAGE_BACKDATE_DAYS: "3651" })).toHaveLength(1);
+  });
+});

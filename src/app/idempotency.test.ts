@@ -1,0 +1,205 @@
+import { describe, expect, it } from "vitest";
+import { createTestApp } from "../../test/support/app.js";
+import { purgeExpiredIdempotencyKeys, RETENTION_MS } from "./idempotency.js";
+
+describe("Idempotency-Key", async () => {
+  const app = await createTestApp();
+  const db = app.runtime.ctx.db;
+  let n = 0;
+  const unique = (label: string) => `${label} ${++n}`;
+
+  const createOrg = (
+    name: string,
+    key: string,
+    options: { apiKey?: string; extra?: object } = {},
+  ) =>
+    app.call("POST", "/v1/organizations", {
+      key: options.apiKey,
+      body: { name, ...options.extra },
+      headers: { "idempotency-key": key },
+    });
+
+  async function orgsNamed(name: string): Promise<number> {
+    const rows = await db
+      .selectFrom("organizations")
+      .select("id")
+      .where("name", "=", name)
+      .execute();
+    return rows.length;
+  }
+
+  it("replays the first response for the same key and body", async () => {
+    const name = unique("Replay");
+    const first = await createOrg(name, "k-replay");
+    expect(first.statusCode).toBe(201);
+    expect(first.headers["idempotent-replayed"]).toBeUndefined();
+
+    const second = await createOrg(name, "k-replay");
+    expect(second.statusCode).toBe(201);
+    expect(second.headers["idempotent-replayed"]).toBe("true");
+    expect(second.headers["content-type"]).toMatch(/^application\/json/);
+    expect(second.json()).toEqual(first.json());
+    expect(await orgsNamed(name)).toBe(1);
+  });
+
+  it("without a key, each POST runs", async () => {
+    const name = unique("NoKey");
+    await app.call("POST", "/v1/organizations", { body: { name } });
+    await app.call("POST", "/v1/organizations", { body: { name } });
+    expect(await orgsNamed(name)).toBe(2);
+  });
+
+  it("the same key with another body or another path is 409 idempotency_conflict", async () => {
+    const name = unique("Conflict");
+    expect((await createOrg(name, "k-conflict")).statusCode).toBe(201);
+    const other = await createOrg(`${name} changed`, "k-conflict");
+    expect(other.statusCode).toBe(409);
+    expect(other.json().error.code).toBe("idempotency_conflict");
+    const otherPath = await app.call("POST", "/v1/platform-keys", {
+      body: { name },
+      headers: { "idempotency-key": "k-conflict" },
+    });
+    expect(otherPath.statusCode).toBe(409);
+    expect(otherPath.json().error.code).toBe("idempotency_conflict");
+    expect(await orgsNamed(`${name} changed`)).toBe(0);
+  });
+
+  it("a key longer than 255 characters is 400; 255 is fine", async () => {
+    const long = await createOrg(unique("Long"), "k".repeat(256));
+    expect(long.statusCode).toBe(400);
+    expect(long.json().error).toMatchObject({
+      code: "invalid_request",
+      details: [expect.objectContaining({ field: "header.idempotency-key" })],
+    });
+    expect((await createOrg(unique("Long"), "k".repeat(255))).statusCode).toBe(201);
+  });
+
+  it("keys are scoped per API key", async () => {
+    const other = (await app.call("POST", "/v1/platform-keys", { body: { name: "second" } })).json()
+      .key;
+    const name = unique("Scoped");
+    const a = await createOrg(name, "k-scoped");
+    const b = await createOrg(name, "k-scoped", { apiKey: other });
+    expect(a.statusCode).toBe(201);
+    expect(b.statusCode).toBe(201);
+    expect(b.headers["idempotent-replayed"]).toBeUndefined();
+    expect(b.json().id).not.toBe(a.json().id);
+    expect(await orgsNamed(name)).toBe(2);
+    // The other key's record replays only for that key.
+    const again = await createOrg(name, "k-scoped", { apiKey: other });
+    expect(again.json().id).toBe(b.json().id);
+  });
+
+  it("concurrent requests with one key run once", async () => {
+    const name = unique("Concurrent");
+    const responses = await Promise.all(
+      Array.from({ length: 10 }, () => createOrg(name, "k-concurrent")),
+    );
+    const fresh = responses.filter(
+      (r) => r.statusCode === 201 && r.headers["idempotent-replayed"] === undefined,
+    );
+    expect(fresh).toHaveLength(1);
+    for (const r of responses) {
+      if (r === fresh[0]) continue;
+      if (r.statusCode === 201) {
+        expect(r.headers["idempotent-replayed"]).toBe("true");
+        expect(r.json()).toEqual(fresh[0]!.json());
+      } else {
+        expect(r.statusCode).toBe(409);
+        expect(r.json().error.code).toBe("idempotency_in_progress");
+      }
+    }
+    expect(await orgsNamed(name)).toBe(1);
+  });
+
+  it("a request still running is 409 idempotency_in_progress; a dead claim is taken over", async () => {
+    const name = unique("Running");
+    expect((await createOrg(name, "k-running")).statusCode).toBe(201);
+    // As if the first request were still running (or its process had died).
+    await db
+      .updateTable("idempotency_keys")
+      .set({ status: "in_progress", locked_until: new Date(app.clock.now().getTime() + 60_000) })
+      .where("key", "=", "k-running")
+      .execute();
+    const busy = await createOrg(name, "k-running");
+    expect(busy.statusCode).toBe(409);
+    expect(busy.json().error.code).toBe("idempotency_in_progress");
+    // Another body is still a conflict, not "in progress".
+    expect((await createOrg(`${name}!`, "k-running")).json().error.code).toBe(
+      "idempotency_conflict",
+    );
+
+    app.clock.advance(60_000);
+    const retried = await createOrg(name, "k-running");
+    expect(retried.statusCode).toBe(201);
+    expect(retried.headers["idempotent-replayed"]).toBeUndefined();
+  });
+
+  it("4xx responses of the handler are replayed too", async () => {
+    const org = await app.createOrg();
+    const url = `/v1/organizations/${org}/portal-sessions`;
+    const headers = { "idempotency-key": "k-4xx" };
+    const first = await app.call("POST", url, { body: { user_id: "later" }, headers });
+    expect(first.statusCode).toBe(400);
+    // The request would now succeed, but the recorded answer stands.
+    await app.call("POST", `/v1/organizations/${org}/users`, {
+      body: { id: "later", email: "l@example.com", role: "viewer" },
+    });
+    const replay = await app.call("POST", url, { body: { user_id: "later" }, headers });
+    expect(replay.statusCode).toBe(400);
+    expect(replay.headers["idempotent-replayed"]).toBe("true");
+    expect(replay.json()).toEqual(first.json());
+    const fresh = await app.call("POST", url, {
+      body: { user_id: "later" },
+      headers: { "idempotency-key": "k-4xx-2" },
+    });
+    expect(fresh.statusCode).toBe(201);
+  });
+
+  it("requests refused before they run (validation, authentication) do not use up the key", async () => {
+    const invalid = await app.call("POST", "/v1/organizations", {
+      body: { name: "" },
+      headers: { "idempotency-key": "k-invalid" },
+    });
+    expect(invalid.statusCode).toBe(400);
+    const unauthenticated = await app.call("POST", "/v1/organizations", {
+      key: "tally_nope",
+      body: { name: "x" },
+      headers: { "idempotency-key": "k-invalid" },
+    });
+    expect(unauthenticated.statusCode).toBe(401);
+    const name = unique("AfterInvalid");
+    const ok = await createOrg(name, "k-invalid");
+    expect(ok.statusCode).toBe(201);
+    expect(ok.headers["idempotent-replayed"]).toBeUndefined();
+  });
+
+  it("records expire after 24 h: the key can be used again and the purge deletes them", async () => {
+    const name = unique("Expiring");
+    const first = await createOrg(name, "k-expiring");
+    expect(first.statusCode).toBe(201);
+    app.clock.advance(RETENTION_MS - 1000);
+    const stillStored = await createOrg(name, "k-expiring");
+    expect(stillStored.headers["idempotent-replayed"]).toBe("true");
+    const young = await createOrg(unique("Young"), "k-young");
+    expect(young.statusCode).toBe(201);
+
+    app.clock.advance(1000 + 1000);
+    const reused = await createOrg(name, "k-expiring");
+    expect(reused.statusCode).toBe(201);
+    expect(reused.headers["idempotent-replayed"]).toBeUndefined();
+    expect(reused.json().id).not.toBe(first.json().id);
+    expect(await orgsNamed(name)).toBe(2);
+
+    const before = await db.selectFrom("idempotency_keys").select("key").execute();
+    const expired = before.length - 2; // all but k-young and the reused k-expiring
+    expect(expired).toBeGreaterThan(0);
+    expect(await purgeExpiredIdempotencyKeys(db, app.clock.now())).toBe(expired);
+    const left = await db.selectFrom("idempotency_keys").select("key").orderBy("key").execute();
+    expect(left.map((r) => r.key)).toEqual(["k-expiring", "k-young"]);
+    // The purge runs as a background task too.
+    app.clock.advance(RETENTION_MS);
+    await app.runtime.workers.runAllOnce();
+    expect(await db.selectFrom("idempotency_keys").select("key").execute()).toEqual([]);
+  });
+});

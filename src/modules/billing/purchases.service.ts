@@ -1,0 +1,397 @@
+import type { AppContext } from "../../app/context.js";
+import { fail, ok, type Result } from "../../app/errors.js";
+import type { PeriodicTask } from "../../app/workers.js";
+import { creditsFromDb, divideRoundHalfEven, formatScaled, ONE_CREDIT } from "../ledger/credits.js";
+import { type Posting, postEntries } from "../ledger/ledger.service.js";
+import { currencyExponent } from "../ledger/money.js";
+import type { Actor, Principal } from "../orgs/auth.js";
+import type { Organization } from "../orgs/orgs.service.js";
+import * as repo from "./billing.repo.js";
+import type { PurchaseStatus } from "./billing.tables.js";
+import { paymentProvider } from "./providers/index.js";
+import type { SavedPaymentMethod } from "./providers/provider.js";
+import { type SandboxCard, SandboxProvider, sandboxCardOutcome } from "./providers/sandbox.js";
+
+export type Purchase = repo.PurchaseRow;
+
+/** A checkout left unpaid this long becomes `expired` (Stripe Checkout's default lifetime). */
+export const CHECKOUT_TTL_MS = 24 * 60 * 60 * 1000;
+
+const MS_PER_DAY = 24 * 60 * 60 * 1000;
+
+/** Statuses from which a confirmed payment still grants credits (a late payment counts). */
+const PAYABLE: readonly PurchaseStatus[] = ["pending", "failed", "expired"];
+const SETTLED: readonly PurchaseStatus[] = ["paid", "refunded", "partially_refunded"];
+
+export interface CreatePurchaseInput {
+  org: Organization;
+  principal: Pick<Principal, "actor" | "userId">;
+  packageId: string;
+  successUrl?: string;
+  cancelUrl?: string;
+  savePaymentMethod: boolean;
+}
+
+/**
+ * Creates a pending purchase of a package and opens the processor's checkout for it. The purchase
+ * row exists before the checkout so that the processor session carries its id; a processor fault
+ * leaves the purchase `failed` and answers 503 (the client may retry with a new request).
+ */
+export async function createPurchase(
+  ctx: AppContext,
+  input: CreatePurchaseInput,
+): Promise<Result<Purchase, "not_found" | "invalid_state" | "service_unavailable">> {
+  const pkg = await repo.findPackage(ctx.db, input.packageId);
+  if (!pkg) return fail("not_found", `Package "${input.packageId}" not found.`);
+  if (!pkg.active) return fail("invalid_state", "The package is not available for purchase.");
+
+  const provider = paymentProvider(ctx);
+  const now = ctx.clock.now();
+  const id = ctx.ids.newId("pur");
+  const base = ctx.config.publicUrl;
+  const row: Purchase = {
+    org_id: input.org.id,
+    id,
+    package_id: pkg.id,
+    package_name: pkg.name,
+    source: "checkout",
+    status: "pending",
+    provider: provider.name,
+    provider_session_id: null,
+    provider_payment_id: null,
+    amount_minor: pkg.price_minor,
+    currency: pkg.currency,
+    credits: pkg.credits,
+    bonus_credits: pkg.bonus_credits,
+    bonus_expires_in_days: pkg.bonus_expires_in_days,
+    refunded_minor: "0",
+    user_id: input.principal.userId,
+    actor_type: input.principal.actor.type,
+    actor_id: input.principal.actor.id,
+    success_url: input.successUrl ?? `${base}/portal?purchase=${id}&checkout=success`,
+    cancel_url: input.cancelUrl ?? `${base}/portal?purchase=${id}&checkout=cancel`,
+    checkout_url: null,
+    save_payment_method: input.savePaymentMethod,
+    payment_method_id: null,
+    failure_code: null,
+    failure_message: null,
+    paid_at: null,
+    expires_at: new Date(now.getTime() + CHECKOUT_TTL_MS),
+    created_at: now,
+    updated_at: now,
+  };
+  await repo.insertPurchase(ctx.db, row);
+
+  let session: Awaited<ReturnType<typeof provider.createCheckout>>;
+  try {
+    session = await provider.createCheckout({
+      purchase: {
+        id,
+        orgId: row.org_id,
+        amountMinor: BigInt(row.amount_minor),
+        currency: row.currency,
+      },
+      package: { id: pkg.id, name: pkg.name, description: pkg.description },
+      customer: {
+        orgId: input.org.id,
+        name: input.org.name,
+        customerId: await repo.findCustomerId(ctx.db, input.org.id, provider.name),
+      },
+      successUrl: row.success_url!,
+      cancelUrl: row.cancel_url!,
+      savePaymentMethod: input.savePaymentMethod,
+    });
+  } catch (error) {
+    ctx.logger.error({ err: error, purchase_id: id }, "checkout could not be created");
+    await repo.updatePurchase(
+      ctx.db,
+      row.org_id,
+      id,
+      {
+        status: "failed",
+        failure_code: "checkout_unavailable",
+        failure_message: "The payment processor could not open a checkout.",
+        updated_at: ctx.clock.now(),
+      },
+      ["pending"],
+    );
+    return fail("service_unavailable", "The payment processor is unavailable; try again.");
+  }
+  const updated = await repo.updatePurchase(ctx.db, row.org_id, id, {
+    provider_session_id: session.sessionId,
+    checkout_url: session.url,
+    updated_at: ctx.clock.now(),
+  });
+  return ok(updated!);
+}
+
+export async function getPurchase(
+  ctx: AppContext,
+  orgId: string,
+  id: string,
+): Promise<Result<Purchase, "not_found">> {
+  const row = await repo.findPurchase(ctx.db, orgId, id);
+  return row ? ok(row) : fail("not_found", "Purchase not found.");
+}
+
+export function listPurchases(
+  ctx: AppContext,
+  orgId: string,
+  opts: { limit: number; before?: string; status?: PurchaseStatus },
+) {
+  return repo.listPurchases(ctx.db, orgId, opts);
+}
+
+/**
+ * Money per paid credit as a decimal string with 12 fractional digits (rounded half to even):
+ * amount ÷ credits. It is stored on the paid block for revenue reports and display; refunds are
+ * computed exactly in minor units from the purchase amount, never from this rounded figure.
+ */
+export function unitCostOf(amountMinor: bigint, currency: string, credits: bigint): string {
+  if (credits <= 0n) throw new RangeError("credits must be positive");
+  const exponent = 10n ** BigInt(currencyExponent(currency));
+  // amount_minor / 10^exp / (credits / 10^12), held × 10^12
+  const scaled = divideRoundHalfEven(amountMinor * ONE_CREDIT * ONE_CREDIT, exponent * credits);
+  return formatScaled(scaled, 12);
+}
+
+export interface PaymentConfirmation {
+  /** The processor's payment id: one payment grants credits once, ever. */
+  providerPaymentId: string;
+  /** The card, when the checkout saved it (stored if the purchase asked to save it). */
+  paymentMethod?: SavedPaymentMethod | null;
+}
+
+export type FulfilOutcome = {
+  purchase: Purchase;
+  /** false: this payment had already been fulfilled (a repeated notification). */
+  fulfilled: boolean;
+};
+
+/**
+ * Marks a purchase paid and grants its credits, exactly once, in one transaction: the status
+ * change is guarded (`pending`, `failed` or `expired` → `paid`; a late payment still counts) and
+ * the payment id is unique across purchases, so however many times and however concurrently the
+ * processor notifies, one `purchase` entry (paid block, unit cost = amount ÷ credits) and one
+ * `bonus` entry (free block, optional expiry) are written.
+ */
+export async function fulfilPurchase(
+  ctx: AppContext,
+  orgId: string,
+  purchaseId: string,
+  payment: PaymentConfirmation,
+): Promise<Result<FulfilOutcome, "not_found" | "invalid_state">> {
+  let outcome: Result<FulfilOutcome, "not_found" | "invalid_state">;
+  try {
+    outcome = await ctx.db.transaction().execute(async (tx) => {
+      const now = ctx.clock.now();
+      const paid = await repo.updatePurchase(
+        tx,
+        orgId,
+        purchaseId,
+        {
+          status: "paid",
+          provider_payment_id: payment.providerPaymentId,
+          paid_at: now,
+          failure_code: null,
+          failure_message: null,
+          updated_at: now,
+        },
+        PAYABLE,
+      );
+      if (!paid) {
+        const current = await repo.findPurchase(tx, orgId, purchaseId);
+        if (!current) return fail("not_found", "Purchase not found.");
+        if (current.provider_payment_id === payment.providerPaymentId) {
+          return ok({ purchase: current, fulfilled: false });
+        }
+        ctx.logger.warn(
+          { purchase_id: purchaseId, payment_id: payment.providerPaymentId },
+          "a second payment arrived for an already paid purchase",
+        );
+        return fail("invalid_state", `The purchase is already ${current.status}.`);
+      }
+
+      const credits = creditsFromDb(paid.credits);
+      const bonus = creditsFromDb(paid.bonus_credits);
+      const actor: Actor = { type: paid.actor_type, id: paid.actor_id };
+      const meta = {
+        actor,
+        userId: paid.user_id,
+        reference: { type: "purchase", id: paid.id },
+      };
+      const postings: Posting[] = [
+        {
+          kind: "credit",
+          type: "purchase",
+          amount: credits,
+          block: {
+            source: "purchase",
+            unitCost: unitCostOf(BigInt(paid.amount_minor), paid.currency, credits),
+            purchaseId: paid.id,
+          },
+          description: `Purchase of ${paid.package_name}`,
+          ...meta,
+        },
+      ];
+      if (bonus > 0n) {
+        postings.push({
+          kind: "credit",
+          type: "bonus",
+          amount: bonus,
+          block: {
+            source: "bonus",
+            unitCost: "0",
+            purchaseId: paid.id,
+            expiresAt:
+              paid.bonus_expires_in_days === null
+                ? null
+                : new Date(now.getTime() + paid.bonus_expires_in_days * MS_PER_DAY),
+          },
+          description: `Bonus credits of ${paid.package_name}`,
+          ...meta,
+        });
+      }
+      const posted = await postEntries(tx, ctx, orgId, postings);
+      // Credits cannot be refused; anything else is a fault and rolls the payment back.
+      if (!posted.ok) throw new Error(`could not post purchase credits: ${posted.code}`);
+
+      let purchase = paid;
+      if (paid.save_payment_method && payment.paymentMethod) {
+        const pm = payment.paymentMethod;
+        const saved = await repo.upsertPaymentMethod(tx, {
+          org_id: orgId,
+          id: ctx.ids.newId("pmt"),
+          provider: paid.provider,
+          provider_payment_method_id: pm.id,
+          provider_customer_id: pm.customerId,
+          brand: pm.brand,
+          last4: pm.last4,
+          sandbox_behaviour: pm.sandboxBehaviour ?? null,
+          status: "active",
+          created_at: now,
+          updated_at: now,
+        });
+        purchase = (await repo.updatePurchase(tx, orgId, purchaseId, {
+          payment_method_id: saved.id,
+          updated_at: now,
+        }))!;
+      }
+      return ok({ purchase, fulfilled: true });
+    });
+  } catch (error) {
+    if (isUniqueViolation(error)) {
+      // The payment id already paid another purchase: never grant twice for one payment.
+      ctx.logger.warn(
+        { purchase_id: purchaseId, payment_id: payment.providerPaymentId },
+        "payment id already used by another purchase",
+      );
+      return fail("invalid_state", "This payment has already been applied to another purchase.");
+    }
+    throw error;
+  }
+  return outcome;
+}
+
+/** A checkout attempt was declined: `pending` (or an earlier `failed`) → `failed`. */
+export async function failPurchase(
+  ctx: AppContext,
+  orgId: string,
+  purchaseId: string,
+  failure: { code: string; message: string },
+): Promise<Result<Purchase, "invalid_state">> {
+  const row = await repo.updatePurchase(
+    ctx.db,
+    orgId,
+    purchaseId,
+    {
+      status: "failed",
+      failure_code: failure.code,
+      failure_message: failure.message,
+      updated_at: ctx.clock.now(),
+    },
+    ["pending", "failed"],
+  );
+  return row ? ok(row) : fail("invalid_state", "The purchase is no longer pending.");
+}
+
+/** Pending purchases past their checkout window become `expired`. */
+export function expirePurchases(ctx: AppContext, limit = 500): Promise<number> {
+  return repo.expirePendingPurchases(ctx.db, ctx.clock.now(), limit);
+}
+
+/** For the composition root's workers. */
+export const purchaseExpiryTask: PeriodicTask = {
+  name: "purchase-expiry",
+  everyMs: 60_000,
+  run: (ctx) => expirePurchases(ctx),
+};
+
+export function isExpired(ctx: AppContext, p: Purchase): boolean {
+  return (
+    p.status === "expired" ||
+    (p.status === "pending" && p.expires_at !== null && p.expires_at <= ctx.clock.now())
+  );
+}
+
+export type SandboxSettlement =
+  | { outcome: "paid"; purchase: Purchase }
+  | { outcome: "already_paid"; purchase: Purchase }
+  | { outcome: "declined"; purchase: Purchase }
+  | { outcome: "requires_action"; purchase: Purchase };
+
+/**
+ * The sandbox checkout page's Pay: applies the chosen test card. A paying card settles the
+ * purchase (credits granted, card saved when asked); `decline` marks it `failed` (another card
+ * may still pay it); `requires_action` leaves it pending. A settled purchase is left unchanged.
+ */
+export async function settleSandboxCheckout(
+  ctx: AppContext,
+  purchaseId: string,
+  card: SandboxCard,
+): Promise<Result<SandboxSettlement, "not_found" | "invalid_state">> {
+  const provider = paymentProvider(ctx);
+  const purchase = await repo.findPurchaseById(ctx.db, purchaseId);
+  if (purchase?.provider !== "sandbox" || !(provider instanceof SandboxProvider)) {
+    return fail("not_found", "Checkout not found.");
+  }
+  if (SETTLED.includes(purchase.status)) return ok({ outcome: "already_paid", purchase });
+  if (isExpired(ctx, purchase)) return fail("invalid_state", "This checkout has expired.");
+
+  const outcome = sandboxCardOutcome(card);
+  switch (outcome.kind) {
+    case "paid": {
+      const state = provider.completeCheckout({
+        purchaseId: purchase.id,
+        orgId: purchase.org_id,
+        card,
+      });
+      const result = await fulfilPurchase(ctx, purchase.org_id, purchase.id, {
+        providerPaymentId: state.paymentId!,
+        paymentMethod: state.paymentMethod,
+      });
+      if (!result.ok) return result;
+      return ok({
+        outcome: result.value.fulfilled ? "paid" : "already_paid",
+        purchase: result.value.purchase,
+      });
+    }
+    case "declined": {
+      provider.completeCheckout({ purchaseId: purchase.id, orgId: purchase.org_id, card });
+      const failed = await failPurchase(ctx, purchase.org_id, purchase.id, {
+        code: "card_declined",
+        message: "The card was declined (sandbox card decline).",
+      });
+      if (!failed.ok) return failed;
+      return ok({ outcome: "declined", purchase: failed.value });
+    }
+    case "requires_action":
+      return ok({ outcome: "requires_action", purchase });
+  }
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  return (
+    typeof error === "object" && error !== null && (error as { code?: unknown }).code === "23505"
+  );
+}
