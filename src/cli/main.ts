@@ -5,6 +5,7 @@ import { systemClock } from "../app/context.js";
 import { createIdGenerator } from "../app/ids.js";
 import { createMetrics } from "../app/metrics.js";
 import { DataDirLockedError, migrateToLatest, openDatabase } from "../db/index.js";
+import { verifyLedger } from "../modules/ledger/ledger.service.js";
 import { createApiKey, resolveOrganization } from "../modules/orgs/orgs.service.js";
 
 // The HTTP server and every module load only for `start`: one-shot commands and configuration
@@ -128,6 +129,43 @@ export function buildCli(): Command {
         });
       },
     );
+
+  program
+    .command("verify")
+    .description(
+      "Verify ledgers: hash chain, gapless sequences, balance = Σ entries = Σ blocks − debt (exit 1 on any mismatch)",
+    )
+    .option("--org <id>", "only this organisation (id or ext:<external_id>)")
+    .option("--json", "print JSON")
+    .action(async (opts: { org?: string; json?: boolean }) => {
+      const failed = await withContext(async (ctx) => {
+        let orgIds: string[];
+        if (opts.org) {
+          const org = await resolveOrganization(ctx.db, opts.org);
+          if (!org) throw new UsageError(`No organisation ${opts.org}.`);
+          orgIds = [org.id];
+        } else {
+          orgIds = (
+            await ctx.db.selectFrom("organizations").select("id").orderBy("id").execute()
+          ).map((o) => o.id);
+        }
+        let bad = 0;
+        for (const orgId of orgIds) {
+          const report = await verifyLedger(ctx.db, orgId);
+          if (!report.ok) bad++;
+          if (opts.json) out(JSON.stringify({ org_id: orgId, ...report }));
+          else {
+            out(
+              `${report.ok ? "ok  " : "FAIL"} ${orgId}  ${report.entries} entries  head ${report.head_hash.slice(0, 16)}…`,
+            );
+            for (const p of report.problems) out(`       ${p}`);
+          }
+        }
+        if (!opts.json) out(`${orgIds.length - bad} of ${orgIds.length} organisations verified.`);
+        return bad;
+      });
+      if (failed > 0) process.exitCode = 1;
+    });
 
   return program;
 }
