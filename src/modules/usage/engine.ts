@@ -400,15 +400,16 @@ async function findExisting(tx: Db, requests: readonly IngestRequest[]) {
         "e.transaction_id",
         "l.balance_after",
       ])
-      .where((eb) =>
-        eb(
-          eb.refTuple("e.org_id", "e.id"),
-          "in",
-          part.map((k) => eb.tuple(k.orgId, k.id)),
-        ),
+      // Two flat IN lists, not a list of row tuples: a long tuple list nests deeply enough to
+      // overflow PGlite's parser stack. The superset is filtered by key below.
+      .where("e.org_id", "in", [...new Set(part.map((k) => k.orgId))])
+      .where(
+        "e.id",
+        "in",
+        part.map((k) => k.id),
       )
       .execute();
-    for (const r of rows) found.set(key(r.org_id, r.id), r);
+    for (const r of rows) if (keys.has(key(r.org_id, r.id))) found.set(key(r.org_id, r.id), r);
   }
   return found;
 }
@@ -451,19 +452,16 @@ async function priceStorage(tx: Db, accepted: Accepted[]): Promise<void> {
   const rows = await tx
     .selectFrom("storage_gauges")
     .selectAll()
-    .where((eb) =>
-      eb(
-        eb.refTuple("org_id", "meter", "resource"),
-        "in",
-        keys.map((e) => eb.tuple(e.orgId, e.meter!, e.resource!)),
-      ),
-    )
+    .where("org_id", "in", [...new Set(keys.map((e) => e.orgId))])
+    .where("resource", "in", [...new Set(keys.map((e) => e.resource!))])
     .execute();
   const gauges = new Map<
     string,
     { at: Date; gb: Scaled6; dirty: boolean; orgId: string; meter: string; resource: string }
   >();
+  const wanted = new Set(keys.map(gaugeKey));
   for (const r of rows) {
+    if (!wanted.has(`${r.org_id}\u0000${r.meter}\u0000${r.resource}`)) continue;
     gauges.set(`${r.org_id}\u0000${r.meter}\u0000${r.resource}`, {
       at: r.last_timestamp,
       gb: parseScaled6(r.last_quantity),
