@@ -285,6 +285,8 @@ export async function writeBatch(
         };
         return;
       }
+      // Another settle of the same hold later in this flush must find it settled, not held.
+      hold.status = "settled";
     }
     for (const a of mine) {
       inFlush.set(key(a.event.orgId, a.event.id), a);
@@ -424,16 +426,17 @@ async function lockReservations(tx: Db, requests: readonly IngestRequest[]) {
   const rows = await tx
     .selectFrom("reservations")
     .select(["org_id", "id", "amount", "status", "expires_at"])
-    .where((eb) =>
-      eb(
-        eb.refTuple("org_id", "id"),
-        "in",
-        wanted.map((w) => eb.tuple(w.orgId, w.id)),
-      ),
+    // Flat IN lists, not a row-tuple list (see findExisting); reservation ids are unique anyway.
+    .where("org_id", "in", [...new Set(wanted.map((w) => w.orgId))])
+    .where(
+      "id",
+      "in",
+      wanted.map((w) => w.id),
     )
     .forUpdate()
     .execute();
-  for (const r of rows) holds.set(key(r.org_id, r.id), r);
+  const keys = new Set(wanted.map((w) => key(w.orgId, w.id)));
+  for (const r of rows) if (keys.has(key(r.org_id, r.id))) holds.set(key(r.org_id, r.id), r);
   return holds;
 }
 

@@ -25,6 +25,9 @@ describe("usage events routes", async () => {
   const app = await createTestApp();
   const ctx = app.runtime.ctx;
   type Res = Awaited<ReturnType<typeof app.call>>;
+  /** A JSON object of a response, as loosely typed as `json()` returns it. */
+  // biome-ignore lint/suspicious/noExplicitAny: response bodies are checked by the assertions.
+  type Json = Record<string, any>;
 
   const ingest = (body: unknown, key?: string, headers?: Record<string, string>) =>
     app.call("POST", "/v1/usage-events", { body, key, headers });
@@ -47,15 +50,9 @@ describe("usage events routes", async () => {
   const grant = (orgId: string, amount: string) =>
     ok(app.call("POST", url(orgId, "adjustments"), { body: { amount, reason: "grant" } }), 201);
   const stored = async (orgId: string, query = "") =>
-    (await ok(app.call("GET", url(orgId, `usage-events?limit=1000${query}`)))).data as Record<
-      string,
-      any
-    >[];
+    (await ok(app.call("GET", url(orgId, `usage-events?limit=1000${query}`)))).data as Json[];
   const transactions = async (orgId: string) =>
-    (await ok(app.call("GET", url(orgId, "transactions?limit=1000")))).data as Record<
-      string,
-      any
-    >[];
+    (await ok(app.call("GET", url(orgId, "transactions?limit=1000")))).data as Json[];
 
   /** An org with `credits` granted and an ingest key. */
   async function setup(credits = "1000", body: Record<string, unknown> = {}) {
@@ -352,6 +349,10 @@ describe("usage events routes", async () => {
 
       // Gauges are per resource.
       expect(await send(reading("bucket-b", yesterday(1), "10"))).toEqual(["0"]);
+      // Any text names a resource, quotes, commas, braces and backslashes included.
+      const odd = 'vol "a",{b}\\c';
+      expect(await send(reading(odd, yesterday(1), "10"))).toEqual(["0"]);
+      expect(await send(reading(odd, yesterday(2), "10"))).toEqual(["0.001"]);
 
       // Readings in one batch out of order are billed in timestamp order:
       //   01:00 first reading (0); 02:00 bills 10 GB × 1 h; 04:00 bills 30 GB × 2 h.
@@ -367,23 +368,51 @@ describe("usage events routes", async () => {
         .selectFrom("storage_gauges")
         .select(["resource", "last_timestamp", "last_quantity"])
         .where("org_id", "=", orgId)
-        .orderBy("resource")
         .execute();
+      const byName = (x: unknown[], y: unknown[]) => (String(x[0]) < String(y[0]) ? -1 : 1);
       expect(
-        gauges.map((g) => [g.resource, g.last_timestamp.toISOString(), C(g.last_quantity)]),
-      ).toEqual([
-        ["bucket-a", yesterday(3, 50), C("1")],
-        ["bucket-b", yesterday(1), C("10")],
-        ["bucket-c", yesterday(4), C("20")],
-      ]);
+        gauges
+          .map((g) => [g.resource, g.last_timestamp.toISOString(), C(g.last_quantity)])
+          .sort(byName),
+      ).toEqual(
+        [
+          ["bucket-a", yesterday(3, 50), C("1")],
+          ["bucket-b", yesterday(1), C("10")],
+          ["bucket-c", yesterday(4), C("20")],
+          ['vol "a",{b}\\c', yesterday(2), C("10")],
+        ].sort(byName),
+      );
 
       // GB-hours billed are stored with the event.
       const c = (await stored(orgId, "&type=storage")).find(
         (e) => e.resource === "bucket-c" && e.timestamp === yesterday(4),
       )!;
       expect(c.quantities).toEqual({ quantity: "20", billed_quantity: "60" });
-      const total = C("0.02") + C("0.0075") + C("0.000033333333") + C("0.006") + C("0.001");
+      const total =
+        C("0.02") + C("0.0075") + C("0.000033333333") + C("0.006") + C("0.001") + C("0.001");
       expect(C((await balance(orgId)).balance)).toBe(C("100") - total);
+    });
+
+    it("gauges of two organisations with the same resource name are separate, also in one batch", async () => {
+      const a = await setup("10");
+      const b = await setup("10");
+      const reading = (orgId: string, hh: number, quantity: string) => ({
+        id: evtId("shared-gauge"),
+        org_id: orgId,
+        type: "storage",
+        meter: "storage.gb",
+        resource: "db-main",
+        timestamp: yesterday(hh),
+        quantity,
+      });
+      await ok(ingest({ events: [reading(a.orgId, 0, "100"), reading(b.orgId, 0, "1")] }));
+      const res = await ok(
+        ingest({ events: [reading(b.orgId, 1, "5"), reading(a.orgId, 1, "7")] }),
+      );
+      // b: 1 GB × 1 h × 0.0001; a: 100 GB × 1 h × 0.0001
+      expect(res.data.map((r: { cost: string }) => r.cost)).toEqual(["0.0001", "0.01"]);
+      expect((await balance(a.orgId)).balance).toBe("9.99");
+      expect((await balance(b.orgId)).balance).toBe("9.9999");
     });
 
     it("a storage reading with a defaulted timestamp starts its gauge at now", async () => {
@@ -740,9 +769,20 @@ describe("usage events routes", async () => {
       expectError(await ingest({ events: [] }, key), 400, "invalid_request");
       expect((await snapshot(orgId)).events).toBe(0);
 
-      const res = await ok(ingest({ events: make(1000) }, key));
+      const events = make(1000);
+      const res = await ok(ingest({ events }, key));
       expect(res.data).toHaveLength(1000);
+      expect(res.data.every((r: { status: string }) => r.status === "accepted")).toBe(true);
       // 1000 × 0.000004
+      expect(C((await balance(orgId)).balance)).toBe(C("10") - C("0.004"));
+      expect(await verifyLedger(ctx.db, orgId)).toMatchObject({ ok: true, entries: 1001 });
+
+      // The same 1000 again: all duplicates, nothing charged (the lookup of 1000 stored ids).
+      const again = await ok(ingest({ events: [...events].reverse() }, key));
+      expect(again.data.map((r: { id: string; status: string }) => [r.id, r.status])).toEqual(
+        [...events].reverse().map((e) => [e.id, "duplicate"]),
+      );
+      expect(again.data[999]).toEqual({ ...res.data[0], status: "duplicate" });
       expect(C((await balance(orgId)).balance)).toBe(C("10") - C("0.004"));
       expect(await verifyLedger(ctx.db, orgId)).toMatchObject({ ok: true, entries: 1001 });
     });
@@ -963,6 +1003,66 @@ describe("usage events routes", async () => {
         404,
         "not_found",
       );
+    });
+  });
+  // Last: replacing the catalogue changes prices for the tests that would follow.
+  describe("price versions", () => {
+    it("events are priced with the version in effect at their timestamp; gauges are per meter", async () => {
+      const { orgId, key } = await setup("100");
+      const current = await ok(app.call("GET", "/v1/prices"));
+      expect(current.version).toBe(1);
+      const put = await ok(
+        app.call("PUT", "/v1/prices", {
+          body: {
+            effective_from: "2026-11-01T00:00:00Z",
+            models: current.models.map((m: Record<string, string>) =>
+              m.model === "gpt-4o" ? { ...m, input: "500" } : m,
+            ),
+            meters: [
+              ...current.meters.map(({ aggregation: _a, ...m }: Record<string, string>) => m),
+              { meter: "storage.ssd_gb", type: "storage", unit: "GB-hour", rate: "0.0003" },
+            ],
+          },
+        }),
+      );
+      expect(put.version).toBe(2);
+
+      const october = tokensEvent({ timestamp: "2026-10-31T23:59:59Z" });
+      const november = tokensEvent({ timestamp: "2026-11-01T00:00:00Z" });
+      const res = await ok(ingest({ events: [october, november] }, key));
+      // 1000 input tokens: 250 per 1M before November (version 1), 500 from November 1st.
+      expect(res.data.map((r: { cost: string }) => r.cost)).toEqual(["0.25", "0.5"]);
+      const byId = new Map((await stored(orgId)).map((e) => [e.id, e]));
+      expect(byId.get(october.id)!.price_version).toBe(1);
+      expect(byId.get(november.id)!.price_version).toBe(2);
+      // A meter that only version 2 has: not priced before November.
+      const early = {
+        id: evtId(),
+        type: "storage",
+        meter: "storage.ssd_gb",
+        resource: "disk-1",
+        quantity: "1",
+        timestamp: "2026-10-31T00:00:00Z",
+      };
+      expectError(await ingest(early, key), 422, "price_not_found");
+
+      // The same resource under two storage meters: two gauges.
+      const gauge = (meter: string, hh: number, quantity: string) => ({
+        id: evtId("meter-gauge"),
+        type: "storage",
+        meter,
+        resource: "disk-1",
+        timestamp: yesterday(hh),
+        quantity,
+      });
+      await ok(
+        ingest({ events: [gauge("storage.gb", 0, "10"), gauge("storage.ssd_gb", 0, "20")] }, key),
+      );
+      const next = await ok(
+        ingest({ events: [gauge("storage.ssd_gb", 1, "0"), gauge("storage.gb", 1, "0")] }, key),
+      );
+      // ssd: 20 GB × 1 h × 0.0003; gb: 10 GB × 1 h × 0.0001
+      expect(next.data.map((r: { cost: string }) => r.cost)).toEqual(["0.006", "0.001"]);
     });
   });
 });
