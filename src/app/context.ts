@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { Db } from "../db/index.js";
+import type { BalanceObserver } from "../modules/ledger/posting.js";
 import type { Config } from "./config.js";
 import type { IdGenerator } from "./ids.js";
 import type { Metrics } from "./metrics.js";
@@ -19,4 +20,6 @@ export interface AppContext {
   readonly ids: IdGenerator;
   readonly logger: Logger;
   readonly metrics: Metrics;
+  /** Reactions to balance changes, run inside the changing transaction (alerts, auto-topup). */
+  readonly balanceObservers: BalanceObserver[];
 }

@@ -235,7 +235,7 @@ const PART_PREFIX: Record<string, string> = {
  * fields are `query.limit`, `path.org_id`, `header.idempotency-key`. A failed union (`anyOf`) is
  * one problem, not one per branch.
  */
-function detailsOf(errors: ErrorObject[], part: string): ErrorDetail[] {
+export function detailsOf(errors: ErrorObject[], part: string): ErrorDetail[] {
   const unions = errors.filter((e) => e.keyword === "anyOf");
   const inUnion = (e: ErrorObject) =>
     unions.find((u) => u !== e && e.schemaPath.startsWith(`${u.schemaPath}/`));

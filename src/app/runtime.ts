@@ -77,6 +77,7 @@ export async function createRuntime(
       ids: options.ids ?? createIdGenerator(),
       logger,
       metrics: createMetrics(),
+      balanceObservers: [],
     };
     const generatedAdminKey = await bootstrapPlatformKey(ctx);
     const app = await buildServer(ctx);

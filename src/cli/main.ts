@@ -33,6 +33,7 @@ async function withContext<T>(fn: (ctx: AppContext) => Promise<T>): Promise<T> {
       ids: createIdGenerator(),
       logger: (await runtimeModule()).createLogger("warn"),
       metrics: createMetrics(),
+      balanceObservers: [],
     };
     return await fn(ctx);
   } finally {

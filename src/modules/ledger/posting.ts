@@ -73,6 +73,22 @@ export interface Block {
   updated_at: Date;
 }
 
+/** One organisation's balance moved (or its reservations changed) in a transaction. */
+export interface BalanceChange {
+  orgId: string;
+  /** Balance before the postings this save wrote. */
+  before: Credits;
+  after: Credits;
+  reserved: Credits;
+}
+
+/**
+ * Called inside the transaction that changed balances, after the ledger rows are written, so
+ * that reactions (alert state, auto-topup attempts, outbox rows) commit or roll back with the
+ * change itself. Registered on `AppContext.balanceObservers` by the composition root.
+ */
+export type BalanceObserver = (tx: Db, ctx: AppContext, changes: BalanceChange[]) => Promise<void>;
+
 export type ApplyOutcome =
   | { ok: true; entry: LedgerEntry | null }
   | { ok: false; code: "insufficient_credits" | "not_found" };
@@ -107,7 +123,7 @@ export class OrgLedger {
   private readonly changedBlocks = new Set<Block>();
 
   constructor(
-    private readonly ctx: AppContext,
+    readonly ctx: AppContext,
     readonly orgId: string,
     row: {
       balance: string;
@@ -130,9 +146,13 @@ export class OrgLedger {
     return this.balance - this.reserved;
   }
 
-  /** The balance before this transaction's postings. */
-  get balanceBefore(): Credits {
+  /** The balance when the ledger was opened or last saved. */
+  get balanceAtLastSave(): Credits {
     return this.initial.balance;
+  }
+
+  get reservedAtLastSave(): Credits {
+    return this.initial.reserved;
   }
 
   get changed(): boolean {
@@ -510,7 +530,14 @@ export async function saveLedgers(tx: Db, ledgers: Iterable<OrgLedger>): Promise
            last_sequence = v.last_sequence, head_hash = v.head_hash, updated_at = v.updated_at
       from (values ${values}) as v(org_id, balance, reserved, debt, last_sequence, head_hash, updated_at)
      where b.org_id = v.org_id`.execute(tx);
+  const changes: BalanceChange[] = changed
+    .filter((l) => l.balance !== l.balanceAtLastSave || l.reserved !== l.reservedAtLastSave)
+    .map((l) => ({ orgId: l.orgId, before: l.balanceAtLastSave, after: l.balance, reserved: l.reserved }));
   for (const l of changed) l.markSaved();
+  const ctx = changed[0]!.ctx;
+  if (changes.length > 0) {
+    for (const observe of ctx.balanceObservers) await observe(tx, ctx, changes);
+  }
 }
 
 export type PostResult =

@@ -43,7 +43,7 @@ describe("webhook endpoints: access and SSRF", async () => {
       expect(res.statusCode, url).toBe(400);
       const error = res.json().error;
       expect(error.code).toBe("invalid_request");
-      expect(error.details[0].field).toBe("body/url");
+      expect(error.details[0].field).toBe("/url");
     }
     expect((await create(app.platformKey, {})).statusCode).toBe(201);
   });

@@ -42,7 +42,7 @@ export async function createEndpoint(
   });
   if (!check.ok) {
     return fail("invalid_request", `The webhook URL ${check.reason}.`, [
-      { field: "body/url", message: check.reason },
+      { field: "/url", message: check.reason },
     ]);
   }
   const now = ctx.clock.now();

@@ -94,7 +94,8 @@ export async function prepareEvents(
       type: e.type,
       timestamp,
       timestampDefaulted: e.timestamp === undefined,
-      userId: e.user_id ?? null,
+      // The acting platform user (On-Behalf-Of) when the event names none.
+      userId: e.user_id ?? principal.userId ?? null,
       operation: e.operation ?? null,
       resource: e.resource ?? null,
       metadata: e.metadata ?? null,

@@ -7,6 +7,7 @@ import { AppError, unwrap } from "../../app/errors.js";
 import {
   type App,
   decodeCursor,
+  detailsOf,
   encodeCursor,
   ListQuery,
   OrgParams,
@@ -52,10 +53,7 @@ function parseUsageBody(body: unknown): { events: UsageEventInput[]; single: boo
     throw new AppError(
       "invalid_request",
       "The request body is invalid.",
-      (validate.errors ?? []).slice(0, 100).map((e: ErrorObject) => ({
-        field: `body${e.instancePath}${e.keyword === "additionalProperties" ? `/${(e.params as { additionalProperty: string }).additionalProperty}` : e.keyword === "required" ? `/${(e.params as { missingProperty: string }).missingProperty}` : ""}`,
-        message: e.keyword === "additionalProperties" ? "unknown field" : (e.message ?? "invalid"),
-      })),
+      detailsOf((validate.errors ?? []) as ErrorObject[], "body").slice(0, 100),
     );
   }
   return isBatch
@@ -157,7 +155,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         engine,
         requestPrincipal(request),
         events,
-        (i) => (single ? "body" : `body/events/${i}`),
+        (i) => (single ? "" : `/events/${i}`),
       );
       return ingestResponse(outcome);
     },
@@ -256,7 +254,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
       const amount = parseCredits(request.body.amount);
       if (amount <= 0n) {
         throw new AppError("invalid_request", "amount must be positive.", [
-          { field: "body/amount", message: "must be > 0" },
+          { field: "/amount", message: "must be > 0" },
         ]);
       }
       const reservation = unwrap(

@@ -77,7 +77,7 @@ export async function settleReservation(
   reservationId: string,
   events: readonly UsageEventInput[],
 ): Promise<IngestOutcome> {
-  const prepared = await prepareEvents(ctx, principal, events, (i) => `body/events/${i}`, {
+  const prepared = await prepareEvents(ctx, principal, events, (i) => `/events/${i}`, {
     orgId,
   });
   return engine.submit({
