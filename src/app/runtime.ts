@@ -5,6 +5,7 @@ import { createNotifyWorker } from "../modules/notify/notify.service.js";
 import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
 import type { Config } from "./config.js";
 import { type AppContext, type Clock, systemClock } from "./context.js";
+import { type DemoSeed, seedDemo } from "./demo.js";
 import { createIdGenerator, type IdGenerator } from "./ids.js";
 import { createMetrics } from "./metrics.js";
 import { buildServer } from "./server.js";
@@ -45,6 +46,8 @@ export interface Runtime {
   workers: Workers;
   /** The generated platform key when this start created one, else null. */
   generatedAdminKey: string | null;
+  /** The demo organisation when this start seeded or found it, else null. */
+  demo: DemoSeed | null;
   listen(): Promise<string>;
   close(): Promise<void>;
 }
@@ -81,6 +84,19 @@ export async function createRuntime(
     };
     const generatedAdminKey = await bootstrapPlatformKey(ctx);
     const app = await buildServer(ctx);
+    // TALLY_DEMO: explicit true seeds anywhere; unset seeds only an empty embedded database
+    // that this runtime opened itself (never PostgreSQL, never a database handed in by tests).
+    const seedDemoData =
+      config.demo === true ||
+      (config.demo === null &&
+        !options.database &&
+        database.kind === "pglite" &&
+        (await isEmpty(ctx)));
+    let demo: DemoSeed | null = null;
+    if (seedDemoData) {
+      print("Seeding demo data (TALLY_DEMO)…");
+      demo = await seedDemo(ctx);
+    }
     const workers = new Workers(ctx);
     workers.add(createNotifyWorker(ctx));
     workers.add(purchaseExpiryTask);
@@ -92,6 +108,7 @@ export async function createRuntime(
       database,
       workers,
       generatedAdminKey,
+      demo,
       listen: () => app.listen({ port: config.port, host: config.host }),
       async close() {
         await workers.stop();
@@ -103,4 +120,9 @@ export async function createRuntime(
     await database.close();
     throw error;
   }
+}
+
+async function isEmpty(ctx: AppContext): Promise<boolean> {
+  const row = await ctx.db.selectFrom("organizations").select("id").limit(1).executeTakeFirst();
+  return row === undefined;
 }

@@ -57,13 +57,21 @@ export function buildCli(): Command {
       out(
         `Tally is listening on ${url} (database: ${runtime.database.kind}, payments: ${config.paymentProvider})`,
       );
+      out(`  Dashboard: ${config.publicUrl}/dashboard`);
       out(`  API docs:  ${config.publicUrl}/docs`);
       if (runtime.generatedAdminKey) {
         out("");
         out("  A platform API key was generated. It is shown only this once — store it now:");
         out(`    ${runtime.generatedAdminKey}`);
-        out("");
+        out("  (sign in to the dashboard with it)");
       }
+      if (runtime.demo) {
+        out("");
+        out('  Demo data: organisation ext:demo ("Demo Labs"), users ada/grace/linus.');
+        out(`  Customer portal as ada (one-time link, 15 min): ${runtime.demo.portalUrl}`);
+        out("  New links: `npx tally demo`. Start with TALLY_DEMO=false to skip demo data.");
+      }
+      out("");
       const shutdown = async (signal: string) => {
         out(`${signal} received, shutting down…`);
         await runtime.close();
@@ -130,6 +138,22 @@ export function buildCli(): Command {
         });
       },
     );
+
+  program
+    .command("demo")
+    .description("Seed the demo organisation (ext:demo) if absent and print a customer portal link")
+    .option("--json", "print JSON")
+    .action(async (opts: { json?: boolean }) => {
+      await withContext(async (ctx) => {
+        const { seedDemo } = await import("../app/demo.js");
+        const demo = await seedDemo(ctx);
+        if (opts.json) out(JSON.stringify(demo));
+        else {
+          out(`${demo.created ? "Seeded" : "Found"} demo organisation ${demo.orgId} (ext:demo).`);
+          out(`Customer portal as ada (one-time link, 15 min): ${demo.portalUrl}`);
+        }
+      });
+    });
 
   program
     .command("verify")
