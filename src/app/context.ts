@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { Db } from "../db/index.js";
+import type { PaymentProvider } from "../modules/billing/providers/provider.js";
 import type { BalanceObserver } from "../modules/ledger/posting.js";
 import type { Config } from "./config.js";
 import type { IdGenerator } from "./ids.js";
@@ -20,6 +21,8 @@ export interface AppContext {
   readonly ids: IdGenerator;
   readonly logger: Logger;
   readonly metrics: Metrics;
+  /** The payment processor (Stripe or the built-in sandbox); tests inject their own. */
+  readonly payments: PaymentProvider;
   /** Reactions to balance changes, run inside the changing transaction (alerts, auto-topup). */
   readonly balanceObservers: BalanceObserver[];
 }

@@ -23,7 +23,8 @@ export type IdPrefix =
   | "dlv"
   | "pv"
   | "sbx"
-  | "pmt";
+  | "pmt"
+  | "ses";
 
 export interface IdGenerator {
   newId(prefix: IdPrefix): string;

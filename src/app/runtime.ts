@@ -1,8 +1,13 @@
 import pino, { type Logger } from "pino";
 import { type Database, migrateToLatest, openDatabase } from "../db/index.js";
+import { createPaymentProvider, type PaymentProvider } from "../modules/billing/providers/index.js";
 import { purchaseExpiryTask } from "../modules/billing/purchases.service.js";
+import { refundRecoveryTask } from "../modules/billing/refunds.service.js";
 import { createNotifyWorker } from "../modules/notify/notify.service.js";
 import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
+import { registerTopupJobs, topupReconcileTask } from "../modules/topup/topup.runner.js";
+import { createSessionAuthenticator } from "../modules/web/web.routes.js";
+import { balanceReactions } from "./balance-reactions.js";
 import type { Config } from "./config.js";
 import { type AppContext, type Clock, systemClock } from "./context.js";
 import { type DemoSeed, seedDemo } from "./demo.js";
@@ -33,6 +38,8 @@ export interface RuntimeOptions {
   ids?: IdGenerator;
   logger?: Logger;
   database?: Database;
+  /** The payment processor (default: the one `config` names). */
+  payments?: PaymentProvider;
   /** Start background workers (default true). */
   workers?: boolean;
   /** Printed lines for a person at the terminal (first-start key, URLs). */
@@ -80,10 +87,13 @@ export async function createRuntime(
       ids: options.ids ?? createIdGenerator(),
       logger,
       metrics: createMetrics(),
+      payments: options.payments ?? createPaymentProvider(config),
       balanceObservers: [],
     };
+    ctx.balanceObservers.push(balanceReactions);
+    registerTopupJobs(ctx);
     const generatedAdminKey = await bootstrapPlatformKey(ctx);
-    const app = await buildServer(ctx);
+    const app = await buildServer(ctx, { sessions: createSessionAuthenticator(ctx) });
     // TALLY_DEMO: explicit true seeds anywhere; unset seeds only an empty embedded database
     // that this runtime opened itself (never PostgreSQL, never a database handed in by tests).
     const seedDemoData =
@@ -100,6 +110,8 @@ export async function createRuntime(
     const workers = new Workers(ctx);
     workers.add(createNotifyWorker(ctx));
     workers.add(purchaseExpiryTask);
+    workers.add(topupReconcileTask);
+    workers.add(refundRecoveryTask);
     if (options.workers !== false) workers.start();
 
     return {

@@ -4,14 +4,19 @@ import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
 import Fastify from "fastify";
 import { isReady } from "../db/index.js";
+import { registerAlertRoutes } from "../modules/alerts/alerts.routes.js";
 import { registerBillingRoutes } from "../modules/billing/billing.routes.js";
 import { registerLedgerRoutes } from "../modules/ledger/ledger.routes.js";
 import { registerNotifyRoutes } from "../modules/notify/notify.routes.js";
 import { installAuth, type SessionAuthenticator } from "../modules/orgs/auth.js";
 import { registerOrgRoutes } from "../modules/orgs/orgs.routes.js";
 import { registerPricingRoutes } from "../modules/pricing/pricing.routes.js";
+import { registerReportsRoutes } from "../modules/reports/reports.routes.js";
+import { registerTopupRoutes } from "../modules/topup/topup.routes.js";
 import { IngestEngine } from "../modules/usage/engine.js";
 import { registerUsageRoutes } from "../modules/usage/usage.routes.js";
+import { registerWebRoutes } from "../modules/web/web.routes.js";
+import { balanceFlags } from "./balance-reactions.js";
 import type { AppContext } from "./context.js";
 import { ErrorEnvelopeSchema } from "./errors.js";
 import { type App, installErrorHandling, installValidation, ROUTER_OPTIONS } from "./http.js";
@@ -96,9 +101,12 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   installAuth(app, ctx, options.sessions);
   installIdempotency(app, ctx);
 
+  registerWebRoutes(app, ctx);
   registerOperationalRoutes(app, ctx);
   registerOrgRoutes(app, ctx);
-  registerLedgerRoutes(app, ctx);
+  registerLedgerRoutes(app, ctx, balanceFlags);
+  registerAlertRoutes(app, ctx);
+  registerTopupRoutes(app, ctx);
   registerNotifyRoutes(app, ctx);
   registerPricingRoutes(app, ctx);
   registerBillingRoutes(app, ctx);
@@ -109,6 +117,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   });
   app.addHook("onClose", () => ingest.drain());
   registerUsageRoutes(app, ctx, ingest);
+  registerReportsRoutes(app, ctx);
 
   return app;
 }

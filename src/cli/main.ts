@@ -2,11 +2,24 @@ import { Command, Option } from "commander";
 import { ConfigError, loadConfig } from "../app/config.js";
 import type { AppContext } from "../app/context.js";
 import { systemClock } from "../app/context.js";
-import { createIdGenerator } from "../app/ids.js";
+import { csvLine } from "../app/csv.js";
+import { CLIENT_ID_PATTERN, createIdGenerator } from "../app/ids.js";
 import { createMetrics } from "../app/metrics.js";
 import { DataDirLockedError, migrateToLatest, openDatabase } from "../db/index.js";
-import { verifyLedger } from "../modules/ledger/ledger.service.js";
-import { createApiKey, resolveOrganization } from "../modules/orgs/orgs.service.js";
+import { creditsFromDb, formatCredits } from "../modules/ledger/credits.js";
+import { type BalanceView, getBalance, verifyLedger } from "../modules/ledger/ledger.service.js";
+import * as orgsRepo from "../modules/orgs/orgs.repo.js";
+import {
+  createApiKey,
+  createOrganization,
+  isCreditsEligible,
+  type Organization,
+  resolveOrganization,
+} from "../modules/orgs/orgs.service.js";
+import { USAGE_SUMMARY_CSV_COLUMNS, usageSummaryCsvRows } from "../modules/reports/reports.csv.js";
+import { ledgerSummaries, usageSummaries } from "../modules/reports/reports.service.js";
+import { reportText } from "../modules/reports/reports.text.js";
+import { fields, intOption, table } from "./format.js";
 
 // The HTTP server and every module load only for `start`: one-shot commands and configuration
 // errors answer about a second sooner.
@@ -33,6 +46,9 @@ async function withContext<T>(fn: (ctx: AppContext) => Promise<T>): Promise<T> {
       ids: createIdGenerator(),
       logger: (await runtimeModule()).createLogger("warn"),
       metrics: createMetrics(),
+      payments: (await import("../modules/billing/providers/index.js")).createPaymentProvider(
+        config,
+      ),
       balanceObservers: [],
     };
     return await fn(ctx);
@@ -95,7 +111,7 @@ export function buildCli(): Command {
       }
     });
 
-  const keys = program.command("keys").description("Manage API keys");
+  const keys = program.command("keys").description("Manage API keys: create, list, revoke");
   keys
     .command("create")
     .description("Create an API key and print its secret once")
@@ -138,6 +154,291 @@ export function buildCli(): Command {
         });
       },
     );
+
+  const noOrg = (ref: string) =>
+    `No organisation ${ref}. Name one by its org_… id or ext:<external_id> (see \`tally orgs list\`).`;
+  const keyJson = (k: orgsRepo.ApiKeyRow) => ({
+    id: k.id,
+    name: k.name,
+    role: k.role,
+    org_id: k.org_id,
+    key_prefix: k.key_prefix,
+    created_at: k.created_at.toISOString(),
+    last_used_at: k.last_used_at?.toISOString() ?? null,
+    revoked_at: k.revoked_at?.toISOString() ?? null,
+  });
+  const balanceJson = (b: BalanceView, org: Organization) => ({
+    org_id: org.id,
+    balance: formatCredits(b.balance),
+    reserved: formatCredits(b.reserved),
+    available: formatCredits(b.available),
+    overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
+    debt: formatCredits(b.debt),
+    last_sequence: Number(b.last_sequence),
+    updated_at: b.updated_at?.toISOString() ?? null,
+  });
+  const organizationJson = async (ctx: AppContext, org: Organization) =>
+    (await import("../modules/orgs/orgs.routes.js")).organizationDto(ctx, org);
+
+  keys
+    .command("list")
+    .description("List API keys (never their secrets): all, one organisation's, or platform keys")
+    .option("--org <id>", "only this organisation's keys (id or ext:<external_id>)")
+    .option("--platform", "only platform keys")
+    .option("--active", "leave out revoked keys")
+    .option("--json", 'print JSON: {"data": [key, …]} as the API lists keys')
+    .action(
+      async (opts: { org?: string; platform?: boolean; active?: boolean; json?: boolean }) => {
+        if (opts.org && opts.platform) {
+          throw new UsageError("Give at most one of --org ID and --platform.");
+        }
+        await withContext(async (ctx) => {
+          let orgId: string | null | undefined = opts.platform ? null : undefined;
+          if (opts.org) {
+            const org = await resolveOrganization(ctx.db, opts.org);
+            if (!org) throw new UsageError(noOrg(opts.org));
+            orgId = org.id;
+          }
+          const rows = (await orgsRepo.listAllApiKeys(ctx.db, orgId)).filter(
+            (k) => !opts.active || k.revoked_at === null,
+          );
+          if (opts.json) return out(JSON.stringify({ data: rows.map(keyJson) }));
+          if (rows.length === 0) return out("No API keys.");
+          const header = [
+            "ID",
+            "ORGANISATION",
+            "ROLE",
+            "NAME",
+            "PREFIX",
+            "CREATED",
+            "LAST USED",
+            "STATUS",
+          ];
+          const day = (d: Date | null) => d?.toISOString().slice(0, 16).replace("T", " ") ?? null;
+          for (const line of table(
+            header,
+            rows.map((k) => [
+              k.id,
+              k.org_id ?? "(platform)",
+              k.role,
+              k.name,
+              `${k.key_prefix}…`,
+              day(k.created_at),
+              day(k.last_used_at),
+              k.revoked_at ? `revoked ${day(k.revoked_at)}` : "active",
+            ]),
+          ))
+            out(line);
+        });
+      },
+    );
+
+  keys
+    .command("revoke")
+    .description("Revoke an API key at once (an organisation's or a platform key)")
+    .argument("<key_id>", "the key's id (key_…), as `tally keys list` shows it")
+    .option("--json", "print JSON: the key as the API lists it")
+    .action(async (keyId: string, opts: { json?: boolean }) => {
+      await withContext(async (ctx) => {
+        const key = await orgsRepo.findApiKeyById(ctx.db, keyId);
+        if (!key) throw new UsageError(`No API key ${keyId} (see \`tally keys list\`).`);
+        const revoked = key.revoked_at
+          ? key
+          : ((await orgsRepo.revokeApiKeyById(ctx.db, keyId, ctx.clock.now())) ??
+            (await orgsRepo.findApiKeyById(ctx.db, keyId))!);
+        if (opts.json) out(JSON.stringify(keyJson(revoked)));
+        else if (key.revoked_at) {
+          out(`${keyId} was already revoked at ${key.revoked_at.toISOString()}.`);
+        } else out(`Revoked ${keyId} (${key.role}${key.org_id ? ` of ${key.org_id}` : ""}).`);
+        const lastPlatformKey =
+          key.role === "platform" &&
+          !key.revoked_at &&
+          (await orgsRepo.countPlatformKeys(ctx.db)) === 0;
+        if (lastPlatformKey) {
+          process.stderr.write(
+            "No active platform key is left: create one with `tally keys create --platform` " +
+              "(or the next `tally start` generates one).\n",
+          );
+        }
+      });
+    });
+
+  const orgs = program.command("orgs").description("Manage organisations: create, list, show");
+  orgs
+    .command("create")
+    .description("Create an organisation")
+    .requiredOption("--name <name>", "its name (1–200 characters)")
+    .option("--external-id <id>", "your own unique id for it (1–128 of A-Z a-z 0-9 . _ : -)")
+    .option(
+      "--plan <plan>",
+      "its plan; only TALLY_CREDIT_PLANS get credits billing",
+      "professional",
+    )
+    .option("--json", "print JSON: the organisation as the API returns it")
+    .action(async (opts: { name: string; externalId?: string; plan: string; json?: boolean }) => {
+      const name = opts.name.trim();
+      if (name.length === 0 || name.length > 200) {
+        throw new UsageError("--name must be 1–200 characters.");
+      }
+      if (opts.externalId !== undefined && !new RegExp(CLIENT_ID_PATTERN).test(opts.externalId)) {
+        throw new UsageError("--external-id must be 1–128 characters of A-Z a-z 0-9 . _ : -");
+      }
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(opts.plan)) {
+        throw new UsageError("--plan must be 1–64 characters of A-Z a-z 0-9 . _ -");
+      }
+      await withContext(async (ctx) => {
+        const created = await createOrganization(ctx, {
+          name,
+          external_id: opts.externalId ?? null,
+          plan: opts.plan,
+        });
+        if (!created.ok) throw new UsageError(created.message ?? "The organisation exists.");
+        const org = created.value;
+        if (opts.json) return out(JSON.stringify(await organizationJson(ctx, org)));
+        out(`Created ${org.id}${org.external_id ? ` (ext:${org.external_id})` : ""}: ${org.name}`);
+        if (!isCreditsEligible(ctx, org)) {
+          out(`  Note: plan "${org.plan}" is not in TALLY_CREDIT_PLANS; credits billing is off.`);
+        }
+      });
+    });
+
+  orgs
+    .command("list")
+    .description("List organisations with their balances, newest first")
+    .option("--search <text>", "match name, external id or id")
+    .option("--limit <n>", "at most this many (1–1000)", intOption("--limit", 1, 1000), 100)
+    .option("--json", 'print JSON: {"data": [organisation + balance], "has_more"}')
+    .action(async (opts: { search?: string; limit: number; json?: boolean }) => {
+      await withContext(async (ctx) => {
+        const found = await orgsRepo.listOrgs(ctx.db, { limit: opts.limit, search: opts.search });
+        const page = found.slice(0, opts.limit);
+        const balances = await Promise.all(page.map((o) => getBalance(ctx.db, o.id)));
+        if (opts.json) {
+          const data = await Promise.all(
+            page.map(async (o, i) => ({
+              ...(await organizationJson(ctx, o)),
+              balance: formatCredits(balances[i]!.balance),
+              available: formatCredits(balances[i]!.available),
+            })),
+          );
+          return out(JSON.stringify({ data, has_more: found.length > opts.limit }));
+        }
+        if (page.length === 0) {
+          return out(
+            opts.search ? `No organisation matches "${opts.search}".` : "No organisations.",
+          );
+        }
+        const header = ["ID", "EXTERNAL ID", "NAME", "PLAN", "BALANCE", "AVAILABLE"];
+        const rows = page.map((o, i) => [
+          o.id,
+          o.external_id,
+          o.name,
+          o.plan,
+          formatCredits(balances[i]!.balance),
+          formatCredits(balances[i]!.available),
+        ]);
+        for (const line of table(header, rows)) out(line);
+        if (found.length > opts.limit) out(`… more: raise --limit or narrow with --search.`);
+      });
+    });
+
+  orgs
+    .command("show")
+    .description("Show an organisation: details, balance, users and API keys")
+    .argument("<org>", "organisation id or ext:<external_id>")
+    .option("--json", "print JSON: the organisation with balance, users and api_keys")
+    .action(async (ref: string, opts: { json?: boolean }) => {
+      await withContext(async (ctx) => {
+        const org = await resolveOrganization(ctx.db, ref);
+        if (!org) throw new UsageError(noOrg(ref));
+        const [b, userRows, apiKeys] = await Promise.all([
+          getBalance(ctx.db, org.id),
+          orgsRepo.listUsers(ctx.db, org.id, 1000),
+          orgsRepo.listAllApiKeys(ctx.db, org.id),
+        ]);
+        const users = userRows.slice(0, 1000);
+        const dto = await organizationJson(ctx, org);
+        if (opts.json) {
+          return out(
+            JSON.stringify({
+              ...dto,
+              balance: balanceJson(b, org),
+              users: users.map((u) => ({
+                id: u.id,
+                email: u.email,
+                name: u.name,
+                role: u.role,
+                created_at: u.created_at.toISOString(),
+              })),
+              api_keys: apiKeys.map(keyJson),
+            }),
+          );
+        }
+        const active = apiKeys.filter((k) => k.revoked_at === null);
+        for (const line of fields([
+          ["id", org.id],
+          ["name", org.name],
+          ["external id", org.external_id],
+          ["plan", `${org.plan} (credits billing ${dto.credits_enabled ? "on" : "off"})`],
+          ["created", dto.created_at],
+          ["metadata", Object.keys(dto.metadata).length ? JSON.stringify(dto.metadata) : null],
+          ["balance", formatCredits(b.balance)],
+          ["reserved", formatCredits(b.reserved)],
+          ["available", formatCredits(b.available)],
+          ["overdraft limit", dto.overdraft_limit],
+          ["ledger entries", Number(b.last_sequence)],
+          ["users", users.length],
+          ["api keys", `${active.length} active, ${apiKeys.length - active.length} revoked`],
+        ]))
+          out(line);
+        if (users.length > 0) {
+          out("");
+          const rows = users.map((u) => [u.id, u.email, u.name, u.role]);
+          for (const line of table(["USER", "EMAIL", "NAME", "ROLE"], rows)) out(`  ${line}`);
+        }
+      });
+    });
+
+  program
+    .command("balance")
+    .description("Print an organisation's balance (exact decimal credits)")
+    .argument("<org>", "organisation id or ext:<external_id>")
+    .option(
+      "--json",
+      "print JSON: {org_id, balance, reserved, available, overdraft_limit, debt, …}",
+    )
+    .action(async (ref: string, opts: { json?: boolean }) => {
+      await withContext(async (ctx) => {
+        const org = await resolveOrganization(ctx.db, ref);
+        if (!org) throw new UsageError(noOrg(ref));
+        const view = balanceJson(await getBalance(ctx.db, org.id), org);
+        if (opts.json) return out(JSON.stringify(view));
+        out(`${org.name} (${org.id}${org.external_id ? `, ext:${org.external_id}` : ""})`);
+        for (const line of fields([
+          ["balance", view.balance],
+          ["reserved", view.reserved],
+          ["available", view.available],
+          ["overdraft limit", view.overdraft_limit],
+          ["debt", view.debt],
+          ["updated", view.updated_at],
+        ]))
+          out(`  ${line}`);
+      });
+    });
+
+  program.addHelpText(
+    "after",
+    `
+Organisations are named by their org_… id or ext:<external_id>. Commands that print data take
+--json for scripts; \`tally <command> --help\` (e.g. \`tally keys --help\`) lists each one's options.
+
+Examples:
+  tally orgs create --name "Acme" --external-id acme
+  tally keys create --org ext:acme --role ingest
+  tally balance ext:acme --json
+  tally keys list --org ext:acme --active
+  tally keys revoke key_01JD3M6Q8Z4X2N7V5B9C1K3H0T`,
+  );
 
   program
     .command("demo")
@@ -190,6 +491,32 @@ export function buildCli(): Command {
         return bad;
       });
       if (failed > 0) process.exitCode = 1;
+    });
+
+  program
+    .command("report")
+    .description("Usage summary and ledger movements of an organisation for one month (UTC)")
+    .requiredOption("--org <id>", "organisation id or ext:<external_id>")
+    .option("--month <YYYY-MM>", "the month, e.g. 2026-11 (default: the current month)")
+    .option("--csv", "print the usage summary as CSV (the columns of usage-summaries.csv)")
+    .option("--json", "print JSON: {usage, ledger}, as the API's usage and ledger summaries")
+    .action(async (opts: { org: string; month?: string; csv?: boolean; json?: boolean }) => {
+      if (opts.csv && opts.json) throw new UsageError("Give at most one of --csv and --json.");
+      if (opts.month !== undefined && !/^\d{4}-(0[1-9]|1[0-2])$/.test(opts.month)) {
+        throw new UsageError("--month must be YYYY-MM, e.g. 2026-11.");
+      }
+      await withContext(async (ctx) => {
+        const org = await resolveOrganization(ctx.db, opts.org);
+        if (!org) throw new UsageError(`No organisation ${opts.org}.`);
+        const periods = [opts.month ?? ctx.clock.now().toISOString().slice(0, 7)];
+        const [usage] = await usageSummaries(ctx, { orgId: org.id, periods });
+        const [ledger] = await ledgerSummaries(ctx, { orgId: org.id, periods });
+        if (opts.csv) {
+          process.stdout.write(csvLine(USAGE_SUMMARY_CSV_COLUMNS));
+          for (const row of usageSummaryCsvRows(usage!)) process.stdout.write(csvLine(row));
+        } else if (opts.json) out(JSON.stringify({ usage, ledger }));
+        else for (const line of reportText(org, usage!, ledger!)) out(line);
+      });
     });
 
   return program;

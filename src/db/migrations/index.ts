@@ -5,6 +5,9 @@ import * as m0003 from "./0003_pricing.js";
 import * as m0004 from "./0004_billing.js";
 import * as m0005 from "./0005_notify.js";
 import * as m0006 from "./0006_usage.js";
+import * as m0008 from "./0008_alerts_topup.js";
+import * as m0009 from "./0009_reports.js";
+import * as m0010 from "./0010_web.js";
 
 /** Every migration, in order. Never edit one that has shipped: add the next. */
 export const migrations: Record<string, Migration> = {
@@ -14,4 +17,7 @@ export const migrations: Record<string, Migration> = {
   "0004_billing": m0004,
   "0005_notify": m0005,
   "0006_usage": m0006,
+  "0008_alerts_topup": m0008,
+  "0009_reports": m0009,
+  "0010_web": m0010,
 };

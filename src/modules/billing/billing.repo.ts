@@ -1,15 +1,19 @@
 import type { Db } from "../../db/index.js";
 import type {
   CreditPackagesTable,
+  InboundWebhookEventsTable,
   PaymentMethodsTable,
   ProviderName,
   PurchaseStatus,
   PurchasesTable,
+  RefundsTable,
 } from "./billing.tables.js";
 
 export type PackageRow = CreditPackagesTable;
 export type PurchaseRow = PurchasesTable;
 export type PaymentMethodRow = PaymentMethodsTable;
+export type RefundRow = RefundsTable;
+export type InboundEventRow = InboundWebhookEventsTable;
 
 // ---- packages -------------------------------------------------------------------------------
 
@@ -74,6 +78,36 @@ export function findPurchase(db: Db, orgId: string, id: string) {
 /** By id alone: the public sandbox checkout page knows nothing else. */
 export function findPurchaseById(db: Db, id: string) {
   return db.selectFrom("purchases").selectAll().where("id", "=", id).executeTakeFirst();
+}
+
+/** The purchase a processor payment paid (payment ids are unique per provider). */
+export function findPurchaseByPaymentId(db: Db, provider: ProviderName, paymentId: string) {
+  return db
+    .selectFrom("purchases")
+    .selectAll()
+    .where("provider", "=", provider)
+    .where("provider_payment_id", "=", paymentId)
+    .executeTakeFirst();
+}
+
+export function findPurchaseBySessionId(db: Db, provider: ProviderName, sessionId: string) {
+  return db
+    .selectFrom("purchases")
+    .selectAll()
+    .where("provider", "=", provider)
+    .where("provider_session_id", "=", sessionId)
+    .executeTakeFirst();
+}
+
+/** Row-locks a purchase for the rest of the transaction. */
+export function lockPurchase(db: Db, orgId: string, id: string) {
+  return db
+    .selectFrom("purchases")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .where("id", "=", id)
+    .forUpdate()
+    .executeTakeFirst();
 }
 
 /** Newest first. */
@@ -178,4 +212,100 @@ export async function findCustomerId(
     .limit(1)
     .executeTakeFirst();
   return row?.provider_customer_id ?? null;
+}
+
+// ---- refunds --------------------------------------------------------------------------------
+
+export async function insertRefund(db: Db, row: RefundRow): Promise<void> {
+  await db.insertInto("refunds").values(row).execute();
+}
+
+export function findRefund(db: Db, orgId: string, id: string) {
+  return db
+    .selectFrom("refunds")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .where("id", "=", id)
+    .executeTakeFirst();
+}
+
+export function refundsOfPurchase(db: Db, orgId: string, purchaseId: string) {
+  return db
+    .selectFrom("refunds")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .where("purchase_id", "=", purchaseId)
+    .orderBy("id")
+    .execute();
+}
+
+export function updateRefund(
+  db: Db,
+  orgId: string,
+  id: string,
+  patch: Partial<Omit<RefundRow, "org_id" | "id" | "created_at">> & { updated_at: Date },
+  only?: { status: RefundRow["status"]; unacknowledged?: boolean },
+) {
+  let q = db.updateTable("refunds").set(patch).where("org_id", "=", orgId).where("id", "=", id);
+  if (only) {
+    q = q.where("status", "=", only.status);
+    if (only.unacknowledged) q = q.where("provider_refund_id", "is", null);
+  }
+  return q.returningAll().executeTakeFirst();
+}
+
+/**
+ * Refunds started through the API that the processor has not acknowledged yet (the process died
+ * or the processor was unreachable), untouched since `before`: the recovery task finishes them.
+ */
+export function unacknowledgedRefunds(db: Db, before: Date, limit: number) {
+  return db
+    .selectFrom("refunds")
+    .selectAll()
+    .where("status", "=", "pending")
+    .where("origin", "=", "api")
+    .where("provider_refund_id", "is", null)
+    .where("updated_at", "<=", before)
+    .orderBy("updated_at")
+    .limit(limit)
+    .execute();
+}
+
+// ---- inbound webhook events -----------------------------------------------------------------
+
+export function findInboundEvent(db: Db, provider: ProviderName, eventId: string) {
+  return db
+    .selectFrom("inbound_webhook_events")
+    .selectAll()
+    .where("provider", "=", provider)
+    .where("event_id", "=", eventId)
+    .executeTakeFirst();
+}
+
+/**
+ * Claims an inbound event: true for the first delivery. A concurrent duplicate waits on the
+ * primary key until the first transaction ends, then finds the row (false) — or claims the event
+ * if the first rolled back.
+ */
+export async function claimInboundEvent(db: Db, row: InboundEventRow): Promise<boolean> {
+  const result = await db
+    .insertInto("inbound_webhook_events")
+    .values(row)
+    .onConflict((oc) => oc.columns(["provider", "event_id"]).doNothing())
+    .executeTakeFirst();
+  return Number(result.numInsertedOrUpdatedRows ?? 0n) === 1;
+}
+
+export async function finishInboundEvent(
+  db: Db,
+  provider: ProviderName,
+  eventId: string,
+  patch: Pick<InboundEventRow, "status" | "error" | "org_id" | "object_id" | "processed_at">,
+): Promise<void> {
+  await db
+    .updateTable("inbound_webhook_events")
+    .set(patch)
+    .where("provider", "=", provider)
+    .where("event_id", "=", eventId)
+    .execute();
 }

@@ -26,7 +26,9 @@ import type { PurchaseStatus } from "./billing.tables.js";
 import { type PackageFigures, PERCENT_DIGITS, PRICE_PER_CREDIT_DIGITS } from "./package-figures.js";
 import * as packages from "./packages.service.js";
 import * as purchases from "./purchases.service.js";
+import * as refunds from "./refunds.service.js";
 import { registerSandboxRoutes } from "./sandbox.routes.js";
+import { registerStripeWebhookRoutes } from "./stripe.webhooks.js";
 
 // ---- schemas --------------------------------------------------------------------------------
 
@@ -208,6 +210,49 @@ const PurchaseParams = Type.Object({
   id: Type.String({ minLength: 1, maxLength: 64 }),
 });
 
+const RefundBody = Type.Object(
+  {
+    reason: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 500,
+        description: "Recorded on the refund and its ledger entries.",
+        examples: ["Customer cancelled"],
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const RefundSchema = Type.Object(
+  {
+    refund_id: Type.String({ examples: ["ref_01JD3M6Q8Z4X2N7V5B9C1K3H0T"] }),
+    purchase_id: Type.String(),
+    status: Type.Union([Type.Literal("succeeded"), Type.Literal("pending")], {
+      description:
+        "`succeeded`: the processor refunded; `pending`: the processor accepted the refund and " +
+        "completes it asynchronously.",
+    }),
+    amount: Type.String({
+      description:
+        "Money refunded: the purchase amount × unused paid credits ÷ paid credits, rounded " +
+        "down to the currency's minor unit.",
+      examples: ["24.50"],
+    }),
+    currency: Type.String({ examples: ["USD"] }),
+    credits_removed: Type.String({
+      description: "All credits voided (paid + bonus): the balance went down by this much.",
+      examples: ["600"],
+    }),
+    paid_credits_removed: Type.String({ examples: ["500"] }),
+    bonus_credits_removed: Type.String({ examples: ["100"] }),
+    reason: Type.Union([Type.String(), Type.Null()]),
+    purchase: PurchaseSchema,
+  },
+  { title: "Refund" },
+);
+export type RefundDto = Static<typeof RefundSchema>;
+
 // ---- DTOs -----------------------------------------------------------------------------------
 
 function packageDto(p: packages.CreditPackage, f: PackageFigures): CreditPackageDto {
@@ -257,6 +302,22 @@ export function purchaseDto(p: purchases.Purchase): PurchaseDto {
     expires_at: p.expires_at?.toISOString() ?? null,
     created_at: p.created_at.toISOString(),
     updated_at: p.updated_at.toISOString(),
+  };
+}
+
+function refundDto(outcome: refunds.RefundOutcome): RefundDto {
+  const figures = refunds.refundFigures(outcome.refund);
+  return {
+    refund_id: figures.refund_id,
+    purchase_id: outcome.refund.purchase_id,
+    status: outcome.refund.status === "succeeded" ? "succeeded" : "pending",
+    amount: figures.amount,
+    currency: figures.currency,
+    credits_removed: figures.credits_removed,
+    paid_credits_removed: figures.paid_credits_removed,
+    bonus_credits_removed: figures.bonus_credits_removed,
+    reason: figures.reason,
+    purchase: purchaseDto(outcome.purchase),
   };
 }
 
@@ -529,5 +590,50 @@ export function registerBillingRoutes(app: App, ctx: AppContext): void {
     },
   );
 
+  app.post(
+    "/v1/organizations/:org_id/purchases/:id/refund",
+    {
+      schema: {
+        tags,
+        summary: "Refund a purchase's unused credits",
+        description:
+          "Refunds the money for the purchase's unused paid credits at its price (amount × " +
+          "unused paid credits ÷ paid credits, rounded down to the minor unit) and voids the " +
+          "purchase's remaining paid and bonus credits with `refund` ledger entries. The " +
+          "purchase becomes `refunded` (nothing had been used) or `partially_refunded`. Not " +
+          "paid, already refunded, or nothing unused → 409 `invalid_state`. The processor " +
+          "unreachable → 503: the refund stays pending and is completed automatically (or by " +
+          "repeating this request), never twice.",
+        params: PurchaseParams,
+        body: RefundBody,
+        response: {
+          200: RefundSchema,
+          503: {
+            ...ErrorEnvelopeSchema,
+            description: "The payment processor is unreachable (`service_unavailable`).",
+          },
+        },
+      },
+      config: { access: { roles: ROLES.billing, org: true, credits: true } },
+      // The body is optional: a bare POST is a refund without a reason.
+      preValidation: async (request) => {
+        request.body ??= {};
+      },
+    },
+    async (request) => {
+      const principal = requestPrincipal(request);
+      const outcome = unwrap(
+        await refunds.refundPurchase(ctx, {
+          orgId: requestOrg(request).id,
+          purchaseId: request.params.id,
+          principal,
+          reason: request.body.reason ?? null,
+        }),
+      );
+      return refundDto(outcome);
+    },
+  );
+
   registerSandboxRoutes(app, ctx);
+  registerStripeWebhookRoutes(app, ctx);
 }

@@ -1,9 +1,17 @@
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
 import type { PeriodicTask } from "../../app/workers.js";
-import { creditsFromDb, divideRoundHalfEven, formatScaled, ONE_CREDIT } from "../ledger/credits.js";
+import type { Db } from "../../db/index.js";
+import {
+  creditsFromDb,
+  divideRoundHalfEven,
+  formatCredits,
+  formatScaled,
+  ONE_CREDIT,
+} from "../ledger/credits.js";
 import { type Posting, postEntries } from "../ledger/ledger.service.js";
-import { currencyExponent } from "../ledger/money.js";
+import { currencyExponent, formatMoney } from "../ledger/money.js";
+import { emitEvent } from "../notify/notify.service.js";
 import type { Actor, Principal } from "../orgs/auth.js";
 import type { Organization } from "../orgs/orgs.service.js";
 import * as repo from "./billing.repo.js";
@@ -173,7 +181,7 @@ export type FulfilOutcome = {
  * change is guarded (`pending`, `failed` or `expired` → `paid`; a late payment still counts) and
  * the payment id is unique across purchases, so however many times and however concurrently the
  * processor notifies, one `purchase` entry (paid block, unit cost = amount ÷ credits) and one
- * `bonus` entry (free block, optional expiry) are written.
+ * `bonus` entry (free block, optional expiry) are written, and one `purchase.completed` event.
  */
 export async function fulfilPurchase(
   ctx: AppContext,
@@ -181,107 +189,13 @@ export async function fulfilPurchase(
   purchaseId: string,
   payment: PaymentConfirmation,
 ): Promise<Result<FulfilOutcome, "not_found" | "invalid_state">> {
-  let outcome: Result<FulfilOutcome, "not_found" | "invalid_state">;
   try {
-    outcome = await ctx.db.transaction().execute(async (tx) => {
-      const now = ctx.clock.now();
-      const paid = await repo.updatePurchase(
-        tx,
-        orgId,
-        purchaseId,
-        {
-          status: "paid",
-          provider_payment_id: payment.providerPaymentId,
-          paid_at: now,
-          failure_code: null,
-          failure_message: null,
-          updated_at: now,
-        },
-        PAYABLE,
-      );
-      if (!paid) {
-        const current = await repo.findPurchase(tx, orgId, purchaseId);
-        if (!current) return fail("not_found", "Purchase not found.");
-        if (current.provider_payment_id === payment.providerPaymentId) {
-          return ok({ purchase: current, fulfilled: false });
-        }
-        ctx.logger.warn(
-          { purchase_id: purchaseId, payment_id: payment.providerPaymentId },
-          "a second payment arrived for an already paid purchase",
-        );
-        return fail("invalid_state", `The purchase is already ${current.status}.`);
-      }
-
-      const credits = creditsFromDb(paid.credits);
-      const bonus = creditsFromDb(paid.bonus_credits);
-      const actor: Actor = { type: paid.actor_type, id: paid.actor_id };
-      const meta = {
-        actor,
-        userId: paid.user_id,
-        reference: { type: "purchase", id: paid.id },
-      };
-      const postings: Posting[] = [
-        {
-          kind: "credit",
-          type: "purchase",
-          amount: credits,
-          block: {
-            source: "purchase",
-            unitCost: unitCostOf(BigInt(paid.amount_minor), paid.currency, credits),
-            purchaseId: paid.id,
-          },
-          description: `Purchase of ${paid.package_name}`,
-          ...meta,
-        },
-      ];
-      if (bonus > 0n) {
-        postings.push({
-          kind: "credit",
-          type: "bonus",
-          amount: bonus,
-          block: {
-            source: "bonus",
-            unitCost: "0",
-            purchaseId: paid.id,
-            expiresAt:
-              paid.bonus_expires_in_days === null
-                ? null
-                : new Date(now.getTime() + paid.bonus_expires_in_days * MS_PER_DAY),
-          },
-          description: `Bonus credits of ${paid.package_name}`,
-          ...meta,
-        });
-      }
-      const posted = await postEntries(tx, ctx, orgId, postings);
-      // Credits cannot be refused; anything else is a fault and rolls the payment back.
-      if (!posted.ok) throw new Error(`could not post purchase credits: ${posted.code}`);
-
-      let purchase = paid;
-      if (paid.save_payment_method && payment.paymentMethod) {
-        const pm = payment.paymentMethod;
-        const saved = await repo.upsertPaymentMethod(tx, {
-          org_id: orgId,
-          id: ctx.ids.newId("pmt"),
-          provider: paid.provider,
-          provider_payment_method_id: pm.id,
-          provider_customer_id: pm.customerId,
-          brand: pm.brand,
-          last4: pm.last4,
-          sandbox_behaviour: pm.sandboxBehaviour ?? null,
-          status: "active",
-          created_at: now,
-          updated_at: now,
-        });
-        purchase = (await repo.updatePurchase(tx, orgId, purchaseId, {
-          payment_method_id: saved.id,
-          updated_at: now,
-        }))!;
-      }
-      return ok({ purchase, fulfilled: true });
-    });
+    return await ctx.db
+      .transaction()
+      .execute((tx) => fulfilPurchaseInTx(tx, ctx, orgId, purchaseId, payment));
   } catch (error) {
     if (isUniqueViolation(error)) {
-      // The payment id already paid another purchase: never grant twice for one payment.
+      // Two purchases raced for one payment id: never grant twice for one payment.
       ctx.logger.warn(
         { purchase_id: purchaseId, payment_id: payment.providerPaymentId },
         "payment id already used by another purchase",
@@ -290,18 +204,185 @@ export async function fulfilPurchase(
     }
     throw error;
   }
-  return outcome;
 }
 
-/** A checkout attempt was declined: `pending` (or an earlier `failed`) → `failed`. */
+/**
+ * `fulfilPurchase` inside the caller's transaction (the Stripe webhook records the inbound event
+ * in the same one). A payment id already used by another purchase is refused before any write,
+ * so the caller's transaction is not aborted by the unique index in the common case.
+ */
+export async function fulfilPurchaseInTx(
+  tx: Db,
+  ctx: AppContext,
+  orgId: string,
+  purchaseId: string,
+  payment: PaymentConfirmation,
+): Promise<Result<FulfilOutcome, "not_found" | "invalid_state">> {
+  const now = ctx.clock.now();
+  const current = await repo.findPurchase(tx, orgId, purchaseId);
+  if (!current) return fail("not_found", "Purchase not found.");
+  const owner = await repo.findPurchaseByPaymentId(tx, current.provider, payment.providerPaymentId);
+  if (owner && (owner.org_id !== orgId || owner.id !== purchaseId)) {
+    ctx.logger.warn(
+      { purchase_id: purchaseId, payment_id: payment.providerPaymentId, paid: owner.id },
+      "payment id already used by another purchase",
+    );
+    return fail("invalid_state", "This payment has already been applied to another purchase.");
+  }
+  const paid = await repo.updatePurchase(
+    tx,
+    orgId,
+    purchaseId,
+    {
+      status: "paid",
+      provider_payment_id: payment.providerPaymentId,
+      paid_at: now,
+      failure_code: null,
+      failure_message: null,
+      updated_at: now,
+    },
+    PAYABLE,
+  );
+  if (!paid) {
+    const settled = await repo.findPurchase(tx, orgId, purchaseId);
+    if (!settled) return fail("not_found", "Purchase not found.");
+    if (settled.provider_payment_id === payment.providerPaymentId) {
+      return ok({ purchase: settled, fulfilled: false });
+    }
+    ctx.logger.warn(
+      { purchase_id: purchaseId, payment_id: payment.providerPaymentId },
+      "a second payment arrived for an already paid purchase",
+    );
+    return fail("invalid_state", `The purchase is already ${settled.status}.`);
+  }
+
+  const credits = creditsFromDb(paid.credits);
+  const bonus = creditsFromDb(paid.bonus_credits);
+  const actor: Actor = { type: paid.actor_type, id: paid.actor_id };
+  const meta = {
+    actor,
+    userId: paid.user_id,
+    reference: { type: "purchase", id: paid.id },
+  };
+  const postings: Posting[] = [
+    {
+      kind: "credit",
+      type: "purchase",
+      amount: credits,
+      block: {
+        source: "purchase",
+        unitCost: unitCostOf(BigInt(paid.amount_minor), paid.currency, credits),
+        purchaseId: paid.id,
+      },
+      description: `Purchase of ${paid.package_name}`,
+      ...meta,
+    },
+  ];
+  if (bonus > 0n) {
+    postings.push({
+      kind: "credit",
+      type: "bonus",
+      amount: bonus,
+      block: {
+        source: "bonus",
+        unitCost: "0",
+        purchaseId: paid.id,
+        expiresAt: bonusExpiry(paid, now),
+      },
+      description: `Bonus credits of ${paid.package_name}`,
+      ...meta,
+    });
+  }
+  const posted = await postEntries(tx, ctx, orgId, postings);
+  // Credits cannot be refused; anything else is a fault and rolls the payment back.
+  if (!posted.ok) throw new Error(`could not post purchase credits: ${posted.code}`);
+
+  let purchase = paid;
+  if (paid.save_payment_method && payment.paymentMethod) {
+    const pm = payment.paymentMethod;
+    const saved = await repo.upsertPaymentMethod(tx, {
+      org_id: orgId,
+      id: ctx.ids.newId("pmt"),
+      provider: paid.provider,
+      provider_payment_method_id: pm.id,
+      provider_customer_id: pm.customerId,
+      brand: pm.brand,
+      last4: pm.last4,
+      sandbox_behaviour: pm.sandboxBehaviour ?? null,
+      status: "active",
+      created_at: now,
+      updated_at: now,
+    });
+    purchase = (await repo.updatePurchase(tx, orgId, purchaseId, {
+      payment_method_id: saved.id,
+      updated_at: now,
+    }))!;
+  }
+  await emitEvent(tx, ctx, {
+    type: "purchase.completed",
+    orgId,
+    data: purchaseEventData(purchase),
+  });
+  return ok({ purchase, fulfilled: true });
+}
+
+/** When a purchase's bonus credits expire (null: never). */
+export function bonusExpiry(p: Purchase, paidAt: Date): Date | null {
+  return p.bonus_expires_in_days === null
+    ? null
+    : new Date(paidAt.getTime() + p.bonus_expires_in_days * MS_PER_DAY);
+}
+
+/**
+ * The `data` of `purchase.*` events: what was bought, for how much, by whom, and where it stands.
+ * Amounts are decimal strings, as everywhere in the API.
+ */
+export function purchaseEventData(p: Purchase): Record<string, unknown> {
+  const credits = creditsFromDb(p.credits);
+  const bonus = creditsFromDb(p.bonus_credits);
+  return {
+    purchase_id: p.id,
+    status: p.status,
+    source: p.source,
+    package_id: p.package_id,
+    package_name: p.package_name,
+    credits: formatCredits(credits),
+    bonus_credits: formatCredits(bonus),
+    total_credits: formatCredits(credits + bonus),
+    amount: formatMoney({ minor: BigInt(p.amount_minor), currency: p.currency }),
+    currency: p.currency,
+    refunded_amount: formatMoney({ minor: BigInt(p.refunded_minor), currency: p.currency }),
+    provider: p.provider,
+    user_id: p.user_id,
+    actor: { type: p.actor_type, id: p.actor_id },
+    paid_at: p.paid_at?.toISOString() ?? null,
+  };
+}
+
+/**
+ * A payment attempt was declined or an asynchronous payment failed: `pending` (or an earlier
+ * `failed`) → `failed`, with a `purchase.failed` event for each recorded failure.
+ */
 export async function failPurchase(
   ctx: AppContext,
   orgId: string,
   purchaseId: string,
   failure: { code: string; message: string },
 ): Promise<Result<Purchase, "invalid_state">> {
+  return ctx.db
+    .transaction()
+    .execute((tx) => failPurchaseInTx(tx, ctx, orgId, purchaseId, failure));
+}
+
+export async function failPurchaseInTx(
+  tx: Db,
+  ctx: AppContext,
+  orgId: string,
+  purchaseId: string,
+  failure: { code: string; message: string },
+): Promise<Result<Purchase, "invalid_state">> {
   const row = await repo.updatePurchase(
-    ctx.db,
+    tx,
     orgId,
     purchaseId,
     {
@@ -312,7 +393,33 @@ export async function failPurchase(
     },
     ["pending", "failed"],
   );
-  return row ? ok(row) : fail("invalid_state", "The purchase is no longer pending.");
+  if (!row) return fail("invalid_state", "The purchase is no longer pending.");
+  await emitEvent(tx, ctx, {
+    type: "purchase.failed",
+    orgId,
+    data: {
+      ...purchaseEventData(row),
+      failure_code: row.failure_code,
+      failure_message: row.failure_message,
+    },
+  });
+  return ok(row);
+}
+
+/** The processor says the checkout expired unpaid: `pending`/`failed` → `expired`. */
+export async function expirePurchaseInTx(
+  tx: Db,
+  ctx: AppContext,
+  orgId: string,
+  purchaseId: string,
+): Promise<Purchase | undefined> {
+  return repo.updatePurchase(
+    tx,
+    orgId,
+    purchaseId,
+    { status: "expired", updated_at: ctx.clock.now() },
+    ["pending", "failed"],
+  );
 }
 
 /** Pending purchases past their checkout window become `expired`. */
@@ -390,7 +497,7 @@ export async function settleSandboxCheckout(
   }
 }
 
-function isUniqueViolation(error: unknown): boolean {
+export function isUniqueViolation(error: unknown): boolean {
   return (
     typeof error === "object" && error !== null && (error as { code?: unknown }).code === "23505"
   );

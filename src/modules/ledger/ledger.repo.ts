@@ -102,3 +102,35 @@ export async function allOrgIdsWithBalances(db: Db): Promise<string[]> {
   const rows = await db.selectFrom("org_balances").select("org_id").orderBy("org_id").execute();
   return rows.map((r) => r.org_id);
 }
+
+/**
+ * Monthly totals of an organisation's entries created in [from, to) — per calendar month (UTC),
+ * type and sign — and the balance before `from` (balance_after of the last earlier entry).
+ * Reads through the (org_id, created_at) index. For the reports module's reconciliation view.
+ */
+export async function monthlyEntryTotals(db: Db, orgId: string, from: Date, to: Date) {
+  const before = await db
+    .selectFrom("ledger_entries")
+    .select("balance_after")
+    .where("org_id", "=", orgId)
+    .where("created_at", "<", from)
+    .orderBy("created_at", "desc")
+    .orderBy("sequence", "desc")
+    .limit(1)
+    .executeTakeFirst();
+  const totals = await db
+    .selectFrom("ledger_entries")
+    .select([
+      sql<string>`to_char(created_at at time zone 'UTC', 'YYYY-MM')`.as("period"),
+      "type",
+      sql<boolean>`amount > 0`.as("positive"),
+      sql<string>`sum(amount)::text`.as("amount"),
+      sql<string>`count(*)::text`.as("entries"),
+    ])
+    .where("org_id", "=", orgId)
+    .where("created_at", ">=", from)
+    .where("created_at", "<", to)
+    .groupBy([sql`1`, "type", sql`3`])
+    .execute();
+  return { openingBalance: before?.balance_after ?? "0", totals };
+}

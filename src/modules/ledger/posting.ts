@@ -80,6 +80,8 @@ export interface BalanceChange {
   before: Credits;
   after: Credits;
   reserved: Credits;
+  /** Types of the ledger entries this save wrote (empty for a reservation-only change). */
+  entryTypes: EntryType[];
 }
 
 /**
@@ -532,7 +534,13 @@ export async function saveLedgers(tx: Db, ledgers: Iterable<OrgLedger>): Promise
      where b.org_id = v.org_id`.execute(tx);
   const changes: BalanceChange[] = changed
     .filter((l) => l.balance !== l.balanceAtLastSave || l.reserved !== l.reservedAtLastSave)
-    .map((l) => ({ orgId: l.orgId, before: l.balanceAtLastSave, after: l.balance, reserved: l.reserved }));
+    .map((l) => ({
+      orgId: l.orgId,
+      before: l.balanceAtLastSave,
+      after: l.balance,
+      reserved: l.reserved,
+      entryTypes: [...new Set(l.writes().entries.map((e) => e.type))],
+    }));
   for (const l of changed) l.markSaved();
   const ctx = changed[0]!.ctx;
   if (changes.length > 0) {

@@ -37,6 +37,7 @@ export function listOrgs(
     .orderBy("id", "desc")
     .limit(opts.limit + 1);
   if (opts.before) q = q.where("id", "<", opts.before);
+  if (opts.ids) q = opts.ids.length ? q.where("id", "in", opts.ids) : q.where(sql<boolean>`false`);
   if (opts.search) {
     const like = `%${opts.search.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
     q = q.where((eb) =>
@@ -142,6 +143,15 @@ export function findActiveKeyByHash(db: Db, hash: string) {
     .executeTakeFirst();
 }
 
+export function findActiveKeyById(db: Db, id: string) {
+  return db
+    .selectFrom("api_keys")
+    .selectAll()
+    .where("id", "=", id)
+    .where("revoked_at", "is", null)
+    .executeTakeFirst();
+}
+
 export async function countPlatformKeys(db: Db): Promise<number> {
   const row = await db
     .selectFrom("api_keys")
@@ -206,4 +216,35 @@ export function consumePortalSession(db: Db, tokenHash: string, now: Date) {
     .where("expires_at", ">", now)
     .returningAll()
     .executeTakeFirst();
+}
+
+export function findApiKeyById(db: Db, keyId: string) {
+  return db.selectFrom("api_keys").selectAll().where("id", "=", keyId).executeTakeFirst();
+}
+
+/** Revokes any key by id, platform keys included (operators, CLI); nothing if already revoked. */
+export function revokeApiKeyById(db: Db, keyId: string, at: Date) {
+  return db
+    .updateTable("api_keys")
+    .set({ revoked_at: at })
+    .where("id", "=", keyId)
+    .where("revoked_at", "is", null)
+    .returningAll()
+    .executeTakeFirst();
+}
+
+/**
+ * Keys without paging (CLI): of one organisation, platform keys (`orgId` null), or every key
+ * (`orgId` undefined) — platform keys first, then by organisation, newest first.
+ */
+export function listAllApiKeys(db: Db, orgId?: string | null) {
+  let q = db
+    .selectFrom("api_keys")
+    .selectAll()
+    .orderBy(sql`org_id is not null`)
+    .orderBy("org_id")
+    .orderBy("id", "desc");
+  if (orgId === null) q = q.where("org_id", "is", null);
+  else if (orgId !== undefined) q = q.where("org_id", "=", orgId);
+  return q.execute();
 }

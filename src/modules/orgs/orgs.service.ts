@@ -124,3 +124,31 @@ export async function createPortalSession(
   });
   return ok({ url: `${ctx.config.publicUrl}/portal/enter?token=${token}`, expires_at: expires });
 }
+
+// ---- browser sessions (used by the web module) ------------------------------------------------
+
+/** The active (unrevoked) API key with this secret, if any. */
+export function findActiveKeyBySecret(ctx: AppContext, secret: string) {
+  return repo.findActiveKeyByHash(ctx.db, hashSecret(secret));
+}
+
+/** The API key with this id if it is still active. */
+export function findActiveKeyById(ctx: AppContext, id: string) {
+  return repo.findActiveKeyById(ctx.db, id);
+}
+
+export function findUser(ctx: AppContext, orgId: string, userId: string) {
+  return repo.findUser(ctx.db, orgId, userId);
+}
+
+/**
+ * Redeems a portal link: one time, before it expires. Returns what the link grants, or null
+ * for an unknown, used or expired token.
+ */
+export async function redeemPortalLink(
+  ctx: AppContext,
+  token: string,
+): Promise<{ orgId: string; userId: string; returnUrl: string | null } | null> {
+  const row = await repo.consumePortalSession(ctx.db, hashSecret(token), ctx.clock.now());
+  return row ? { orgId: row.org_id, userId: row.user_id, returnUrl: row.return_url } : null;
+}

@@ -25,22 +25,17 @@ export function createPaymentProvider(
   }
 }
 
-const providers = new WeakMap<AppContext, PaymentProvider>();
+const overrides = new WeakMap<AppContext, PaymentProvider>();
 
 /**
- * The payment provider of a context: one injected with `setPaymentProvider` (tests), else
- * `ctx.payments` once the composition root provides it, else one built from the configuration
- * on first use and kept for the life of the context.
+ * The payment provider of a context: `ctx.payments`, unless a test replaced it for this context
+ * with `setPaymentProvider` (a context is immutable; tests that build their own runtime pass
+ * `payments` to `createRuntime` instead).
  */
 export function paymentProvider(ctx: AppContext): PaymentProvider {
-  let provider = providers.get(ctx) ?? (ctx as { payments?: PaymentProvider }).payments;
-  if (!provider) {
-    provider = createPaymentProvider(ctx.config);
-    providers.set(ctx, provider);
-  }
-  return provider;
+  return overrides.get(ctx) ?? ctx.payments;
 }
 
 export function setPaymentProvider(ctx: AppContext, provider: PaymentProvider): void {
-  providers.set(ctx, provider);
+  overrides.set(ctx, provider);
 }

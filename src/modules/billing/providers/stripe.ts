@@ -19,6 +19,9 @@ import {
  */
 export const STRIPE_API_VERSION = "2026-10-28.endive" satisfies Stripe.LatestApiVersion;
 
+/** Oldest accepted `Stripe-Signature` timestamp, in seconds (Stripe's recommended default). */
+export const STRIPE_WEBHOOK_TOLERANCE_S = 300;
+
 export interface StripeProviderOptions {
   secretKey: string;
   /** e.g. `http://127.0.0.1:12111` for a local fake; null → api.stripe.com. */
@@ -50,6 +53,27 @@ export class StripeProvider implements PaymentProvider {
       config.port = base.port || (protocol === "http" ? 80 : 443);
     }
     this.client = new Stripe(options.secretKey, config);
+  }
+
+  /**
+   * Verifies a webhook delivery with the SDK: the HMAC of the raw body under `secret`, and the
+   * signature timestamp no older than the tolerance at `receivedAt` (Tally's clock). Throws when
+   * the signature is missing, forged or stale, or the body is not an event.
+   */
+  constructWebhookEvent(
+    rawBody: string,
+    signatureHeader: string,
+    secret: string,
+    receivedAt: Date,
+  ): Stripe.Event {
+    return this.client.webhooks.constructEvent(
+      rawBody,
+      signatureHeader,
+      secret,
+      STRIPE_WEBHOOK_TOLERANCE_S,
+      undefined,
+      receivedAt.getTime(),
+    );
   }
 
   async createCheckout(input: CreateCheckoutInput): Promise<CheckoutSession> {

@@ -1,0 +1,37 @@
+import * as alerts from "../modules/alerts/alerts.service.js";
+import type { BalanceFlags } from "../modules/ledger/ledger.routes.js";
+import type { BalanceObserver } from "../modules/ledger/posting.js";
+import * as topup from "../modules/topup/topup.service.js";
+
+/**
+ * What happens when balances change, composed here because it runs in the ingest hot path:
+ * ONE indexed lookup per flush finds which of the changed organisations have alert thresholds
+ * or auto-topup enabled (each module contributes its half of the query over its own table).
+ * Organisations with neither cost nothing more, except the rare `balance.depleted` /
+ * `balance.recovered` event, which every organisation gets.
+ */
+export const balanceReactions: BalanceObserver = async (tx, ctx, changes) => {
+  const orgIds = [...new Set(changes.map((c) => c.orgId))];
+  const watched = await alerts
+    .configuredOrgsQuery(tx, orgIds)
+    .unionAll(topup.enabledOrgsQuery(tx, orgIds))
+    .execute();
+  const withAlerts = new Set<string>();
+  const withTopup = new Set<string>();
+  for (const row of watched) (row.module === "alerts" ? withAlerts : withTopup).add(row.org_id);
+
+  await alerts.onBalanceChanges(tx, ctx, changes, withAlerts);
+  if (withTopup.size > 0) {
+    await topup.onBalanceChanges(
+      tx,
+      ctx,
+      changes.filter((c) => withTopup.has(c.orgId)),
+    );
+  }
+};
+
+/** The `low_balance` and `auto_topup` fields of `GET …/balance`. */
+export const balanceFlags: BalanceFlags = {
+  lowBalance: alerts.isLowBalance,
+  autoTopup: topup.autoTopupFlag,
+};

@@ -1,0 +1,183 @@
+import { sql } from "kysely";
+import type { Db } from "../../db/index.js";
+import type { TopupAttemptStatus, TopupAttemptsTable, TopupSettingsTable } from "./topup.tables.js";
+
+export type SettingsRow = TopupSettingsTable;
+export type AttemptRow = TopupAttemptsTable;
+
+// ---- settings -------------------------------------------------------------------------------
+
+/** `org_id`s among `orgIds` with auto-topup enabled (one indexed lookup). */
+export function enabledOrgsQuery(db: Db, orgIds: readonly string[]) {
+  return db
+    .selectFrom("topup_settings")
+    .select(["org_id", sql<string>`'topup'`.as("module")])
+    .where("org_id", "in", orgIds)
+    .where("enabled", "=", true);
+}
+
+export function findSettings(db: Db, orgId: string) {
+  return db.selectFrom("topup_settings").selectAll().where("org_id", "=", orgId).executeTakeFirst();
+}
+
+export function findEnabledSettings(db: Db, orgIds: readonly string[]) {
+  return db
+    .selectFrom("topup_settings")
+    .selectAll()
+    .where("org_id", "in", orgIds)
+    .where("enabled", "=", true)
+    .execute();
+}
+
+export async function upsertSettings(db: Db, row: SettingsRow): Promise<SettingsRow> {
+  const { org_id: _org, created_at: _created, ...update } = row;
+  return db
+    .insertInto("topup_settings")
+    .values(row)
+    .onConflict((oc) => oc.column("org_id").doUpdateSet(update))
+    .returningAll()
+    .executeTakeFirstOrThrow();
+}
+
+export function updateSettings(
+  db: Db,
+  orgId: string,
+  patch: Partial<Omit<SettingsRow, "org_id" | "created_at">> & { updated_at: Date },
+) {
+  return db
+    .updateTable("topup_settings")
+    .set(patch)
+    .where("org_id", "=", orgId)
+    .returningAll()
+    .executeTakeFirst();
+}
+
+/** One more failure; disables auto-topup when it reaches `max_failures`. */
+export function recordFailure(db: Db, orgId: string, reason: string, now: Date) {
+  return db
+    .updateTable("topup_settings")
+    .set((eb) => ({
+      failure_count: eb("failure_count", "+", 1),
+      enabled: sql<boolean>`case when failure_count + 1 >= max_failures then false else enabled end`,
+      disabled_reason: sql<
+        string | null
+      >`case when enabled and failure_count + 1 >= max_failures then ${reason} else disabled_reason end`,
+      updated_at: now,
+    }))
+    .where("org_id", "=", orgId)
+    .returningAll()
+    .executeTakeFirst();
+}
+
+// ---- attempts -------------------------------------------------------------------------------
+
+/**
+ * Inserts an `in_flight` attempt unless the organisation already has one: the unique partial
+ * index decides, so two instances can never both start one. Returns whether it was inserted.
+ */
+export async function insertInFlightAttempt(db: Db, row: AttemptRow): Promise<boolean> {
+  const inserted = await db
+    .insertInto("topup_attempts")
+    .values({ ...row, status: "in_flight" })
+    .onConflict((oc) => oc.column("org_id").where("status", "=", "in_flight").doNothing())
+    .returning("id")
+    .executeTakeFirst();
+  return inserted !== undefined;
+}
+
+export async function insertAttempt(db: Db, row: AttemptRow): Promise<void> {
+  await db.insertInto("topup_attempts").values(row).execute();
+}
+
+export function findAttempt(db: Db, orgId: string, id: string) {
+  return db
+    .selectFrom("topup_attempts")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .where("id", "=", id)
+    .executeTakeFirst();
+}
+
+/** By id alone: the public sandbox confirmation page knows nothing else. */
+export function findAttemptById(db: Db, id: string) {
+  return db.selectFrom("topup_attempts").selectAll().where("id", "=", id).executeTakeFirst();
+}
+
+export function findAttemptByPurchase(db: Db, orgId: string, purchaseId: string) {
+  return db
+    .selectFrom("topup_attempts")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .where("purchase_id", "=", purchaseId)
+    .executeTakeFirst();
+}
+
+export function updateAttempt(
+  db: Db,
+  orgId: string,
+  id: string,
+  patch: Partial<Omit<AttemptRow, "org_id" | "id" | "created_at">> & { updated_at: Date },
+  onlyIfStatus?: readonly TopupAttemptStatus[],
+) {
+  let q = db
+    .updateTable("topup_attempts")
+    .set(patch)
+    .where("org_id", "=", orgId)
+    .where("id", "=", id);
+  if (onlyIfStatus) q = q.where("status", "in", onlyIfStatus);
+  return q.returningAll().executeTakeFirst();
+}
+
+export async function hasInFlight(db: Db, orgId: string): Promise<boolean> {
+  const row = await db
+    .selectFrom("topup_attempts")
+    .select("id")
+    .where("org_id", "=", orgId)
+    .where("status", "=", "in_flight")
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
+/** Σ amount (minor units) of the organisation's attempts in `statuses` created since `from`. */
+export async function sumAmounts(
+  db: Db,
+  orgId: string,
+  currency: string,
+  from: Date,
+  statuses: readonly TopupAttemptStatus[],
+): Promise<bigint> {
+  const row = await db
+    .selectFrom("topup_attempts")
+    .select(sql<string | null>`sum(amount_minor)::text`.as("total"))
+    .where("org_id", "=", orgId)
+    .where("currency", "=", currency)
+    .where("created_at", ">=", from)
+    .where("status", "in", statuses)
+    .executeTakeFirst();
+  return BigInt(row?.total ?? "0");
+}
+
+/** Newest first. */
+export function listAttempts(db: Db, orgId: string, opts: { limit: number; before?: string }) {
+  let q = db
+    .selectFrom("topup_attempts")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .orderBy("id", "desc")
+    .limit(opts.limit + 1);
+  if (opts.before !== undefined) q = q.where("id", "<", opts.before);
+  return q.execute();
+}
+
+/** Attempts waiting for a payment outcome, least recently touched first. */
+export function openAttempts(db: Db, touchedBefore: Date, limit: number) {
+  return db
+    .selectFrom("topup_attempts")
+    .selectAll()
+    .where("status", "in", ["in_flight", "action_required"])
+    .where("updated_at", "<", touchedBefore)
+    .where("purchase_id", "is not", null)
+    .orderBy("updated_at")
+    .limit(limit)
+    .execute();
+}
