@@ -16,7 +16,7 @@
  * Self-contained on purpose: it does not use the general bench harness in bench/lib.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { cpus, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { sql } from "kysely";
@@ -318,6 +318,7 @@ async function main() {
       log(`${name}: p50 ${s.p50_ms} ms, p95 ${s.p95_ms} ms (n=${n})`);
       return s;
     };
+    const loadBefore = loadavg()[0]!;
     const service = await measure("service (rollups)", ITERATIONS, summary);
     const httpStats = await measure("HTTP inject (rollups)", ITERATIONS, http);
     const chargeback = await measure(
@@ -337,6 +338,8 @@ async function main() {
         memory_gb: Math.round(totalmem() / 2 ** 30),
         node: process.version,
         postgres: pgVersion,
+        // Other work on the machine inflates the tail: recorded so that runs can be compared.
+        load_average_1m: { before_measuring: loadBefore, after_measuring: loadavg()[0]! },
       },
       parameters: {
         events: EVENTS,
@@ -402,7 +405,7 @@ function markdown(r: any): string {
 One organisation with **${r.data.usage_events.toLocaleString("en")} usage events** in ${r.parameters.month}
 (${r.data.usage_events_size}; ${r.parameters.users} users, ${r.parameters.models} models, ${r.parameters.operations} operations,
 ${r.parameters.resources} resources), PostgreSQL ${r.machine.postgres}, ${r.machine.cpus} CPUs (${r.machine.cpu_model}),
-Node ${r.machine.node}. The month has ${r.data.rollup_rows_in_month.toLocaleString("en")} rollup rows; the summary has
+Node ${r.machine.node}; 1-minute load average ${r.machine.load_average_1m.before_measuring.toFixed(1)} → ${r.machine.load_average_1m.after_measuring.toFixed(1)} while measuring. The month has ${r.data.rollup_rows_in_month.toLocaleString("en")} rollup rows; the summary has
 ${r.data.summary_lines.toLocaleString("en")} lines (total + by type, model, operation, user, resource).
 ${r.parameters.other_orgs} other organisations share the rollup table (${r.data.rollup_rows_all_orgs.toLocaleString("en")} rows).
 Data load: ${r.data.load_seconds} s. Both ways give the same result (total ${r.data.total_cost} credits).
