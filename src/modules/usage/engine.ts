@@ -59,6 +59,8 @@ export interface IngestEngineOptions {
 
 interface Pending {
   request: IngestRequest;
+  /** Organisations whose balance rows the request's flush will lock. */
+  orgs: string[];
   resolve(outcome: IngestOutcome): void;
   reject(error: unknown): void;
 }
@@ -67,6 +69,7 @@ const RETRYABLE = new Set(["40001", "40P01"]);
 
 export class IngestEngine {
   private queue: Pending[] = [];
+  private readonly busyOrgs = new Set<string>();
   private active = 0;
   private scheduled = false;
   private readonly metrics;
@@ -100,7 +103,9 @@ export class IngestEngine {
 
   submit(request: IngestRequest): Promise<IngestOutcome> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ request, resolve, reject });
+      const orgs = new Set(request.events.map((e) => e.orgId));
+      if (request.reservation) orgs.add(request.reservation.orgId);
+      this.queue.push({ request, orgs: [...orgs], resolve, reject });
       this.schedule();
     });
   }
@@ -124,15 +129,28 @@ export class IngestEngine {
 
   private flushNext(): void {
     if (this.queue.length === 0 || this.active >= this.options.maxConcurrentFlushes) return;
+    // A request whose organisation is in a flush already in flight waits for the next flush:
+    // starting a second one would only queue on that organisation's balance lock while holding
+    // a connection. Waiting requests of a hot organisation thus join one larger flush.
     const batch: Pending[] = [];
+    const waiting: Pending[] = [];
+    const batchOrgs = new Set<string>();
     let events = 0;
-    while (this.queue.length > 0) {
-      const next = this.queue[0]!;
-      if (batch.length > 0 && events + next.request.events.length > this.options.maxBatchEvents)
-        break;
-      batch.push(this.queue.shift()!);
+    for (const next of this.queue) {
+      const busy = next.orgs.some((o) => this.busyOrgs.has(o));
+      const full =
+        batch.length > 0 && events + next.request.events.length > this.options.maxBatchEvents;
+      if (busy || full) {
+        waiting.push(next);
+        continue;
+      }
+      batch.push(next);
       events += next.request.events.length;
+      for (const o of next.orgs) batchOrgs.add(o);
     }
+    if (batch.length === 0) return; // everything waits for a flush in flight to finish
+    this.queue = waiting;
+    for (const o of batchOrgs) this.busyOrgs.add(o);
     this.active++;
     const started = process.hrtime.bigint();
     this.write(batch)
@@ -153,6 +171,7 @@ export class IngestEngine {
       })
       .finally(() => {
         this.active--;
+        for (const o of batchOrgs) this.busyOrgs.delete(o);
         if (this.queue.length > 0) this.schedule();
       });
     if (this.queue.length > 0) this.schedule();
