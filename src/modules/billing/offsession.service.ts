@@ -4,7 +4,7 @@ import type { Actor } from "../orgs/auth.js";
 import * as repo from "./billing.repo.js";
 import { paymentProvider } from "./providers/index.js";
 import type { ChargeResult } from "./providers/provider.js";
-import { CHECKOUT_TTL_MS, type Purchase } from "./purchases.service.js";
+import { newPurchaseRow, type Purchase } from "./purchases.service.js";
 
 /**
  * Off-session purchases: a package bought with the organisation's saved card without the
@@ -66,41 +66,20 @@ export async function createOffSessionPurchase(
   if (!pm) {
     return { ok: false, reason: "no_payment_method", message: "No saved payment method." };
   }
-  const now = ctx.clock.now();
-  const actor = input.actor ?? AUTO_TOPUP_ACTOR;
-  const row: Purchase = {
-    org_id: input.orgId,
+  // An authentication the customer never completes leaves it pending; it then expires like an
+  // abandoned checkout (a late payment still counts).
+  const row = newPurchaseRow(ctx, pkg, {
     id: ctx.ids.newId("pur"),
-    package_id: pkg.id,
-    package_name: pkg.name,
+    orgId: input.orgId,
     source: "auto_topup",
-    status: "pending",
     provider: provider.name,
-    provider_session_id: null,
-    provider_payment_id: null,
-    amount_minor: pkg.price_minor,
-    currency: pkg.currency,
-    credits: pkg.credits,
-    bonus_credits: pkg.bonus_credits,
-    bonus_expires_in_days: pkg.bonus_expires_in_days,
-    refunded_minor: "0",
-    user_id: null,
-    actor_type: actor.type,
-    actor_id: actor.id,
-    success_url: null,
-    cancel_url: null,
-    checkout_url: null,
-    save_payment_method: false,
-    payment_method_id: pm.id,
-    failure_code: null,
-    failure_message: null,
-    paid_at: null,
-    // An authentication the customer never completes leaves it pending; it then expires like
-    // an abandoned checkout (a late payment still counts).
-    expires_at: new Date(now.getTime() + CHECKOUT_TTL_MS),
-    created_at: now,
-    updated_at: now,
-  };
+    actor: input.actor ?? AUTO_TOPUP_ACTOR,
+    userId: null,
+    successUrl: null,
+    cancelUrl: null,
+    savePaymentMethod: false,
+    paymentMethodId: pm.id,
+  });
   await repo.insertPurchase(db, row);
   return { ok: true, purchase: row };
 }

@@ -45,6 +45,61 @@ export interface CreatePurchaseInput {
  * row exists before the checkout so that the processor session carries its id; a processor fault
  * leaves the purchase `failed` and answers 503 (the client may retry with a new request).
  */
+/**
+ * A pending purchase of a package, copying the package's terms so that later edits of the
+ * package never change what was sold. Expires like an abandoned checkout after 24 h (a late
+ * payment still counts).
+ */
+export function newPurchaseRow(
+  ctx: AppContext,
+  pkg: repo.PackageRow,
+  input: {
+    id: string;
+    orgId: string;
+    source: Purchase["source"];
+    provider: Purchase["provider"];
+    actor: { type: string; id: string };
+    userId: string | null;
+    successUrl: string | null;
+    cancelUrl: string | null;
+    savePaymentMethod: boolean;
+    paymentMethodId: string | null;
+  },
+): Purchase {
+  const now = ctx.clock.now();
+  return {
+    org_id: input.orgId,
+    id: input.id,
+    package_id: pkg.id,
+    package_name: pkg.name,
+    source: input.source,
+    status: "pending",
+    provider: input.provider,
+    provider_session_id: null,
+    provider_payment_id: null,
+    amount_minor: pkg.price_minor,
+    currency: pkg.currency,
+    credits: pkg.credits,
+    bonus_credits: pkg.bonus_credits,
+    bonus_expires_in_days: pkg.bonus_expires_in_days,
+    refunded_minor: "0",
+    user_id: input.userId,
+    actor_type: input.actor.type as Purchase["actor_type"],
+    actor_id: input.actor.id,
+    success_url: input.successUrl,
+    cancel_url: input.cancelUrl,
+    checkout_url: null,
+    save_payment_method: input.savePaymentMethod,
+    payment_method_id: input.paymentMethodId,
+    failure_code: null,
+    failure_message: null,
+    paid_at: null,
+    expires_at: new Date(now.getTime() + CHECKOUT_TTL_MS),
+    created_at: now,
+    updated_at: now,
+  };
+}
+
 export async function createPurchase(
   ctx: AppContext,
   input: CreatePurchaseInput,
@@ -54,40 +109,20 @@ export async function createPurchase(
   if (!pkg.active) return fail("invalid_state", "The package is not available for purchase.");
 
   const provider = paymentProvider(ctx);
-  const now = ctx.clock.now();
   const id = ctx.ids.newId("pur");
   const base = ctx.config.publicUrl;
-  const row: Purchase = {
-    org_id: input.org.id,
+  const row = newPurchaseRow(ctx, pkg, {
     id,
-    package_id: pkg.id,
-    package_name: pkg.name,
+    orgId: input.org.id,
     source: "checkout",
-    status: "pending",
     provider: provider.name,
-    provider_session_id: null,
-    provider_payment_id: null,
-    amount_minor: pkg.price_minor,
-    currency: pkg.currency,
-    credits: pkg.credits,
-    bonus_credits: pkg.bonus_credits,
-    bonus_expires_in_days: pkg.bonus_expires_in_days,
-    refunded_minor: "0",
-    user_id: input.principal.userId,
-    actor_type: input.principal.actor.type,
-    actor_id: input.principal.actor.id,
-    success_url: input.successUrl ?? `${base}/portal?purchase=${id}&checkout=success`,
-    cancel_url: input.cancelUrl ?? `${base}/portal?purchase=${id}&checkout=cancel`,
-    checkout_url: null,
-    save_payment_method: input.savePaymentMethod,
-    payment_method_id: null,
-    failure_code: null,
-    failure_message: null,
-    paid_at: null,
-    expires_at: new Date(now.getTime() + CHECKOUT_TTL_MS),
-    created_at: now,
-    updated_at: now,
-  };
+    actor: input.principal.actor,
+    userId: input.principal.userId,
+    successUrl: input.successUrl ?? `${base}/portal?purchase=${id}&checkout=success`,
+    cancelUrl: input.cancelUrl ?? `${base}/portal?purchase=${id}&checkout=cancel`,
+    savePaymentMethod: input.savePaymentMethod,
+    paymentMethodId: null,
+  });
   await repo.insertPurchase(ctx.db, row);
 
   let session: Awaited<ReturnType<typeof provider.createCheckout>>;
