@@ -10,6 +10,7 @@ import { creditsFromDb, formatCredits } from "../modules/ledger/credits.js";
 import { type BalanceView, getBalance, verifyLedger } from "../modules/ledger/ledger.service.js";
 import * as orgsRepo from "../modules/orgs/orgs.repo.js";
 import {
+  apiKeyView,
   createApiKey,
   createOrganization,
   isCreditsEligible,
@@ -157,16 +158,6 @@ export function buildCli(): Command {
 
   const noOrg = (ref: string) =>
     `No organisation ${ref}. Name one by its org_… id or ext:<external_id> (see \`tally orgs list\`).`;
-  const keyJson = (k: orgsRepo.ApiKeyRow) => ({
-    id: k.id,
-    name: k.name,
-    role: k.role,
-    org_id: k.org_id,
-    key_prefix: k.key_prefix,
-    created_at: k.created_at.toISOString(),
-    last_used_at: k.last_used_at?.toISOString() ?? null,
-    revoked_at: k.revoked_at?.toISOString() ?? null,
-  });
   const balanceJson = (b: BalanceView, org: Organization) => ({
     org_id: org.id,
     balance: formatCredits(b.balance),
@@ -202,7 +193,7 @@ export function buildCli(): Command {
           const rows = (await orgsRepo.listAllApiKeys(ctx.db, orgId)).filter(
             (k) => !opts.active || k.revoked_at === null,
           );
-          if (opts.json) return out(JSON.stringify({ data: rows.map(keyJson) }));
+          if (opts.json) return out(JSON.stringify({ data: rows.map(apiKeyView) }));
           if (rows.length === 0) return out("No API keys.");
           const header = [
             "ID",
@@ -246,7 +237,7 @@ export function buildCli(): Command {
           ? key
           : ((await orgsRepo.revokeApiKeyById(ctx.db, keyId, ctx.clock.now())) ??
             (await orgsRepo.findApiKeyById(ctx.db, keyId))!);
-        if (opts.json) out(JSON.stringify(keyJson(revoked)));
+        if (opts.json) out(JSON.stringify(apiKeyView(revoked)));
         else if (key.revoked_at) {
           out(`${keyId} was already revoked at ${key.revoked_at.toISOString()}.`);
         } else out(`Revoked ${keyId} (${key.role}${key.org_id ? ` of ${key.org_id}` : ""}).`);
@@ -370,7 +361,7 @@ export function buildCli(): Command {
                 role: u.role,
                 created_at: u.created_at.toISOString(),
               })),
-              api_keys: apiKeys.map(keyJson),
+              api_keys: apiKeys.map(apiKeyView),
             }),
           );
         }

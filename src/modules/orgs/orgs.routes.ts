@@ -171,19 +171,6 @@ function userDto(u: repo.UserRow) {
   };
 }
 
-function keyDto(k: repo.ApiKeyRow) {
-  return {
-    id: k.id,
-    name: k.name,
-    role: k.role,
-    org_id: k.org_id,
-    key_prefix: k.key_prefix,
-    created_at: k.created_at.toISOString(),
-    last_used_at: k.last_used_at?.toISOString() ?? null,
-    revoked_at: k.revoked_at?.toISOString() ?? null,
-  };
-}
-
 export function registerOrgRoutes(app: App, ctx: AppContext): void {
   const tags = ["organizations"];
 
@@ -426,7 +413,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         name: request.body.name,
         role: request.body.role,
       });
-      return reply.code(201).send({ ...keyDto(created.row), key: created.secret });
+      return reply.code(201).send({ ...service.apiKeyView(created.row), key: created.secret });
     },
   );
 
@@ -448,7 +435,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         ? String(decodeCursor(request.query.cursor, 1)[0])
         : undefined;
       const rows = await repo.listApiKeys(ctx.db, requestOrg(request).id, limit, before);
-      return pageOf(rows, limit, keyDto, (k) => encodeCursor([k.id]));
+      return pageOf(rows, limit, service.apiKeyView, (k) => encodeCursor([k.id]));
     },
   );
 
@@ -492,7 +479,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         name: request.body.name,
         role: "platform",
       });
-      return reply.code(201).send({ ...keyDto(created.row), key: created.secret });
+      return reply.code(201).send({ ...service.apiKeyView(created.row), key: created.secret });
     },
   );
 

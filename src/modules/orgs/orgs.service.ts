@@ -152,3 +152,17 @@ export async function redeemPortalLink(
   const row = await repo.consumePortalSession(ctx.db, hashSecret(token), ctx.clock.now());
   return row ? { orgId: row.org_id, userId: row.user_id, returnUrl: row.return_url } : null;
 }
+
+/** An API key as the API and the CLI show it: never the secret or its hash. */
+export function apiKeyView(k: repo.ApiKeyRow) {
+  return {
+    id: k.id,
+    name: k.name,
+    role: k.role,
+    org_id: k.org_id,
+    key_prefix: k.key_prefix,
+    created_at: k.created_at.toISOString(),
+    last_used_at: k.last_used_at?.toISOString() ?? null,
+    revoked_at: k.revoked_at?.toISOString() ?? null,
+  };
+}
