@@ -438,7 +438,12 @@ async function profiledRun(
     }
     const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
     if (!file) throw new Error("the server wrote no CPU profile");
-    const profile = JSON.parse(readFileSync(join(dir, file), "utf8")) as CpuProfile;
+    const text = readFileSync(join(dir, file), "utf8");
+    // Keep the raw profile when asked (open it in Chrome DevTools or speedscope).
+    if (process.env.BENCH_KEEP_PROFILES) {
+      writeFileSync(join(process.env.BENCH_KEEP_PROFILES, `${kind}.cpuprofile`), text);
+    }
+    const profile = JSON.parse(text) as CpuProfile;
     let summary = await summariseProfile(profile, window);
     if (summary.totalMs === 0) {
       log("profile clock does not match hrtime: summarising the whole profile");

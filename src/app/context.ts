@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { Db } from "../db/index.js";
 import type { PaymentProvider } from "../modules/billing/providers/provider.js";
 import type { BalanceObserver } from "../modules/ledger/posting.js";
+import type { RequestLookups } from "../modules/orgs/lookups.js";
 import type { Config } from "./config.js";
 import type { IdGenerator } from "./ids.js";
 import type { Metrics } from "./metrics.js";
@@ -25,4 +26,6 @@ export interface AppContext {
   readonly payments: PaymentProvider;
   /** Reactions to balance changes, run inside the changing transaction (alerts, auto-topup). */
   readonly balanceObservers: BalanceObserver[];
+  /** API keys and organisations as the request path reads them (cached per instance). */
+  readonly lookups: RequestLookups;
 }

@@ -4,6 +4,7 @@ import { createPaymentProvider, type PaymentProvider } from "../modules/billing/
 import { purchaseExpiryTask } from "../modules/billing/purchases.service.js";
 import { refundRecoveryTask } from "../modules/billing/refunds.service.js";
 import { createNotifyWorker } from "../modules/notify/notify.service.js";
+import { RequestLookups } from "../modules/orgs/lookups.js";
 import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
 import { registerTopupJobs, topupReconcileTask } from "../modules/topup/topup.runner.js";
 import { createSessionAuthenticator } from "../modules/web/web.routes.js";
@@ -75,6 +76,7 @@ export async function createRuntime(
           `Initialising embedded database in ${config.dataDir} (first start takes a few seconds)…`,
         ),
     }));
+  let unlisten = async () => {};
   try {
     const applied = await migrateToLatest(database.db);
     if (applied.length > 0) logger.info({ migrations: applied }, "migrations applied");
@@ -89,7 +91,12 @@ export async function createRuntime(
       metrics: createMetrics(),
       payments: options.payments ?? createPaymentProvider(config),
       balanceObservers: [],
+      lookups: new RequestLookups(database.db),
     };
+    unlisten = await database.listen("tally_cache", {
+      onMessage: () => ctx.lookups.invalidate(),
+      onState: (live) => ctx.lookups.setLive(live),
+    });
     ctx.balanceObservers.push(balanceReactions);
     registerTopupJobs(ctx);
     const generatedAdminKey = await bootstrapPlatformKey(ctx);
@@ -125,10 +132,12 @@ export async function createRuntime(
       async close() {
         await workers.stop();
         await app.close();
+        await unlisten();
         await database.close();
       },
     };
   } catch (error) {
+    await unlisten();
     await database.close();
     throw error;
   }

@@ -8,6 +8,7 @@ import { createMetrics } from "../app/metrics.js";
 import { DataDirLockedError, migrateToLatest, openDatabase } from "../db/index.js";
 import { creditsFromDb, formatCredits } from "../modules/ledger/credits.js";
 import { type BalanceView, getBalance, verifyLedger } from "../modules/ledger/ledger.service.js";
+import { RequestLookups } from "../modules/orgs/lookups.js";
 import * as orgsRepo from "../modules/orgs/orgs.repo.js";
 import {
   apiKeyView,
@@ -51,6 +52,8 @@ async function withContext<T>(fn: (ctx: AppContext) => Promise<T>): Promise<T> {
         config,
       ),
       balanceObservers: [],
+      // Not listening for changes, so never caching: a one-shot command reads what is there.
+      lookups: new RequestLookups(database.db),
     };
     return await fn(ctx);
   } finally {

@@ -15,7 +15,20 @@ export interface Database {
   readonly kind: "postgres" | "pglite";
   /** The embedded instance (PGlite only): dumps, direct access in tests. */
   readonly pglite?: PGlite;
+  /**
+   * Follows the notifications of `channel`: `onMessage` for each, `onState(true)` once listening
+   * (again) and `onState(false)` when the listening connection is lost — nothing is heard until
+   * the next `onState(true)`. PostgreSQL: a dedicated connection, re-established with backoff.
+   * PGlite: in process, live from the start. Resolves to a function that stops listening;
+   * `close` stops every listener too.
+   */
+  listen(channel: string, handlers: ListenHandlers): Promise<() => Promise<void>>;
   close(): Promise<void>;
+}
+
+export interface ListenHandlers {
+  onMessage(): void;
+  onState(live: boolean): void;
 }
 
 /**
@@ -43,16 +56,45 @@ export interface OpenOptions {
   /** PGlite: start from a dump made by `dumpDataDir` (test templates). */
   loadDataDir?: Blob;
   poolSize?: number;
+  /** PostgreSQL: how long to wait for a connection (default 10 s). */
+  connectTimeoutMs?: number;
   onInitialising?: () => void;
 }
 
 export async function openDatabase(options: OpenOptions): Promise<Database> {
   if (options.url) {
-    const pool = new pg.Pool({ connectionString: options.url, max: options.poolSize ?? 10 });
-    // An idle client losing its connection (database restart) must not crash the process.
+    const pool = new pg.Pool({
+      connectionString: options.url,
+      max: options.poolSize ?? 10,
+      // Unreachable database (or no free client for this long): fail the request with a 503
+      // instead of waiting forever.
+      connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+    });
+    // A client whose connection dies (database restart, pg_terminate_backend) emits 'error'.
+    // An idle client's error goes to the pool's listener; a checked-out client has no listener
+    // of its own, and an unhandled 'error' event is an uncaught exception that ends the process.
+    // The query in flight fails by itself, and the pool drops the dead client on release.
     pool.on("error", () => {});
+    pool.on("connect", (client) => client.on("error", () => {}));
     const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
-    return { db, kind: "postgres", close: () => db.destroy() };
+    const url = options.url;
+    const listeners = new Set<() => Promise<void>>();
+    return {
+      db,
+      kind: "postgres",
+      async listen(channel, handlers) {
+        const stop = listenPostgres(url, channel, handlers);
+        listeners.add(stop);
+        return () => {
+          listeners.delete(stop);
+          return stop();
+        };
+      },
+      async close() {
+        await Promise.all([...listeners].map((stop) => stop()));
+        await db.destroy();
+      },
+    };
   }
 
   let unlock = () => {};
@@ -74,6 +116,11 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
       db,
       kind: "pglite",
       pglite,
+      async listen(channel, handlers) {
+        const unlisten = await pglite.listen(checkChannel(channel), () => handlers.onMessage());
+        handlers.onState(true);
+        return () => unlisten();
+      },
       async close() {
         await db.destroy();
         await pglite.close();
@@ -84,6 +131,63 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
     unlock();
     throw error;
   }
+}
+
+function checkChannel(channel: string): string {
+  if (!/^[a-z_]+$/.test(channel)) throw new Error(`invalid channel name ${channel}`);
+  return channel;
+}
+
+function listenPostgres(url: string, channel: string, handlers: ListenHandlers) {
+  checkChannel(channel);
+  let stopped = false;
+  let current: pg.Client | null = null;
+  let retryMs = 100;
+  let timer: NodeJS.Timeout | null = null;
+  const retry = () => {
+    if (stopped || timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      void connect();
+    }, retryMs);
+    retryMs = Math.min(retryMs * 2, 5_000);
+  };
+  const connect = async () => {
+    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+    client.on("error", () => {}); // an `end` follows
+    client.on("notification", (n) => {
+      if (n.channel === channel) handlers.onMessage();
+    });
+    client.on("end", () => {
+      if (current !== client) return;
+      current = null;
+      handlers.onState(false);
+      retry();
+    });
+    try {
+      await client.connect();
+      await client.query(`listen ${channel}`);
+    } catch {
+      client.end().catch(() => {});
+      retry();
+      return;
+    }
+    if (stopped) {
+      await client.end().catch(() => {});
+      return;
+    }
+    current = client;
+    retryMs = 100;
+    handlers.onState(true);
+  };
+  void connect();
+  return async () => {
+    stopped = true;
+    if (timer) clearTimeout(timer);
+    const client = current;
+    current = null;
+    await client?.end().catch(() => {});
+  };
 }
 
 function isEmptyDataDir(dir: string): boolean {
@@ -158,14 +262,68 @@ export async function migrateToLatest(db: Db): Promise<string[]> {
   return (results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName);
 }
 
-/** True when the database answers and every known migration is applied. */
-export async function isReady(db: Db): Promise<boolean> {
+/**
+ * True when the database answers within `timeoutMs` and every known migration is applied. A
+ * probe must answer promptly, also while connections to the database hang.
+ */
+export async function isReady(db: Db, timeoutMs = 5_000): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  const probe = sql<{ n: string }>`select count(*) as n from kysely_migration`
+    .execute(db)
+    .then(({ rows }) => Number(rows[0]?.n) >= Object.keys(migrations).length)
+    .catch(() => false);
   try {
-    const { rows } = await sql<{ n: string }>`select count(*) as n from kysely_migration`.execute(
-      db,
-    );
-    return Number(rows[0]?.n) >= Object.keys(migrations).length;
-  } catch {
-    return false;
+    return await Promise.race([probe, timeout]);
+  } finally {
+    clearTimeout(timer);
   }
+}
+
+const CONNECTION_LOST = [
+  "Connection terminated",
+  "not queryable",
+  "connection has been discarded",
+  "timeout exceeded when trying to connect",
+];
+const NETWORK_ERRORS = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
+
+/**
+ * True for errors that say the database cannot be reached or the connection was lost (server
+ * restart, terminated backend, network), as opposed to errors of the query itself: SQLSTATE class
+ * 08 (connection exception), 57P01–57P03 (shutdown, crash, not accepting connections yet), 53300
+ * (too many connections), socket errors, and the drivers' own connection-loss errors. Such a
+ * request failed without effect or with its outcome unknown (a lost COMMIT acknowledgement):
+ * the client should retry, idempotently.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  for (let e = error, depth = 0; e && typeof e === "object" && depth < 5; depth++) {
+    const { code, message, errors, cause } = e as {
+      code?: unknown;
+      message?: unknown;
+      errors?: unknown;
+      cause?: unknown;
+    };
+    if (typeof code === "string") {
+      if (code.startsWith("08") || /^57P0[123]$/.test(code) || code === "53300") return true;
+      if (NETWORK_ERRORS.has(code)) return true;
+    }
+    if (typeof message === "string" && CONNECTION_LOST.some((m) => message.includes(m))) {
+      return true;
+    }
+    if (Array.isArray(errors) && errors.some((inner) => isDatabaseUnavailable(inner))) return true;
+    e = cause;
+  }
+  return false;
 }

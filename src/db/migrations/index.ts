@@ -8,6 +8,7 @@ import * as m0006 from "./0006_usage.js";
 import * as m0008 from "./0008_alerts_topup.js";
 import * as m0009 from "./0009_reports.js";
 import * as m0010 from "./0010_web.js";
+import * as m0011 from "./0011_hot_path.js";
 
 /** Every migration, in order. Never edit one that has shipped: add the next. */
 export const migrations: Record<string, Migration> = {
@@ -20,4 +21,5 @@ export const migrations: Record<string, Migration> = {
   "0008_alerts_topup": m0008,
   "0009_reports": m0009,
   "0010_web": m0010,
+  "0011_hot_path": m0011,
 };

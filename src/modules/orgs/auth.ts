@@ -4,7 +4,7 @@ import { AppError } from "../../app/errors.js";
 import type { Access, App, Role } from "../../app/http.js";
 import { hashSecret } from "./keys.js";
 import * as repo from "./orgs.repo.js";
-import { isCreditsEligible, type Organization, resolveOrganization } from "./orgs.service.js";
+import { isCreditsEligible, type Organization } from "./orgs.service.js";
 
 export interface Actor {
   type: "api_key" | "user" | "system";
@@ -72,11 +72,13 @@ async function authenticateKey(
   if (!header) return null;
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
   if (!match) throw new AppError("unauthenticated", "Authorization must be `Bearer <api key>`.");
-  const key = await repo.findActiveKeyByHash(ctx.db, hashSecret(match[1]!));
+  const hash = hashSecret(match[1]!);
+  const key = await ctx.lookups.apiKey(hash);
   if (!key) throw new AppError("unauthenticated", "The API key is unknown or revoked.");
   const now = ctx.clock.now();
   if (!key.last_used_at || now.getTime() - key.last_used_at.getTime() > LAST_USED_RESOLUTION_MS) {
     // Bookkeeping, not part of the request: never fail or slow the request for it.
+    ctx.lookups.touched(hash, now);
     repo.touchApiKey(ctx.db, key.id, now).catch((err) => request.log.warn({ err }, "last_used_at"));
   }
   return {
@@ -97,7 +99,7 @@ async function authorize(
 ): Promise<void> {
   if (access.org) {
     const ref = (request.params as { org_id?: string }).org_id ?? "";
-    const org = await resolveOrganization(ctx.db, ref);
+    const org = await ctx.lookups.organization(ref);
     // Another organisation's ids are answered exactly like unknown ones.
     if (!org || (principal.orgId !== null && principal.orgId !== org.id)) {
       throw new AppError("not_found", "Organisation not found.");

@@ -271,6 +271,8 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         metadata: b.metadata,
         updated_at: ctx.clock.now(),
       });
+      // Other instances hear of it through the `tally_cache` notification; this one at once.
+      ctx.lookups.invalidate();
       return organizationDto(ctx, updated!);
     },
   );
@@ -458,6 +460,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         ctx.clock.now(),
       );
       if (!revoked) throw new AppError("not_found", "API key not found.");
+      ctx.lookups.invalidate(); // other instances: through the `tally_cache` notification
       return reply.code(204).send(null);
     },
   );

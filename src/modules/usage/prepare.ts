@@ -3,7 +3,7 @@ import type { AppContext } from "../../app/context.js";
 import { AppError, type ErrorCode, type ErrorDetail } from "../../app/errors.js";
 import { type Credits, parseScaled6, type Scaled6 } from "../ledger/credits.js";
 import type { Principal } from "../orgs/auth.js";
-import { isCreditsEligible, resolveOrganization } from "../orgs/orgs.service.js";
+import { isCreditsEligible } from "../orgs/orgs.service.js";
 import {
   type MeterType,
   meterCost,
@@ -222,7 +222,7 @@ async function resolveOrgs(
     }
     let resolved = cache.get(ref);
     if (!resolved) {
-      const org = await resolveOrganization(ctx.db, ref);
+      const org = await ctx.lookups.organization(ref);
       if (!org || (principal.orgId !== null && principal.orgId !== org.id)) {
         resolved = { error: "not_found", message: "organisation not found" };
       } else if (fixedOrgId && org.id !== fixedOrgId) {
