@@ -1,5 +1,6 @@
 import { sql } from "kysely";
 import type { AppContext } from "../../app/context.js";
+import { type Column, unnestRows, type WriteStep, writeTogether } from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import type { Actor } from "../orgs/auth.js";
 import { type Credits, creditsFromDb, creditsToDb, minCredits, parseCredits } from "./credits.js";
@@ -440,18 +441,55 @@ export function blockFromRow(r: {
   };
 }
 
-const CHUNK = 1000;
+const ENTRY_COLUMNS = [
+  ["org_id", "text"],
+  ["sequence", "bigint"],
+  ["id", "text"],
+  ["type", "text"],
+  ["amount", "numeric"],
+  ["balance_after", "numeric"],
+  ["debt_change", "numeric"],
+  ["allocations", "jsonb"],
+  ["actor_type", "text"],
+  ["actor_id", "text"],
+  ["user_id", "text"],
+  ["reason", "text"],
+  ["description", "text"],
+  ["reference_type", "text"],
+  ["reference_id", "text"],
+  ["created_at", "timestamptz"],
+  ["prev_hash", "text"],
+  ["hash", "text"],
+] as const satisfies readonly Column[];
 
-function chunks<T>(rows: readonly T[], size = CHUNK): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < rows.length; i += size) out.push(rows.slice(i, i + size));
-  return out;
-}
+const BLOCK_COLUMNS = [
+  ["org_id", "text"],
+  ["id", "text"],
+  ["source", "text"],
+  ["original", "numeric"],
+  ["remaining", "numeric"],
+  ["unit_cost", "numeric"],
+  ["priority", "integer"],
+  ["effective_at", "timestamptz"],
+  ["expires_at", "timestamptz"],
+  ["status", "text"],
+  ["purchase_id", "text"],
+  ["created_at", "timestamptz"],
+  ["updated_at", "timestamptz"],
+] as const satisfies readonly Column[];
 
-/** Writes the changes of every ledger with one statement per kind of row (chunked). */
-export async function saveLedgers(tx: Db, ledgers: Iterable<OrgLedger>): Promise<void> {
+/**
+ * Writes the changes of every ledger — new and changed blocks, entries, balances — together with
+ * the caller's own `steps` in ONE statement, then runs the balance observers. Returns the rows
+ * each of the caller's steps wrote.
+ */
+export async function saveLedgers(
+  tx: Db,
+  ledgers: Iterable<OrgLedger>,
+  steps: readonly WriteStep[] = [],
+): Promise<Map<string, number>> {
   const changed = [...ledgers].filter((l) => l.changed);
-  if (changed.length === 0) return;
+  if (changed.length === 0) return writeTogether(tx, steps);
   const newBlocks: Block[] = [];
   const changedBlocks: Block[] = [];
   const entries: LedgerEntry[] = [];
@@ -462,76 +500,114 @@ export async function saveLedgers(tx: Db, ledgers: Iterable<OrgLedger>): Promise
     entries.push(...w.entries);
   }
 
-  for (const part of chunks(newBlocks)) {
-    await tx
-      .insertInto("credit_blocks")
-      .values(
-        part.map((b) => ({
-          ...b,
-          original: creditsToDb(b.original),
-          remaining: creditsToDb(b.remaining),
-          unit_cost: creditsToDb(b.unit_cost),
-        })),
-      )
-      .execute();
+  const all: WriteStep[] = [...steps];
+  if (newBlocks.length > 0) {
+    const rows = newBlocks.map((b) => [
+      b.org_id,
+      b.id,
+      b.source,
+      creditsToDb(b.original),
+      creditsToDb(b.remaining),
+      creditsToDb(b.unit_cost),
+      b.priority,
+      b.effective_at,
+      b.expires_at,
+      b.status,
+      b.purchase_id,
+      b.created_at,
+      b.updated_at,
+    ]);
+    all.push({
+      name: "ledger:new_blocks",
+      statement: sql`insert into credit_blocks (${columnList(BLOCK_COLUMNS)})
+        ${unnestRows(BLOCK_COLUMNS, rows)} returning 1`,
+    });
   }
-
-  for (const part of chunks(changedBlocks)) {
-    const values = sql.join(
-      part.map(
-        (b) =>
-          sql`(${b.org_id}, ${b.id}, ${creditsToDb(b.remaining)}::numeric, ${b.status}, ${b.updated_at}::timestamptz)`,
-      ),
+  if (changedBlocks.length > 0) {
+    const rows = changedBlocks.map((b) => [
+      b.org_id,
+      b.id,
+      creditsToDb(b.remaining),
+      b.status,
+      b.updated_at,
+    ]);
+    const source = unnestRows(
+      [
+        ["org_id", "text"],
+        ["id", "text"],
+        ["remaining", "numeric"],
+        ["status", "text"],
+        ["updated_at", "timestamptz"],
+      ],
+      rows,
     );
-    await sql`
-      update credit_blocks as b
-         set remaining = v.remaining, status = v.status, updated_at = v.updated_at
-        from (values ${values}) as v(org_id, id, remaining, status, updated_at)
-       where b.org_id = v.org_id and b.id = v.id`.execute(tx);
+    all.push({
+      name: "ledger:changed_blocks",
+      statement: sql`update credit_blocks as b
+        set remaining = v.remaining, status = v.status, updated_at = v.updated_at
+        from (${source}) as v
+        where b.org_id = v.org_id and b.id = v.id returning 1`,
+    });
   }
-
-  for (const part of chunks(entries, 500)) {
-    await tx
-      .insertInto("ledger_entries")
-      .values(
-        part.map((e) => ({
-          org_id: e.org_id,
-          sequence: e.sequence.toString(),
-          id: e.id,
-          type: e.type,
-          amount: creditsToDb(e.amount),
-          balance_after: creditsToDb(e.balance_after),
-          debt_change: creditsToDb(e.debt_change),
-          allocations: JSON.stringify(
-            e.allocations.map((a) => ({ block_id: a.block_id, amount: creditsToDb(a.amount) })),
-          ),
-          actor_type: e.actor_type as "api_key",
-          actor_id: e.actor_id,
-          user_id: e.user_id,
-          reason: e.reason,
-          description: e.description,
-          reference_type: e.reference_type,
-          reference_id: e.reference_id,
-          created_at: e.created_at,
-          prev_hash: e.prev_hash,
-          hash: e.hash,
-        })),
-      )
-      .execute();
+  if (entries.length > 0) {
+    const rows = entries.map((e) => [
+      e.org_id,
+      e.sequence,
+      e.id,
+      e.type,
+      creditsToDb(e.amount),
+      creditsToDb(e.balance_after),
+      creditsToDb(e.debt_change),
+      JSON.stringify(
+        e.allocations.map((a) => ({ block_id: a.block_id, amount: creditsToDb(a.amount) })),
+      ),
+      e.actor_type,
+      e.actor_id,
+      e.user_id,
+      e.reason,
+      e.description,
+      e.reference_type,
+      e.reference_id,
+      e.created_at,
+      e.prev_hash,
+      e.hash,
+    ]);
+    all.push({
+      name: "ledger:entries",
+      statement: sql`insert into ledger_entries (${columnList(ENTRY_COLUMNS)})
+        ${unnestRows(ENTRY_COLUMNS, rows)} returning 1`,
+    });
   }
-
-  const values = sql.join(
-    changed.map(
-      (l) =>
-        sql`(${l.orgId}, ${creditsToDb(l.balance)}::numeric, ${creditsToDb(l.reserved)}::numeric, ${creditsToDb(l.debt)}::numeric, ${l.lastSequence.toString()}::bigint, ${l.headHash}, ${l.now}::timestamptz)`,
-    ),
+  const balances = unnestRows(
+    [
+      ["org_id", "text"],
+      ["balance", "numeric"],
+      ["reserved", "numeric"],
+      ["debt", "numeric"],
+      ["last_sequence", "bigint"],
+      ["head_hash", "text"],
+      ["updated_at", "timestamptz"],
+    ],
+    changed.map((l) => [
+      l.orgId,
+      creditsToDb(l.balance),
+      creditsToDb(l.reserved),
+      creditsToDb(l.debt),
+      l.lastSequence,
+      l.headHash,
+      l.now,
+    ]),
   );
-  await sql`
-    update org_balances as b
-       set balance = v.balance, reserved = v.reserved, debt = v.debt,
-           last_sequence = v.last_sequence, head_hash = v.head_hash, updated_at = v.updated_at
-      from (values ${values}) as v(org_id, balance, reserved, debt, last_sequence, head_hash, updated_at)
-     where b.org_id = v.org_id`.execute(tx);
+  all.push({
+    name: "ledger:balances",
+    statement: sql`update org_balances as b
+      set balance = v.balance, reserved = v.reserved, debt = v.debt,
+          last_sequence = v.last_sequence, head_hash = v.head_hash, updated_at = v.updated_at
+      from (${balances}) as v
+      where b.org_id = v.org_id returning 1`,
+  });
+  const counts = await writeTogether(tx, all);
+
   const changes: BalanceChange[] = changed
     .filter((l) => l.balance !== l.balanceAtLastSave || l.reserved !== l.reservedAtLastSave)
     .map((l) => ({
@@ -546,6 +622,11 @@ export async function saveLedgers(tx: Db, ledgers: Iterable<OrgLedger>): Promise
   if (changes.length > 0) {
     for (const observe of ctx.balanceObservers) await observe(tx, ctx, changes);
   }
+  return counts;
+}
+
+function columnList(columns: readonly Column[]) {
+  return sql.join(columns.map(([name]) => sql.id(name)));
 }
 
 export type PostResult =

@@ -1,6 +1,8 @@
+import { sql } from "kysely";
 import { Counter, Histogram } from "prom-client";
 import type { AppContext } from "../../app/context.js";
 import type { ErrorCode, ErrorDetail } from "../../app/errors.js";
+import { type Column, unnestRows, type WriteStep } from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import {
   type Credits,
@@ -178,16 +180,20 @@ export class IngestEngine {
   }
 
   private async write(batch: Pending[]): Promise<IngestOutcome[]> {
+    const requests = batch.map((p) => p.request);
+    // First assume every event is new (the common case: one statement fewer); if one was not,
+    // the flush rolls back and is written again after looking the stored events up.
+    let lookUpStored = false;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.ctx.db.transaction().execute((tx) =>
-          writeBatch(
-            tx,
-            this.ctx,
-            batch.map((p) => p.request),
-          ),
-        );
+        return await this.ctx.db
+          .transaction()
+          .execute((tx) => writeBatch(tx, this.ctx, requests, { lookUpStored }));
       } catch (error) {
+        if (error instanceof StoredEventsNeeded && !lookUpStored) {
+          lookUpStored = true;
+          continue;
+        }
         const code = (error as { code?: string }).code;
         if (attempt < 3 && code && RETRYABLE.has(code)) continue;
         throw error;
@@ -218,11 +224,23 @@ interface Accepted {
 
 const key = (orgId: string, id: string) => `${orgId}\u0000${id}`;
 
-/** One flush: everything in the caller's transaction. Exported for tests and the bench. */
+/** A flush written without looking its events up needs them looked up after all. */
+export class StoredEventsNeeded extends Error {}
+
+/**
+ * One flush, in the caller's transaction: the balance rows locked, blocks (and holds, gauges)
+ * read, everything classified and posted in memory, then every row written by ONE statement.
+ *
+ * `lookUpStored: false` skips looking the events up and lets the events' insert tell: if any was
+ * stored already — or a request is refused, whose answer a stored conflicting event would take
+ * precedence over — it throws `StoredEventsNeeded` (roll back, call again with `true`).
+ * Exported for tests and the bench.
+ */
 export async function writeBatch(
   tx: Db,
   ctx: AppContext,
   requests: readonly IngestRequest[],
+  options: { lookUpStored: boolean } = { lookUpStored: true },
 ): Promise<IngestOutcome[]> {
   const orgIds = new Set<string>();
   for (const r of requests) {
@@ -232,7 +250,9 @@ export async function writeBatch(
   const ledgers = await openLedgers(tx, ctx, [...orgIds], { blocks: true });
   const now = [...ledgers.values()][0]?.now ?? ctx.clock.now();
 
-  const existing = await findExisting(tx, requests);
+  const existing = options.lookUpStored
+    ? await findExisting(tx, requests)
+    : new Map<string, ExistingEvent>();
   const holds = await lockReservations(tx, requests);
 
   // Classify request by request, in order: a refused request contributes nothing.
@@ -314,7 +334,11 @@ export async function writeBatch(
     duplicates.push(...myDuplicates);
   });
 
-  await priceStorage(tx, accepted);
+  if (!options.lookUpStored && outcomes.some((o) => o !== null)) throw new StoredEventsNeeded();
+
+  const steps: WriteStep[] = [];
+  const gauges = await priceStorage(tx, accepted);
+  if (gauges) steps.push(gauges);
 
   // Post: one usage entry per accepted event, in request order.
   for (const a of accepted) {
@@ -337,23 +361,42 @@ export async function writeBatch(
 
   // Settle holds: release what was reserved, in the same transaction as the events.
   const settled = new Map<number, Credits>();
+  const settledRows: [string, string, string][] = [];
   for (const [i, request] of requests.entries()) {
     if (!request.reservation || outcomes[i]) continue;
     const hold = holds.get(key(request.reservation.orgId, request.reservation.id))!;
     const cost = accepted.filter((a) => a.requestIndex === i).reduce((s, a) => s + a.cost, 0n);
     ledgers.get(hold.org_id)!.release(creditsFromDb(hold.amount));
     settled.set(i, cost);
-    await tx
-      .updateTable("reservations")
-      .set({ status: "settled", settled_cost: creditsToDb(cost), closed_at: now })
-      .where("org_id", "=", hold.org_id)
-      .where("id", "=", hold.id)
-      .execute();
+    settledRows.push([hold.org_id, hold.id, creditsToDb(cost)]);
+  }
+  if (settledRows.length > 0) {
+    const source = unnestRows(
+      [
+        ["org_id", "text"],
+        ["id", "text"],
+        ["settled_cost", "numeric"],
+      ],
+      settledRows,
+    );
+    steps.push({
+      name: "usage:settled",
+      statement: sql`update reservations as r
+        set status = 'settled', settled_cost = v.settled_cost, closed_at = ${now.toISOString()}::timestamptz
+        from (${source}) as v
+        where r.org_id = v.org_id and r.id = v.id returning 1`,
+    });
   }
 
-  await insertEvents(tx, accepted, requests, now);
-  await upsertRollups(tx, accepted);
-  await saveLedgers(tx, ledgers.values());
+  if (accepted.length > 0) {
+    steps.push(insertEvents(accepted, requests, now));
+    steps.push(...upsertRollups(accepted));
+  }
+  const written = await saveLedgers(tx, ledgers.values(), steps);
+  if ((written.get("usage:events") ?? 0) !== accepted.length) {
+    if (!options.lookUpStored) throw new StoredEventsNeeded();
+    throw new Error("usage events stored concurrently despite the organisation lock");
+  }
 
   const resultFor = (requestIndex: number): IngestResult[] => {
     const request = requests[requestIndex]!;
@@ -465,10 +508,10 @@ async function lockReservations(tx: Db, requests: readonly IngestRequest[]) {
  * (out of order) is recorded but bills nothing and leaves the gauge as it is: that interval was
  * already billed at the reading known then.
  */
-async function priceStorage(tx: Db, accepted: Accepted[]): Promise<void> {
+async function priceStorage(tx: Db, accepted: Accepted[]): Promise<WriteStep | null> {
   for (const a of accepted) if (a.event.cost !== null) a.cost = a.event.cost;
   const storage = accepted.filter((a) => a.event.cost === null);
-  if (storage.length === 0) return;
+  if (storage.length === 0) return null;
   const gaugeKey = (e: PreparedEvent) => `${e.orgId}\u0000${e.meter}\u0000${e.resource}`;
   const keys = [...new Map(storage.map((a) => [gaugeKey(a.event), a.event])).values()];
   const rows = await tx
@@ -524,26 +567,25 @@ async function priceStorage(tx: Db, accepted: Accepted[]): Promise<void> {
     gauge.dirty = true;
   }
   const dirty = [...gauges.values()].filter((g) => g.dirty);
-  if (dirty.length > 0) {
-    await tx
-      .insertInto("storage_gauges")
-      .values(
-        dirty.map((g) => ({
-          org_id: g.orgId,
-          meter: g.meter,
-          resource: g.resource,
-          last_timestamp: g.at,
-          last_quantity: formatScaled(g.gb, 6),
-        })),
-      )
-      .onConflict((oc) =>
-        oc.columns(["org_id", "meter", "resource"]).doUpdateSet((eb) => ({
-          last_timestamp: eb.ref("excluded.last_timestamp"),
-          last_quantity: eb.ref("excluded.last_quantity"),
-        })),
-      )
-      .execute();
-  }
+  if (dirty.length === 0) return null;
+  const source = unnestRows(
+    [
+      ["org_id", "text"],
+      ["meter", "text"],
+      ["resource", "text"],
+      ["last_timestamp", "timestamptz"],
+      ["last_quantity", "numeric"],
+    ],
+    dirty.map((g) => [g.orgId, g.meter, g.resource, g.at, formatScaled(g.gb, 6)]),
+  );
+  return {
+    name: "usage:gauges",
+    statement: sql`insert into storage_gauges (org_id, meter, resource, last_timestamp, last_quantity)
+      ${source}
+      on conflict (org_id, meter, resource) do update
+        set last_timestamp = excluded.last_timestamp, last_quantity = excluded.last_quantity
+      returning 1`,
+  };
 }
 
 function describe(e: PreparedEvent): string {
@@ -551,48 +593,75 @@ function describe(e: PreparedEvent): string {
   return `${e.meter}${e.resource ? ` · ${e.resource}` : ""}`;
 }
 
-async function insertEvents(
-  tx: Db,
+const EVENT_COLUMNS = [
+  ["org_id", "text"],
+  ["id", "text"],
+  ["type", "text"],
+  ["timestamp", "timestamptz"],
+  ["timestamp_defaulted", "boolean"],
+  ["user_id", "text"],
+  ["operation", "text"],
+  ["model", "text"],
+  ["meter", "text"],
+  ["resource", "text"],
+  ["quantity", "numeric"],
+  ["billed_quantity", "numeric"],
+  ["input_tokens", "bigint"],
+  ["cached_input_tokens", "bigint"],
+  ["cache_write_tokens", "bigint"],
+  ["output_tokens", "bigint"],
+  ["provider_usage", "jsonb"],
+  ["metadata", "jsonb"],
+  ["cost", "numeric"],
+  ["price_version", "integer"],
+  ["transaction_id", "text"],
+  ["reservation_id", "text"],
+  ["payload_hash", "text"],
+  ["received_at", "timestamptz"],
+] as const satisfies readonly Column[];
+
+/** The accepted events; an id stored already is skipped (and shows in the count). */
+function insertEvents(
   accepted: readonly Accepted[],
   requests: readonly IngestRequest[],
   now: Date,
-): Promise<void> {
-  for (let i = 0; i < accepted.length; i += 500) {
-    await tx
-      .insertInto("usage_events")
-      .values(
-        accepted.slice(i, i + 500).map((a) => {
-          const e = a.event;
-          return {
-            org_id: e.orgId,
-            id: e.id,
-            type: e.type,
-            timestamp: e.timestamp,
-            timestamp_defaulted: e.timestampDefaulted,
-            user_id: e.userId,
-            operation: e.operation,
-            model: e.model,
-            meter: e.meter,
-            resource: e.resource,
-            quantity: e.quantity === null ? null : formatScaled(e.quantity, 6),
-            billed_quantity: a.billedQuantity === null ? null : formatScaled(a.billedQuantity, 12),
-            input_tokens: e.tokens ? e.tokens.input.toString() : null,
-            cached_input_tokens: e.tokens ? e.tokens.cached_input.toString() : null,
-            cache_write_tokens: e.tokens ? e.tokens.cache_write.toString() : null,
-            output_tokens: e.tokens ? e.tokens.output.toString() : null,
-            provider_usage: e.providerUsage === null ? null : JSON.stringify(e.providerUsage),
-            metadata: e.metadata === null ? null : JSON.stringify(e.metadata),
-            cost: creditsToDb(a.cost),
-            price_version: e.priceVersion,
-            transaction_id: a.transactionId,
-            reservation_id: requests[a.requestIndex]!.reservation?.id ?? null,
-            payload_hash: e.payloadHash,
-            received_at: now,
-          };
-        }),
-      )
-      .execute();
-  }
+): WriteStep {
+  const rows = accepted.map((a) => {
+    const e = a.event;
+    return [
+      e.orgId,
+      e.id,
+      e.type,
+      e.timestamp,
+      e.timestampDefaulted,
+      e.userId,
+      e.operation,
+      e.model,
+      e.meter,
+      e.resource,
+      e.quantity === null ? null : formatScaled(e.quantity, 6),
+      a.billedQuantity === null ? null : formatScaled(a.billedQuantity, 12),
+      e.tokens?.input ?? null,
+      e.tokens?.cached_input ?? null,
+      e.tokens?.cache_write ?? null,
+      e.tokens?.output ?? null,
+      e.providerUsage === null ? null : JSON.stringify(e.providerUsage),
+      e.metadata === null ? null : JSON.stringify(e.metadata),
+      creditsToDb(a.cost),
+      e.priceVersion,
+      a.transactionId,
+      requests[a.requestIndex]!.reservation?.id ?? null,
+      e.payloadHash,
+      now,
+    ];
+  });
+  return {
+    name: "usage:events",
+    statement: sql`insert into usage_events (${sql.join(EVENT_COLUMNS.map(([c]) => sql.id(c)))})
+      ${unnestRows(EVENT_COLUMNS, rows)}
+      on conflict (org_id, id) do nothing
+      returning 1`,
+  };
 }
 
 interface RollupRow {
@@ -614,9 +683,11 @@ interface RollupRow {
   events: bigint;
 }
 
-/** Monthly rollups (all dimensions) and daily cost per type, aggregated in memory first. */
-async function upsertRollups(tx: Db, accepted: readonly Accepted[]): Promise<void> {
-  if (accepted.length === 0) return;
+/**
+ * Monthly rollups (all dimensions) and daily cost per type, aggregated in memory first (one row
+ * per key, as one statement may not upsert a row twice).
+ */
+function upsertRollups(accepted: readonly Accepted[]): WriteStep[] {
   const monthly = new Map<string, RollupRow>();
   const daily = new Map<
     string,
@@ -677,71 +748,86 @@ async function upsertRollups(tx: Db, accepted: readonly Accepted[]): Promise<voi
     daily.set(dk, d);
   }
 
-  const rows = [...monthly.values()];
-  for (let i = 0; i < rows.length; i += 500) {
-    await tx
-      .insertInto("usage_rollups")
-      .values(
-        rows.slice(i, i + 500).map((r) => ({
-          ...r,
-          quantity: creditsToDb(r.quantity),
-          input_tokens: r.input_tokens.toString(),
-          cached_input_tokens: r.cached_input_tokens.toString(),
-          cache_write_tokens: r.cache_write_tokens.toString(),
-          output_tokens: r.output_tokens.toString(),
-          cost: creditsToDb(r.cost),
-          events: r.events.toString(),
-        })),
-      )
-      .onConflict((oc) =>
-        oc
-          .columns([
-            "org_id",
-            "period",
-            "type",
-            "model",
-            "operation",
-            "user_id",
-            "resource",
-            "meter",
-          ])
-          .doUpdateSet((eb) => ({
-            quantity: eb("usage_rollups.quantity", "+", eb.ref("excluded.quantity")),
-            input_tokens: eb("usage_rollups.input_tokens", "+", eb.ref("excluded.input_tokens")),
-            cached_input_tokens: eb(
-              "usage_rollups.cached_input_tokens",
-              "+",
-              eb.ref("excluded.cached_input_tokens"),
-            ),
-            cache_write_tokens: eb(
-              "usage_rollups.cache_write_tokens",
-              "+",
-              eb.ref("excluded.cache_write_tokens"),
-            ),
-            output_tokens: eb("usage_rollups.output_tokens", "+", eb.ref("excluded.output_tokens")),
-            cost: eb("usage_rollups.cost", "+", eb.ref("excluded.cost")),
-            events: eb("usage_rollups.events", "+", eb.ref("excluded.events")),
-          })),
-      )
-      .execute();
-  }
-  await tx
-    .insertInto("usage_daily")
-    .values(
-      [...daily.values()].map((d) => ({
-        ...d,
-        cost: creditsToDb(d.cost),
-        events: d.events.toString(),
-      })),
-    )
-    .onConflict((oc) =>
-      oc.columns(["org_id", "day", "type"]).doUpdateSet((eb) => ({
-        cost: eb("usage_daily.cost", "+", eb.ref("excluded.cost")),
-        events: eb("usage_daily.events", "+", eb.ref("excluded.events")),
-      })),
-    )
-    .execute();
+  const monthlySource = unnestRows(
+    ROLLUP_COLUMNS,
+    [...monthly.values()].map((r) => [
+      r.org_id,
+      r.period,
+      r.type,
+      r.model,
+      r.operation,
+      r.user_id,
+      r.resource,
+      r.meter,
+      r.unit,
+      creditsToDb(r.quantity),
+      r.input_tokens,
+      r.cached_input_tokens,
+      r.cache_write_tokens,
+      r.output_tokens,
+      creditsToDb(r.cost),
+      r.events,
+    ]),
+  );
+  const dailySource = unnestRows(
+    [
+      ["org_id", "text"],
+      ["day", "date"],
+      ["type", "text"],
+      ["cost", "numeric"],
+      ["events", "bigint"],
+    ],
+    [...daily.values()].map((d) => [d.org_id, d.day, d.type, creditsToDb(d.cost), d.events]),
+  );
+  const add = (c: string) => sql`${sql.id(c)} = usage_rollups.${sql.id(c)} + excluded.${sql.id(c)}`;
+  return [
+    {
+      name: "usage:rollups",
+      statement: sql`insert into usage_rollups (${sql.join(ROLLUP_COLUMNS.map(([c]) => sql.id(c)))})
+        ${monthlySource}
+        on conflict (org_id, period, type, model, operation, user_id, resource, meter) do update
+          set ${sql.join(ROLLUP_SUMS.map(add))}
+        returning 1`,
+    },
+    {
+      name: "usage:daily",
+      statement: sql`insert into usage_daily (org_id, day, type, cost, events)
+        ${dailySource}
+        on conflict (org_id, day, type) do update
+          set cost = usage_daily.cost + excluded.cost, events = usage_daily.events + excluded.events
+        returning 1`,
+    },
+  ];
 }
+
+const ROLLUP_COLUMNS = [
+  ["org_id", "text"],
+  ["period", "date"],
+  ["type", "text"],
+  ["model", "text"],
+  ["operation", "text"],
+  ["user_id", "text"],
+  ["resource", "text"],
+  ["meter", "text"],
+  ["unit", "text"],
+  ["quantity", "numeric"],
+  ["input_tokens", "bigint"],
+  ["cached_input_tokens", "bigint"],
+  ["cache_write_tokens", "bigint"],
+  ["output_tokens", "bigint"],
+  ["cost", "numeric"],
+  ["events", "bigint"],
+] as const satisfies readonly Column[];
+
+const ROLLUP_SUMS = [
+  "quantity",
+  "input_tokens",
+  "cached_input_tokens",
+  "cache_write_tokens",
+  "output_tokens",
+  "cost",
+  "events",
+] as const;
 
 /** Rollup quantity, × 10^12: total tokens, the meter quantity, or GB-hours billed. */
 function quantityOf(a: Accepted): bigint {
