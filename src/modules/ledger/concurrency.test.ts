@@ -161,4 +161,49 @@ describe.runIf(onPostgres)("ledger under concurrency (PostgreSQL)", async () => 
       expect(await verifyLedger(ctx.db, orgId)).toMatchObject({ ok: true, entries: rounds });
     }
   });
+
+  it("a ledger opened while another transaction held the lock sees that transaction's blocks", async () => {
+    // openLedgers reads the blocks in the statement that takes the lock; a transaction that
+    // changed them while we waited must make it read them again (the row-version check).
+    const orgId = await app.createOrg();
+    expect((await adjust(orgId, "+10")).statusCode).toBe(201);
+    let release = () => {};
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let locked = () => {};
+    const holding = new Promise<void>((r) => {
+      locked = r;
+    });
+    const first = ctx.db.transaction().execute(async (tx) => {
+      const ledger = (await openLedgers(tx, ctx, [orgId], { blocks: true })).get(orgId)!;
+      ledger.apply({
+        kind: "credit",
+        type: "adjustment",
+        amount: parseCredits("5"),
+        block: { source: "adjustment" },
+        actor: SYSTEM,
+        reason: "granted while another waits",
+      });
+      await saveLedgers(tx, [ledger]);
+      locked();
+      await gate;
+    });
+    await holding;
+    const second = ctx.db.transaction().execute(async (tx) => {
+      const ledger = (await openLedgers(tx, ctx, [orgId], { blocks: true })).get(orgId)!;
+      return ledger.activeBlocks().map((b) => formatCredits(b.remaining));
+    });
+    // Only let the first commit once the second is really waiting for the balance row.
+    for (;;) {
+      const waiting = await sql<{ n: number }>`
+        select count(*)::int as n from pg_stat_activity
+         where datname = current_database() and wait_event_type = 'Lock'`.execute(ctx.db);
+      if (waiting.rows[0]!.n > 0) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    release();
+    await first;
+    expect((await second).sort()).toEqual(["10", "5"]);
+  });
 });

@@ -378,17 +378,9 @@ export async function openLedgers(
 ): Promise<Map<string, OrgLedger>> {
   const ids = [...new Set(orgIds)].sort();
   const now = options.now ?? ctx.clock.now();
-  const lock = () =>
-    tx
-      .selectFrom("org_balances")
-      .selectAll()
-      .where("org_id", "in", ids)
-      .orderBy("org_id")
-      .forUpdate()
-      .execute();
-  let rows = await lock();
-  if (rows.length < ids.length) {
-    const have = new Set(rows.map((r) => r.org_id));
+  let locked = await lockBalances(tx, ids, options.blocks);
+  if (locked.length < ids.length) {
+    const have = new Set(locked.map((r) => r.org_id));
     await tx
       .insertInto("org_balances")
       .values(
@@ -398,24 +390,96 @@ export async function openLedgers(
       )
       .onConflict((oc) => oc.column("org_id").doNothing())
       .execute();
-    rows = await lock();
+    locked = await lockBalances(tx, ids, options.blocks);
   }
   const ledgers = new Map<string, OrgLedger>();
-  for (const row of rows) ledgers.set(row.org_id, new OrgLedger(ctx, row.org_id, row, now));
+  for (const row of locked) ledgers.set(row.org_id, new OrgLedger(ctx, row.org_id, row, now));
   if (ledgers.size !== ids.length) throw new Error("organisation without a balance row");
+  if (!options.blocks) return ledgers;
 
-  if (options.blocks) {
-    const blockRows = await tx
+  // The blocks came with the lock unless a balance row changed while we waited for it: the
+  // statement read the blocks as of its start. Every change of blocks rewrites the balance row,
+  // so an unchanged row version proves those blocks current; otherwise read them again.
+  const stale = locked.filter((r) => r.locked_version !== r.seen_version).map((r) => r.org_id);
+  const byOrg = new Map<string, Block[]>();
+  for (const r of locked) {
+    if (!stale.includes(r.org_id)) byOrg.set(r.org_id, (r.blocks ?? []).map(blockFromJson));
+  }
+  if (stale.length > 0) {
+    const rows = await tx
       .selectFrom("credit_blocks")
       .selectAll()
-      .where("org_id", "in", ids)
+      .where("org_id", "in", stale)
       .where("status", "=", "active")
       .execute();
-    const byOrg = new Map<string, Block[]>(ids.map((id) => [id, []]));
-    for (const r of blockRows) byOrg.get(r.org_id)!.push(blockFromRow(r));
-    for (const [orgId, blocks] of byOrg) ledgers.get(orgId)!.setBlocks(blocks);
+    for (const id of stale) byOrg.set(id, []);
+    for (const r of rows) byOrg.get(r.org_id)!.push(blockFromRow(r));
   }
+  for (const [orgId, blocks] of byOrg) ledgers.get(orgId)!.setBlocks(blocks);
   return ledgers;
+}
+
+/**
+ * `select … for update` of the balance rows, in `org_id` order; with `blocks`, each row also
+ * carries its active blocks (as JSON, exact numbers as text) and the row version both as locked
+ * and as the statement's snapshot saw it.
+ */
+async function lockBalances(tx: Db, ids: readonly string[], blocks: boolean) {
+  const base = tx.selectFrom("org_balances as b").selectAll("b").where("b.org_id", "in", ids);
+  if (!blocks) {
+    return (await base.orderBy("b.org_id").forUpdate().execute()).map((r) => ({
+      ...r,
+      locked_version: "",
+      seen_version: "",
+      blocks: null as BlockJson[] | null,
+    }));
+  }
+  return base
+    .select([
+      sql<string>`b.xmin::text`.as("locked_version"),
+      sql<string>`(select o.xmin::text from org_balances o where o.org_id = b.org_id)`.as(
+        "seen_version",
+      ),
+      sql<BlockJson[] | null>`(
+        select json_agg(json_build_object(
+          'org_id', c.org_id, 'id', c.id, 'source', c.source, 'original', c.original::text,
+          'remaining', c.remaining::text, 'unit_cost', c.unit_cost::text, 'priority', c.priority,
+          'effective_at', c.effective_at, 'expires_at', c.expires_at, 'status', c.status,
+          'purchase_id', c.purchase_id, 'created_at', c.created_at, 'updated_at', c.updated_at))
+        from credit_blocks c where c.org_id = b.org_id and c.status = 'active')`.as("blocks"),
+    ])
+    .orderBy("b.org_id")
+    .forUpdate("b")
+    .execute();
+}
+
+interface BlockJson {
+  org_id: string;
+  id: string;
+  source: BlockSource;
+  original: string;
+  remaining: string;
+  unit_cost: string;
+  priority: number;
+  effective_at: string;
+  expires_at: string | null;
+  status: BlockStatus;
+  purchase_id: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+function blockFromJson(j: BlockJson): Block {
+  return {
+    ...j,
+    original: creditsFromDb(j.original),
+    remaining: creditsFromDb(j.remaining),
+    unit_cost: creditsFromDb(j.unit_cost),
+    effective_at: new Date(j.effective_at),
+    expires_at: j.expires_at === null ? null : new Date(j.expires_at),
+    created_at: new Date(j.created_at),
+    updated_at: new Date(j.updated_at),
+  };
 }
 
 export function blockFromRow(r: {
