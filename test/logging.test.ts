@@ -56,6 +56,49 @@ describe("logs", async () => {
     expect(log).not.toMatch(/bearer/i);
   });
 
+  it("never contain webhook secrets, portal link tokens or session tokens", async () => {
+    lines.length = 0;
+    const org = await call("POST", "/v1/organizations", platformKey, { name: "Portal" });
+    const orgId = org.json().id;
+    const user = await call("POST", `/v1/organizations/${orgId}/users`, platformKey, {
+      id: "ada",
+      email: "ada@example.com",
+      role: "admin",
+    });
+    expect(user.statusCode).toBe(201);
+    const endpoint = await call("POST", "/v1/webhook-endpoints", platformKey, {
+      url: "http://93.184.215.14/hooks",
+      org_id: orgId,
+    });
+    expect(endpoint.statusCode, endpoint.body).toBe(201);
+    const secret: string = endpoint.json().secret;
+    const link = await call("POST", `/v1/organizations/${orgId}/portal-sessions`, platformKey, {
+      user_id: "ada",
+    });
+    expect(link.statusCode, link.body).toBe(201);
+    const url = new URL(link.json().url);
+    const token = url.searchParams.get("token")!;
+    const entered = await runtime.app.inject({ method: "GET", url: url.pathname + url.search });
+    expect(entered.statusCode).toBe(303);
+    const session = String(entered.headers["set-cookie"]).split(";")[0]!.split("=")[1]!;
+    // A link that does not work is logged without its token too.
+    const unknown = "tps_unknownunknownunknownunknownunknownxx";
+    await runtime.app.inject({ method: "GET", url: `/portal/enter?token=${unknown}` });
+    const signedIn = await runtime.app.inject({
+      method: "GET",
+      url: "/web/session",
+      headers: { cookie: `tally_session=${session}` },
+    });
+    expect(signedIn.statusCode).toBe(200);
+    await runtime.ctx.logger.flush?.();
+
+    const log = lines.join("");
+    expect(log).toContain("/portal/enter?token=[redacted]");
+    for (const s of [secret, secret.slice(6), token, token.slice(4), unknown, session]) {
+      expect(log).not.toContain(s);
+    }
+  });
+
   it("redact secrets even when a request's headers or a key object are logged", () => {
     lines.length = 0;
     runtime.ctx.logger.info(

@@ -1,5 +1,8 @@
-import { createHash } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
+import { fastifyCookie } from "@fastify/cookie";
+import type { FastifyRequest } from "fastify";
 import type { Db } from "../db/index.js";
+import { sessionCookieName } from "../modules/web/web.routes.js";
 import type { AppContext } from "./context.js";
 import { AppError } from "./errors.js";
 import type { App } from "./http.js";
@@ -12,6 +15,11 @@ import type { App } from "./http.js";
  * The key is claimed by an insert on the primary key (scope, key), so of any number of concurrent
  * requests exactly one runs. A claim whose request died without answering (process crash) is
  * taken over after `LOCK_MS`; 5xx answers release the key so the client can retry.
+ *
+ * Some answers carry secrets shown only once (a new API key, a webhook signing secret, a portal
+ * link), which are otherwise stored only as hashes. So a stored answer is encrypted with a key
+ * derived from the caller's own credential (the API key or browser session token, which Tally
+ * does not store) and the Idempotency-Key: the database alone cannot reveal it.
  */
 export const RETENTION_MS = 24 * 60 * 60 * 1000;
 const LOCK_MS = 60_000;
@@ -21,6 +29,50 @@ interface Claim {
   scope: string;
   key: string;
   replayed: boolean;
+  /** AES-256-GCM key for the stored answer. */
+  sealKey: Buffer;
+}
+
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
+
+/** The secret the request authenticated with: its API key, else its browser session token. */
+function callerSecret(request: FastifyRequest, cookieName: string): string | null {
+  const bearer = BEARER.exec(request.headers.authorization ?? "");
+  if (bearer) return bearer[1]!;
+  const cookie = request.headers.cookie;
+  return (cookie && fastifyCookie.parse(cookie)[cookieName]) || null;
+}
+
+function sealKeyFor(secret: string, key: string): Buffer {
+  return createHash("sha256")
+    .update("tally idempotent answer\0")
+    .update(secret)
+    .update("\0")
+    .update(key)
+    .digest();
+}
+
+const SEALED = "sealed1:";
+
+export function sealAnswer(sealKey: Buffer, body: string): string {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", sealKey, iv);
+  const data = Buffer.concat([cipher.update(body, "utf8"), cipher.final()]);
+  return SEALED + Buffer.concat([iv, cipher.getAuthTag(), data]).toString("base64");
+}
+
+/** The stored answer in clear; null when it cannot be opened with this key. */
+export function openAnswer(sealKey: Buffer, stored: string): string | null {
+  // Answers stored before sealing was introduced (kept for at most 24 h).
+  if (!stored.startsWith(SEALED)) return stored;
+  try {
+    const raw = Buffer.from(stored.slice(SEALED.length), "base64");
+    const decipher = createDecipheriv("aes-256-gcm", sealKey, raw.subarray(0, 12));
+    decipher.setAuthTag(raw.subarray(12, 28));
+    return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString("utf8");
+  } catch {
+    return null;
+  }
 }
 
 declare module "fastify" {
@@ -31,6 +83,7 @@ declare module "fastify" {
 
 export function installIdempotency(app: App, ctx: AppContext): void {
   app.decorateRequest("idempotency", null);
+  const cookieName = sessionCookieName(ctx);
 
   app.addHook("preHandler", async (request, reply) => {
     if (request.method !== "POST") return;
@@ -43,6 +96,9 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     }
     // Unauthenticated public POSTs (payment webhooks, forms) have their own de-duplication.
     if (!request.principal) return;
+    const secret = callerSecret(request, cookieName);
+    if (!secret) return;
+    const sealKey = sealKeyFor(secret, key);
     const scope = request.principal.id;
     const requestHash = createHash("sha256")
       .update(`${request.method} ${request.url}\n${JSON.stringify(request.body ?? null)}`)
@@ -51,17 +107,22 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     const outcome = await claim(ctx.db, ctx.clock.now(), scope, key, requestHash);
     switch (outcome.kind) {
       case "claimed":
-        request.idempotency = { scope, key, replayed: false };
+        request.idempotency = { scope, key, replayed: false, sealKey };
         return;
       case "conflict":
         throw new AppError("idempotency_conflict");
       case "in_progress":
         throw new AppError("idempotency_in_progress");
-      case "replay":
-        request.idempotency = { scope, key, replayed: true };
+      case "replay": {
+        const body = openAnswer(sealKey, outcome.body);
+        if (body === null) {
+          throw new AppError("idempotency_conflict", "The stored answer cannot be replayed.");
+        }
+        request.idempotency = { scope, key, replayed: true, sealKey };
         reply.header("idempotent-replayed", "true");
         reply.code(outcome.status).type(outcome.type);
-        return reply.send(outcome.body);
+        return reply.send(body);
+      }
     }
   });
 
@@ -82,8 +143,10 @@ export function installIdempotency(app: App, ctx: AppContext): void {
           .set({
             status: "done",
             response_status: reply.statusCode,
-            response_body:
+            response_body: sealAnswer(
+              c.sealKey,
               typeof payload === "string" ? payload : payload == null ? "" : String(payload),
+            ),
             response_type: String(reply.getHeader("content-type") ?? "application/json"),
           })
           .execute();

@@ -30,8 +30,41 @@ export const REDACT_PATHS = [
   "*.password",
 ];
 
+/** Query parameters that carry secrets (portal links: `?token=`). */
+const SECRET_QUERY = /([?&](?:token|key|api_key|secret)=)[^&#]*/gi;
+
+export function redactUrl(url: string): string {
+  return url.replace(SECRET_QUERY, "$1[redacted]");
+}
+
+interface LoggedRequest {
+  method?: string;
+  url?: string;
+  headers?: Record<string, unknown>;
+  host?: string;
+  ip?: string;
+  socket?: { remotePort?: number };
+}
+
 export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
-  return pino({ level, redact: { paths: REDACT_PATHS, censor: "[redacted]" } }, destination);
+  return pino(
+    {
+      level,
+      redact: { paths: REDACT_PATHS, censor: "[redacted]" },
+      serializers: {
+        // Fastify's request serializer, with secrets taken out of the URL.
+        req: (req: LoggedRequest) => ({
+          method: req.method,
+          url: typeof req.url === "string" ? redactUrl(req.url) : req.url,
+          version: req.headers?.["accept-version"],
+          host: req.host,
+          remoteAddress: req.ip,
+          remotePort: req.socket?.remotePort,
+        }),
+      },
+    },
+    destination,
+  );
 }
 
 export interface RuntimeOptions {

@@ -1,11 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
+import { runSecurityMatrix } from "../../../test/support/security-matrix.js";
 import * as repo from "./notify.repo.js";
+import { NOTIFY_MATRIX, PUBLIC_WEBHOOK_URL as PUBLIC_URL } from "./notify.security.matrix.js";
 import { emitEvent, runDueJobs } from "./notify.service.js";
 import { startReceiver } from "./test-receiver.js";
 import { generateWebhookSecret } from "./webhooks.delivery.js";
 
-const PUBLIC_URL = "http://93.184.215.14/hooks"; // a public address literal: no DNS needed
+runSecurityMatrix(NOTIFY_MATRIX);
 
 describe("webhook endpoints: access and SSRF", async () => {
   const app = await createTestApp(); // TALLY_ALLOW_PRIVATE_WEBHOOK_URLS unset

@@ -1,6 +1,10 @@
-import type { LookupAddress } from "node:dns";
-import { describe, expect, it } from "vitest";
+import dns, { type LookupAddress } from "node:dns";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { checkWebhookUrl, guardedLookup, isPublicAddress } from "./ssrf.js";
+import { startReceiver } from "./test-receiver.js";
+import { postWebhook } from "./webhooks.delivery.js";
 
 describe("SSRF guard", () => {
   it("classifies addresses", () => {
@@ -85,5 +89,119 @@ describe("SSRF guard", () => {
     );
     expect(result.err?.code).toBe("EFORBIDDENADDRESS");
     expect(result.err?.message).toMatch(/localhost resolves to/);
+  });
+});
+
+describe("SSRF guard: DNS rebinding and URL tricks", () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  /** Makes the system resolver answer `addresses` for `host` (other names resolve as usual). */
+  function resolveAs(host: string, addresses: LookupAddress[]) {
+    const real = dns.lookup;
+    const calls: string[] = [];
+    vi.spyOn(dns, "lookup").mockImplementation(((
+      hostname: string,
+      options: dns.LookupOptions,
+      callback: (e: Error | null, a: LookupAddress[] | string, f?: number) => void,
+    ) => {
+      if (hostname !== host)
+        return (real as (...args: unknown[]) => void)(hostname, options, callback);
+      calls.push(hostname);
+      queueMicrotask(() =>
+        options.all ? callback(null, addresses) : callback(null, addresses[0]!.address, 4),
+      );
+    }) as never);
+    return calls;
+  }
+
+  it("refuses the many spellings of private addresses at creation", async () => {
+    const refused = [
+      "http://2130706433/",
+      "http://0x7f000001/",
+      "http://0177.0.0.1/",
+      "http://127.0.0.1.:80/",
+      "http://[0:0:0:0:0:ffff:127.0.0.1]/",
+      "http://[::ffff:a9fe:a9fe]/",
+      "http://[64:ff9b::7f00:1]/",
+      "http://0x0a.0.0.1/",
+      "http://LOCALHOST/",
+      "http://localhost./",
+      "http://user:pass@127.0.0.1/",
+    ];
+    for (const url of refused) {
+      const check = await checkWebhookUrl(url, { allowPrivate: false });
+      expect(check.ok, url).toBe(false);
+    }
+  });
+
+  it("a name that resolved publicly at creation and to loopback at delivery is refused then", async () => {
+    const receiver = await startReceiver();
+    const url = `http://rebind.example:${receiver.port}/hooks`;
+    const created = await checkWebhookUrl(url, {
+      allowPrivate: false,
+      lookup: (async () => [{ address: "93.184.215.14", family: 4 }]) as never,
+    });
+    expect(created.ok).toBe(true);
+
+    const calls = resolveAs("rebind.example", [{ address: "127.0.0.1", family: 4 }]);
+    const result = await postWebhook(url, {}, "{}", { allowPrivate: false, timeoutMs: 5000 });
+    expect(result.statusCode).toBeNull();
+    expect(result.error).toMatch(/^refused: rebind\.example resolves to 127\.0\.0\.1/);
+    // The socket's own lookup decided: there is no second lookup to race.
+    expect(calls).toEqual(["rebind.example"]);
+    expect(receiver.requests).toHaveLength(0);
+  });
+
+  it("one private address among public ones is enough to refuse (round-robin rebinding)", async () => {
+    const receiver = await startReceiver();
+    resolveAs("mixed.example", [
+      { address: "93.184.215.14", family: 4 },
+      { address: "::ffff:127.0.0.1", family: 6 },
+      { address: "127.0.0.1", family: 4 },
+    ]);
+    const result = await postWebhook(`http://mixed.example:${receiver.port}/x`, {}, "{}", {
+      allowPrivate: false,
+      timeoutMs: 5000,
+    });
+    expect(result.error).toMatch(/^refused: mixed\.example resolves to/);
+    expect(receiver.requests).toHaveLength(0);
+    const socketLevel = await new Promise<NodeJS.ErrnoException | null>((resolve) =>
+      guardedLookup("mixed.example", { all: false }, (err) => resolve(err)),
+    );
+    expect(socketLevel?.code).toBe("EFORBIDDENADDRESS");
+  });
+
+  it("IP literals are checked before connecting (they never reach a lookup)", async () => {
+    const receiver = await startReceiver();
+    const lookup = vi.spyOn(dns, "lookup");
+    for (const host of ["127.0.0.1", "[::ffff:127.0.0.1]", "2130706433"]) {
+      const result = await postWebhook(`http://${host}:${receiver.port}/x`, {}, "{}", {
+        allowPrivate: false,
+      });
+      expect(result.error, host).toMatch(/^refused: /);
+    }
+    expect(lookup).not.toHaveBeenCalled();
+    expect(receiver.requests).toHaveLength(0);
+  });
+
+  it("redirects are not followed: a 3xx is a failed delivery", async () => {
+    const target = await startReceiver();
+    const bouncer = http.createServer((_req, res) => {
+      res.writeHead(307, { location: target.url }).end();
+    });
+    await new Promise<void>((resolve) => bouncer.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (bouncer.address() as AddressInfo).port;
+      const result = await postWebhook(`http://127.0.0.1:${port}/hooks`, {}, "{}", {
+        allowPrivate: true,
+      });
+      expect(result.statusCode).toBe(307);
+      expect(target.requests).toHaveLength(0);
+    } finally {
+      bouncer.closeAllConnections();
+      await new Promise((resolve) => bouncer.close(resolve));
+    }
   });
 });

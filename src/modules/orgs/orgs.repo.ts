@@ -134,6 +134,24 @@ export async function upsertApiKeyByHash(db: Db, row: ApiKeyRow): Promise<void> 
     .execute();
 }
 
+/** Revokes the platform keys registered under `name` except the one with `keepHash`. */
+export async function revokeNamedPlatformKeysExcept(
+  db: Db,
+  name: string,
+  keepHash: string,
+  at: Date,
+): Promise<void> {
+  await db
+    .updateTable("api_keys")
+    .set({ revoked_at: at })
+    .where("org_id", "is", null)
+    .where("role", "=", "platform")
+    .where("name", "=", name)
+    .where("key_hash", "!=", keepHash)
+    .where("revoked_at", "is", null)
+    .execute();
+}
+
 export function findActiveKeyByHash(db: Db, hash: string) {
   return db
     .selectFrom("api_keys")

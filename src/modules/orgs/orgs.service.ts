@@ -76,23 +76,29 @@ export async function createApiKey(
   return { row, secret };
 }
 
+/** The name under which `TALLY_ADMIN_KEY` is registered. */
+export const ADMIN_KEY_NAME = "TALLY_ADMIN_KEY";
+
 /**
  * Start-up: accept `TALLY_ADMIN_KEY` as a platform key; without one, generate a platform key
- * when none exists and return its secret so the caller prints it once.
+ * when none exists and return its secret so the caller prints it once. Changing
+ * `TALLY_ADMIN_KEY` rotates it: keys registered from its earlier values stop working.
  */
 export async function bootstrapPlatformKey(ctx: AppContext): Promise<string | null> {
   if (ctx.config.adminKey) {
+    const keyHash = hashSecret(ctx.config.adminKey);
     await repo.upsertApiKeyByHash(ctx.db, {
       id: ctx.ids.newId("key"),
       org_id: null,
-      name: "TALLY_ADMIN_KEY",
+      name: ADMIN_KEY_NAME,
       role: "platform",
-      key_hash: hashSecret(ctx.config.adminKey),
+      key_hash: keyHash,
       key_prefix: keyPrefix(ctx.config.adminKey),
       created_at: ctx.clock.now(),
       last_used_at: null,
       revoked_at: null,
     });
+    await repo.revokeNamedPlatformKeysExcept(ctx.db, ADMIN_KEY_NAME, keyHash, ctx.clock.now());
     return null;
   }
   if ((await repo.countPlatformKeys(ctx.db)) > 0) return null;

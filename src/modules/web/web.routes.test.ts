@@ -406,3 +406,111 @@ describe("web app and headers", () => {
     expect(csp).not.toMatch(/script-src[^;]*unsafe/);
   });
 });
+
+describe("cross-site requests", () => {
+  it("a CSRF token works only with the session it was issued for", async () => {
+    const a = await signIn();
+    const b = await signIn();
+    expect(a.csrf).not.toBe(b.csrf);
+    const crossed = await asBrowser(a, "POST", "/v1/organizations", {
+      body: { name: "Crossed" },
+      csrf: b.csrf,
+    });
+    expect(crossed.statusCode).toBe(403);
+    expect(crossed.json().error.code).toBe("forbidden");
+    const org = await orgWithUsers();
+    const portal = await enterPortal(org, "ada");
+    const portalWithOperatorToken = await asBrowser(
+      portal,
+      "PUT",
+      `/v1/organizations/${org}/alerts`,
+      { body: { thresholds: ["10"] }, csrf: a.csrf },
+    );
+    expect(portalWithOperatorToken.statusCode).toBe(403);
+    // The session token itself is not the CSRF token either.
+    const tokenAsCsrf = await asBrowser(a, "POST", "/v1/organizations", {
+      body: { name: "Crossed" },
+      csrf: a.cookie.split("=")[1]!,
+    });
+    expect(tokenAsCsrf.statusCode).toBe(403);
+  });
+
+  it("PUT, PATCH and DELETE need the token like POST; nothing changes without it", async () => {
+    const org = await orgWithUsers();
+    const jar = await enterPortal(org, "ada");
+    const attempts = [
+      ["PUT", `/v1/organizations/${org}/alerts`, { thresholds: ["10"] }],
+      ["PATCH", `/v1/organizations/${org}/users/vic`, { role: "admin" }],
+      ["DELETE", `/v1/organizations/${org}/users/bill`, undefined],
+    ] as const;
+    for (const [method, url, body] of attempts) {
+      for (const csrf of [null, "", "x".repeat(43), "x".repeat(201)]) {
+        const res = await asBrowser(jar, method, url, { body, csrf });
+        expect(res.statusCode, `${method} ${url} csrf=${csrf}`).toBe(403);
+        expect(res.json().error.code).toBe("forbidden");
+      }
+    }
+    expect((await app.call("GET", `/v1/organizations/${org}/alerts`)).json().thresholds).toEqual(
+      [],
+    );
+    const users = (await app.call("GET", `/v1/organizations/${org}/users`)).json().data;
+    expect(users.map((u: { id: string; role: string }) => `${u.id}:${u.role}`).sort()).toEqual([
+      "ada:admin",
+      "bill:billing",
+      "vic:viewer",
+    ]);
+    for (const [method, url, body] of attempts) {
+      const res = await asBrowser(jar, method, url, { body });
+      expect(res.statusCode, `${method} ${url}`).toBeLessThan(300);
+    }
+  });
+
+  it("cross-site forms cannot sign in or reach the JSON API (no simple requests)", async () => {
+    const jar = await signIn();
+    for (const type of ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data"]) {
+      const login = await app.call("POST", "/web/login", {
+        key: null,
+        rawBody: `api_key=${app.platformKey}`,
+        headers: { "content-type": type },
+      });
+      expect(login.statusCode, type).toBe(415);
+      expect(login.headers["set-cookie"]).toBeUndefined();
+      const form = { headers: { "content-type": type }, body: "name=Forged" };
+      const write = await asBrowser(jar, "POST", "/v1/organizations", { ...form, csrf: null });
+      expect(write.statusCode, type).toBe(403);
+      // Even with the header (which a form cannot send) the body is not accepted.
+      const withToken = await asBrowser(jar, "POST", "/v1/organizations", form);
+      expect(withToken.statusCode, type).toBe(415);
+    }
+  });
+
+  it("sends no CORS headers, whatever the Origin", async () => {
+    const jar = await signIn();
+    const origin = "https://evil.example";
+    const session = await asBrowser(jar, "GET", "/web/session", { headers: { origin } });
+    expect(session.statusCode).toBe(200);
+    expect(session.headers["access-control-allow-origin"]).toBeUndefined();
+    expect(session.headers["access-control-allow-credentials"]).toBeUndefined();
+    const preflight = await app.runtime.app.inject({
+      method: "OPTIONS",
+      url: "/v1/organizations",
+      headers: {
+        origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "x-csrf-token, content-type",
+      },
+    });
+    expect(preflight.statusCode).toBeGreaterThanOrEqual(400);
+    expect(preflight.headers["access-control-allow-origin"]).toBeUndefined();
+    expect(preflight.headers["access-control-allow-headers"]).toBeUndefined();
+  });
+
+  it("API answers are not framed or sniffed", async () => {
+    const created = await app.call("POST", "/v1/platform-keys", { body: { name: "headers" } });
+    expect(created.statusCode).toBe(201);
+    expect(created.headers["x-content-type-options"]).toBe("nosniff");
+    expect(created.headers["x-frame-options"]).toBe("SAMEORIGIN");
+    expect(String(created.headers["content-security-policy"])).toContain("frame-ancestors 'none'");
+    expect(created.headers["x-powered-by"]).toBeUndefined();
+  });
+});
