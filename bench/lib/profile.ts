@@ -362,10 +362,12 @@ async function profiledRun(
   const dir = mkdtempSync(join(tmpdir(), "tally-bench-prof-"));
   const url = await createDatabase(dbName);
   try {
-    const server = await startTally(`tally-prof-${kind}`, { databaseUrl: url }, [
-      "--cpu-prof",
-      `--cpu-prof-dir=${dir}`,
-    ]);
+    const server = await startTally(
+      `tally-prof-${kind}`,
+      { databaseUrl: url },
+      ["--cpu-prof", `--cpu-prof-dir=${dir}`],
+      { fromSource: true },
+    );
     let run: Omit<ProfiledRun, "summary">;
     let window: [number, number];
     try {

@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { freePort, log, peakRssMb, processCpuSeconds, sleep } from "./util.js";
@@ -132,10 +132,25 @@ export async function startServer(options: StartOptions): Promise<Server> {
 
 export const ADMIN_KEY = `bench_${randomBytes(18).toString("hex")}`;
 
+let built = false;
+
+/** `npm run build` once per bench process: the server runs as `npm start` runs it. */
+function ensureBuilt(): void {
+  if (built) return;
+  log("building dist/ (npm run build)");
+  execFileSync("npm", ["run", "--silent", "build"], { cwd: ROOT, stdio: "inherit" });
+  built = true;
+}
+
+/**
+ * Tally as `npm start` runs it (compiled, `dist/`), or from the TypeScript sources through tsx
+ * (`fromSource`, for CPU profiles whose positions map back to the sources).
+ */
 export function startTally(
   name: string,
   db: { databaseUrl: string } | { dataDir: string },
   nodeFlags: string[] = [],
+  options: { fromSource?: boolean } = {},
 ): Promise<Server> {
   const env: Record<string, string> = {
     LOG_LEVEL: "warn",
@@ -144,9 +159,10 @@ export function startTally(
   };
   if ("databaseUrl" in db) env.DATABASE_URL = db.databaseUrl;
   else env.TALLY_DATA_DIR = db.dataDir;
+  if (!options.fromSource) ensureBuilt();
   return startServer({
     name,
-    args: [...nodeFlags, "bin/tally.mjs", "start"],
+    args: [...nodeFlags, options.fromSource ? "bin/tally.mjs" : "dist/cli/main.js", "start"],
     env,
     readyPath: "/readyz",
     timeoutMs: 120_000,
