@@ -12,6 +12,7 @@ import type {
   RawRequestDefaultExpression,
   RawServerDefault,
 } from "fastify";
+import { isDatabaseUnavailable } from "../db/index.js";
 import { AppError, ERRORS, type ErrorCode, type ErrorDetail, errorBody } from "./errors.js";
 import { CLIENT_ID_PATTERN } from "./ids.js";
 
@@ -49,6 +50,13 @@ export const ROLES = {
 declare module "fastify" {
   interface FastifyContextConfig {
     access?: Access;
+  }
+  interface FastifyRequest {
+    /**
+     * The request failed in a way that leaves its effect unknown (the database connection was
+     * lost, possibly after COMMIT): an Idempotency-Key must not be released for a re-run.
+     */
+    outcomeUnknown?: boolean;
   }
 }
 
@@ -101,6 +109,12 @@ export const ListQuery = {
   ),
 };
 
+/** A streamed CSV answer (errors stay JSON in the envelope). */
+export function CsvResponse(description: string) {
+  // A plain JSON schema, not TypeBox: the handler replies with a stream, not a typed string.
+  return { description, content: { "text/csv": { schema: { type: "string" } } } };
+}
+
 export function Page<T extends TSchema>(item: T) {
   return Type.Object({
     data: Type.Array(item),
@@ -117,10 +131,16 @@ export function encodeCursor(values: readonly (string | number)[]): string {
 export function decodeCursor(cursor: string, arity: number): (string | number)[] {
   try {
     const values = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
+    // A cursor is client input: its values reach queries, so they must be storable text or
+    // safe integers (a NUL in a decoded cursor was a 500).
     if (
       Array.isArray(values) &&
       values.length === arity &&
-      values.every((v) => typeof v === "string" || typeof v === "number")
+      values.every(
+        (v) =>
+          (typeof v === "string" && !UNSTORABLE.test(v)) ||
+          (typeof v === "number" && Number.isSafeInteger(v)),
+      )
     ) {
       return values;
     }
@@ -155,7 +175,23 @@ function makeAjv(coerce: boolean): Ajv {
     strict: false,
   });
   addFormats(ajv);
+  // RFC 3339 allows leap seconds and any year; a timestamp must also name an instant that
+  // JavaScript and PostgreSQL can both hold (`…T23:59:60Z` and year 0 were a 500).
+  const rfc3339 = ajv.formats["date-time"] as { validate: (s: string) => boolean };
+  ajv.addFormat("date-time", {
+    ...rfc3339,
+    validate: (s: string) => rfc3339.validate(s) && parseInstant(s) !== null,
+  });
   return ajv;
+}
+
+/** The instant a timestamp names, if it is one the database can store (years 1–9999 UTC). */
+export function parseInstant(text: string): Date | null {
+  const ms = Date.parse(text);
+  if (!Number.isFinite(ms)) return null;
+  const at = new Date(ms);
+  const year = at.getUTCFullYear();
+  return year >= 1 && year <= 9999 ? at : null;
 }
 
 /**
@@ -166,32 +202,67 @@ function makeAjv(coerce: boolean): Ajv {
 // biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what is refused.
 const UNSTORABLE = /\u0000|\p{Cs}/u;
 
-export function findUnstorableText(value: unknown, pointer = ""): string | null {
-  if (typeof value === "string") return UNSTORABLE.test(value) ? pointer || "/" : null;
+/**
+ * Far deeper than any request schema nests (a usage batch with provider usage is about 6), and
+ * far shallower than what 4 MiB of brackets can nest: recursive walkers (this one, Ajv,
+ * `JSON.stringify` for idempotency) would overflow the stack on such a body.
+ */
+export const MAX_JSON_DEPTH = 32;
+
+interface TextProblem {
+  pointer: string;
+  kind: "unstorable" | "too_deep";
+}
+
+export function findUnstorableText(value: unknown, pointer = "", depth = 0): TextProblem | null {
+  if (typeof value === "string") {
+    return UNSTORABLE.test(value) ? { pointer: pointer || "/", kind: "unstorable" } : null;
+  }
+  if (!value || typeof value !== "object") return null;
+  if (depth >= MAX_JSON_DEPTH) return { pointer: pointer || "/", kind: "too_deep" };
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const found = findUnstorableText(value[i], `${pointer}/${i}`);
+      const found = findUnstorableText(value[i], `${pointer}/${i}`, depth + 1);
       if (found) return found;
     }
-  } else if (value && typeof value === "object") {
-    for (const [k, v] of Object.entries(value)) {
-      if (UNSTORABLE.test(k)) return `${pointer}/${k}`;
-      const found = findUnstorableText(v, `${pointer}/${k}`);
-      if (found) return found;
-    }
+    return null;
+  }
+  for (const [k, v] of Object.entries(value)) {
+    if (UNSTORABLE.test(k)) return { pointer: `${pointer}/${k}`, kind: "unstorable" };
+    const found = findUnstorableText(v, `${pointer}/${k}`, depth + 1);
+    if (found) return found;
   }
   return null;
 }
 
-export function installValidation(app: App): void {
-  app.addHook("preValidation", async (request) => {
-    if (request.body === undefined || request.body === null) return;
-    const field = findUnstorableText(request.body);
-    if (field) {
-      throw new AppError("invalid_request", "Text must be valid Unicode without NUL characters.", [
+function refuseText(problem: TextProblem, field: string): AppError {
+  return problem.kind === "too_deep"
+    ? new AppError("invalid_request", "The JSON is nested too deeply.", [
+        { field, message: `nested deeper than ${MAX_JSON_DEPTH} levels` },
+      ])
+    : new AppError("invalid_request", "Text must be valid Unicode without NUL characters.", [
         { field, message: "contains a NUL character or an unpaired surrogate" },
       ]);
+}
+
+export function installValidation(app: App): void {
+  // Path and query text reach the database before validation (authentication resolves
+  // `{org_id}` in onRequest), so they are checked first of all.
+  app.addHook("onRequest", async (request) => {
+    const parts = [["path", request.params]] as [string, unknown][];
+    if (request.routeOptions.schema?.querystring) parts.push(["query", request.query]);
+    for (const [part, value] of parts) {
+      const problem = findUnstorableText(value);
+      if (problem) {
+        const name = problem.pointer.split("/").filter(Boolean).join(".");
+        throw refuseText(problem, `${part}.${name}`);
+      }
     }
+  });
+  app.addHook("preValidation", async (request) => {
+    if (request.body === undefined || request.body === null) return;
+    const problem = findUnstorableText(request.body);
+    if (problem) throw refuseText(problem, problem.pointer);
   });
   // JSON only: a text/plain body is 415, not a string that fails the schema. An empty body
   // with a JSON content type (clients that set it on every DELETE) is no body; where a body is
@@ -316,6 +387,19 @@ export function installErrorHandling(app: App): void {
     ) {
       // Body parser errors (malformed JSON, __proto__ keys) and other client errors.
       return sendError(reply, request, "invalid_request", fe.message);
+    }
+    if (isDatabaseUnavailable(error)) {
+      // Not a bug of this request: the database is restarting or unreachable. Nothing was
+      // written, or (a lost COMMIT acknowledgement) the outcome is unknown: retry idempotently.
+      request.log.warn({ err: error }, "database unavailable");
+      request.outcomeUnknown = true;
+      reply.header("retry-after", "1");
+      return sendError(
+        reply,
+        request,
+        "service_unavailable",
+        "The database is unavailable; retry shortly.",
+      );
     }
     request.log.error({ err: error }, "unhandled error");
     return sendError(reply, request, "internal", "Internal error.");

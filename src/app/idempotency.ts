@@ -13,8 +13,12 @@ import type { App } from "./http.js";
  * retry while the first request is still running.
  *
  * The key is claimed by an insert on the primary key (scope, key), so of any number of concurrent
- * requests exactly one runs. A claim whose request died without answering (process crash) is
- * taken over after `LOCK_MS`; 5xx answers release the key so the client can retry.
+ * requests exactly one runs, and at most once: the answer is stored after the handler's effects
+ * committed, so a claim whose answer never came — the process died, or the database connection
+ * was lost (possibly after COMMIT) — may have had its effect, and it is never run again. Retries
+ * get `409 idempotency_in_progress` until the key expires; the client checks the resource and, if
+ * nothing happened, uses a new key. A 5xx answered by a live process with the database reachable
+ * (nothing committed, or a failure it recorded) releases the key so the client can retry.
  *
  * Some answers carry secrets shown only once (a new API key, a webhook signing secret, a portal
  * link), which are otherwise stored only as hashes. So a stored answer is encrypted with a key
@@ -22,7 +26,6 @@ import type { App } from "./http.js";
  * does not store) and the Idempotency-Key: the database alone cannot reveal it.
  */
 export const RETENTION_MS = 24 * 60 * 60 * 1000;
-const LOCK_MS = 60_000;
 const MAX_KEY_LENGTH = 255;
 
 interface Claim {
@@ -132,7 +135,9 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     const where = (db: Db) =>
       db.updateTable("idempotency_keys").where("scope", "=", c.scope).where("key", "=", c.key);
     try {
-      if (reply.statusCode >= 500) {
+      if (reply.statusCode >= 500 && request.outcomeUnknown) {
+        // Leave the claim in progress: the effect may have committed.
+      } else if (reply.statusCode >= 500) {
         await ctx.db
           .deleteFrom("idempotency_keys")
           .where("scope", "=", c.scope)
@@ -180,7 +185,7 @@ async function claim(
     response_body: null,
     response_type: null,
     created_at: now,
-    locked_until: new Date(now.getTime() + LOCK_MS),
+    locked_until: new Date(now.getTime() + RETENTION_MS),
     expires_at: new Date(now.getTime() + RETENTION_MS),
   };
   const inserted = await db
@@ -190,22 +195,14 @@ async function claim(
     .executeTakeFirst();
   if (Number(inserted.numInsertedOrUpdatedRows ?? 0n) === 1) return { kind: "claimed" };
 
-  // Someone holds the key: take it over only if it expired or its request died.
+  // Someone holds the key: take it over only once it expired. An unfinished claim is never
+  // taken over — its request may have committed before it died.
   const taken = await db
     .updateTable("idempotency_keys")
     .set(row)
     .where("scope", "=", scope)
     .where("key", "=", key)
-    .where((eb) =>
-      eb.or([
-        eb("expires_at", "<=", now),
-        eb.and([
-          eb("status", "=", "in_progress"),
-          eb("locked_until", "<=", now),
-          eb("request_hash", "=", requestHash),
-        ]),
-      ]),
-    )
+    .where("expires_at", "<=", now)
     .executeTakeFirst();
   if (Number(taken.numUpdatedRows) === 1) return { kind: "claimed" };
 

@@ -4,6 +4,7 @@ import { type Config, loadConfig } from "../../src/app/config.js";
 import type { Clock } from "../../src/app/context.js";
 import type { Role } from "../../src/app/http.js";
 import { createLogger, createRuntime, type Runtime } from "../../src/app/runtime.js";
+import type { Database } from "../../src/db/index.js";
 import { createApiKey } from "../../src/modules/orgs/orgs.service.js";
 import { testDatabase } from "./db.js";
 
@@ -49,7 +50,13 @@ export interface TestApp {
  * (tests run them explicitly). Closed automatically after the file.
  */
 export async function createTestApp(
-  options: { env?: Record<string, string>; clock?: TestClock; workers?: boolean } = {},
+  options: {
+    env?: Record<string, string>;
+    clock?: TestClock;
+    workers?: boolean;
+    /** A database opened by the test (default: a fresh test database). */
+    database?: Database;
+  } = {},
 ): Promise<TestApp> {
   const config = loadConfig({
     LOG_LEVEL: "silent",
@@ -58,7 +65,7 @@ export async function createTestApp(
     ...options.env,
   });
   const clock = options.clock ?? new TestClock();
-  const database = await testDatabase();
+  const database = options.database ?? (await testDatabase());
   const runtime = await createRuntime(config, {
     database,
     clock,

@@ -63,6 +63,15 @@ export interface FakeStripe {
   failNext(status?: number, times?: number): void;
   /** The next request gets no answer (the client times out). */
   hangNext(times?: number): void;
+  /**
+   * The next request is carried out (and cached for its Idempotency-Key) but its answer is lost:
+   * the connection is closed instead — Stripe did it, the client does not know.
+   */
+  loseAnswerNext(times?: number): void;
+  /** Closes the connections of requests left hanging by `hangNext` (the client sees a reset). */
+  dropHanging(): void;
+  /** Forgets injected faults not used yet (`failNext`, `hangNext`, `loseAnswerNext`). */
+  clearFaults(): void;
   /** An Event object as Stripe sends it. */
   event(type: string, object: Json, id?: string): Json;
   /** A signed webhook delivery: the raw body and its `Stripe-Signature` header. */
@@ -94,6 +103,7 @@ export async function startFakeStripe(
   const hanging = new Set<ServerResponse>();
   let failures: number[] = [];
   let hangs = 0;
+  let lostAnswers = 0;
   let baseUrl = "";
 
   const newId = (prefix: string) => `${prefix}_test_${randomBytes(12).toString("hex")}`;
@@ -387,6 +397,11 @@ export async function startFakeStripe(
     requests.push(record);
 
     const send = (status: number, payload: Json, extra: Record<string, string> = {}) => {
+      if (lostAnswers > 0 && !record.injected) {
+        lostAnswers--;
+        res.destroy();
+        return;
+      }
       res.writeHead(status, {
         "content-type": "application/json",
         "request-id": `req_${randomBytes(6).toString("hex")}`,
@@ -527,6 +542,18 @@ export async function startFakeStripe(
     },
     hangNext(times = 1) {
       hangs += times;
+    },
+    loseAnswerNext(times = 1) {
+      lostAnswers += times;
+    },
+    dropHanging() {
+      for (const res of hanging) res.destroy();
+      hanging.clear();
+    },
+    clearFaults() {
+      failures = [];
+      hangs = 0;
+      lostAnswers = 0;
     },
     event(type, object, id) {
       return {

@@ -124,6 +124,9 @@ export async function createPurchase(
     paymentMethodId: null,
   });
   await repo.insertPurchase(ctx.db, row);
+  // Read before the processor call: a database fault here is not the processor's (it must not
+  // mark the purchase failed as `checkout_unavailable`).
+  const customerId = await repo.findCustomerId(ctx.db, input.org.id, provider.name);
 
   let session: Awaited<ReturnType<typeof provider.createCheckout>>;
   try {
@@ -138,7 +141,7 @@ export async function createPurchase(
       customer: {
         orgId: input.org.id,
         name: input.org.name,
-        customerId: await repo.findCustomerId(ctx.db, input.org.id, provider.name),
+        customerId,
       },
       successUrl: row.success_url!,
       cancelUrl: row.cancel_url!,

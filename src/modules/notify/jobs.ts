@@ -227,19 +227,44 @@ export class JobRunner {
   }
 
   /**
-   * Claims and runs due jobs batch after batch until none is due (or `limit` jobs ran). Jobs the
-   * handlers enqueue for now run in the same call. Returns how many jobs ran.
+   * Claims and runs due jobs until none is due (or `limit` jobs ran), at most `batchSize` at once.
+   * Jobs the handlers enqueue for now run in the same call. Returns how many jobs ran.
+   *
+   * A slot is refilled as soon as its job ends, not when the whole batch has: a slow handler (a
+   * webhook endpoint that hangs until its timeout, a processor that does not answer) holds one
+   * slot, and the other jobs — later ones included — go on around it. New jobs are claimed once
+   * half the slots are free (so quick jobs still cost one claim round trip per batch), and every
+   * `pollIntervalMs` while only slow jobs are running.
    */
   async runDueJobs(options: { limit?: number } = {}): Promise<number> {
     const limit = options.limit ?? 1000;
-    let processed = 0;
-    while (processed < limit && !this.stopping) {
-      const jobs = await this.claimDueJobs(Math.min(this.batchSize, limit - processed));
-      if (jobs.length === 0) break;
-      await Promise.all(jobs.map((job) => this.execute(job)));
-      processed += jobs.length;
+    const refillAt = Math.max(1, Math.ceil(this.batchSize / 2));
+    const running = new Set<Promise<void>>();
+    let claimed = 0;
+    while (!this.stopping) {
+      const free = Math.min(this.batchSize - running.size, limit - claimed);
+      if (free > 0 && (running.size === 0 || free >= refillAt)) {
+        const jobs = await this.claimDueJobs(free);
+        claimed += jobs.length;
+        for (const job of jobs) {
+          const run: Promise<void> = this.execute(job)
+            .catch((err) => this.ctx.logger.error({ err, job: job.id }, "job execution failed"))
+            .finally(() => running.delete(run));
+          running.add(run);
+        }
+      }
+      if (running.size === 0) break;
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        ...running,
+        new Promise((resolve) => {
+          timer = setTimeout(resolve, this.pollIntervalMs);
+        }),
+      ]);
+      clearTimeout(timer);
     }
-    return processed;
+    await Promise.all(running);
+    return claimed;
   }
 
   /**
