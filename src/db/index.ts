@@ -153,7 +153,13 @@ function listenPostgres(url: string, channel: string, handlers: ListenHandlers) 
     retryMs = Math.min(retryMs * 2, 5_000);
   };
   const connect = async () => {
-    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+    // keepAlive: a connection silently dropped by a firewall or NAT is noticed, not kept.
+    const client = new pg.Client({
+      connectionString: url,
+      connectionTimeoutMillis: 10_000,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
     client.on("error", () => {}); // an `end` follows
     client.on("notification", (n) => {
       if (n.channel === channel) handlers.onMessage();
