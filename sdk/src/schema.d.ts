@@ -70,6 +70,28 @@ export interface paths {
                         };
                     };
                 };
+                /** @description Invalid request (`invalid_request`). */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description No live session, or an unknown key. */
                 401: {
                     headers: {
@@ -94,6 +116,72 @@ export interface paths {
                 };
                 /** @description Not a platform key, or a bad CSRF token. */
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description Rate limited (`rate_limited`). */
+                429: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -148,8 +236,96 @@ export interface paths {
                     };
                     content?: never;
                 };
+                /** @description Invalid request (`invalid_request`). */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Not a platform key, or a bad CSRF token. */
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description Rate limited (`rate_limited`). */
+                429: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -255,6 +431,28 @@ export interface paths {
                         };
                     };
                 };
+                /** @description Rate limited (`rate_limited`). */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -287,12 +485,56 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description Default Response */
-                200: {
+                /** @description To `/portal`, or `/portal?link=invalid`. */
+                303: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content?: never;
+                };
+                /** @description Invalid request (`invalid_request`). */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description Rate limited (`rate_limited`). */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
                 };
             };
         };
@@ -360,7 +602,34 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": {
+                            /** @enum {string} */
+                            status: "ok";
+                        };
+                    };
+                };
+                /** @description The database does not answer, or migrations are pending (`service_unavailable`). */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
                 };
             };
         };
@@ -788,6 +1057,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -1191,6 +1504,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -1573,6 +1930,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -1915,6 +2316,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -2082,6 +2527,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2491,6 +2980,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -2642,6 +3175,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2862,6 +3439,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -3035,6 +3656,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -3723,6 +4388,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -4030,13 +4739,22 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
+                /** @description CSV with a header row. */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "text/csv": string;
+                    };
+                };
                 /** @description Invalid request (`invalid_request`). */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -4058,7 +4776,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -4080,7 +4798,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -4102,7 +4820,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -4124,7 +4842,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -4146,7 +4864,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -4942,6 +5660,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -5339,6 +6101,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -5968,6 +6774,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -6318,6 +7168,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -6496,6 +7390,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -7259,6 +8197,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -8186,6 +9168,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -8631,6 +9657,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -9114,6 +10184,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -9661,6 +10775,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -9983,13 +11141,70 @@ export interface paths {
                         };
                     };
                 };
-                /** @description `price_not_found` or `timestamp_out_of_range`. */
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description An event cannot be priced (`price_not_found`, `timestamp_out_of_range`). */
                 422: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": unknown;
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
                     };
                 };
                 /** @description Rate limited (`rate_limited`). */
@@ -10650,6 +11865,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -10932,6 +12191,72 @@ export interface paths {
                         };
                     };
                 };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description An event cannot be priced (`price_not_found`, `timestamp_out_of_range`). */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
                     headers: {
@@ -11118,6 +12443,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -11684,13 +13053,22 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
+                /** @description CSV with a header row. */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "text/csv": string;
+                    };
+                };
                 /** @description Invalid request (`invalid_request`). */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -11712,7 +13090,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -11734,7 +13112,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -11756,7 +13134,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -11778,7 +13156,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -11800,7 +13178,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -12067,13 +13445,22 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
+                /** @description CSV with a header row. */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "text/csv": string;
+                    };
+                };
                 /** @description Invalid request (`invalid_request`). */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -12095,7 +13482,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -12117,7 +13504,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -12139,7 +13526,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -12161,7 +13548,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -12183,7 +13570,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/csv": {
+                        "application/json": {
                             error: {
                                 /** @example invalid_request */
                                 code: string;
@@ -12787,6 +14174,50 @@ export interface paths {
                 };
                 /** @description Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …). */
                 409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is over the size limit (`payload_too_large`). */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The body is not JSON (`unsupported_media_type`). */
+                415: {
                     headers: {
                         [name: string]: unknown;
                     };

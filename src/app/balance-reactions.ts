@@ -1,21 +1,38 @@
+import type { Db } from "../db/index.js";
 import * as alerts from "../modules/alerts/alerts.service.js";
 import type { BalanceFlags } from "../modules/ledger/ledger.routes.js";
-import type { BalanceObserver } from "../modules/ledger/posting.js";
+import type { BalanceChange, BalanceObserver } from "../modules/ledger/posting.js";
 import * as topup from "../modules/topup/topup.service.js";
+import type { AppContext } from "./context.js";
 
 /**
  * What happens when balances change, composed here because it runs in the ingest hot path:
- * ONE indexed lookup per flush finds which of the changed organisations have alert thresholds
- * or auto-topup enabled (each module contributes its half of the query over its own table).
- * Organisations with neither cost nothing more, except the rare `balance.depleted` /
- * `balance.recovered` event, which every organisation gets.
+ * ONE indexed lookup, prefetched in the statement that writes the ledgers, finds which of the
+ * changed organisations have alert thresholds or auto-topup enabled (each module contributes its
+ * half of the query over its own table). Organisations with neither cost nothing more, except
+ * the rare `balance.depleted` / `balance.recovered` event, which every organisation gets.
  */
-export const balanceReactions: BalanceObserver = async (tx, ctx, changes) => {
-  const orgIds = [...new Set(changes.map((c) => c.orgId))];
-  const watched = await alerts
-    .configuredOrgsQuery(tx, orgIds)
-    .unionAll(topup.enabledOrgsQuery(tx, orgIds))
-    .execute();
+const watchedQuery = (tx: Db, orgIds: readonly string[]) =>
+  alerts.configuredOrgsQuery(tx, orgIds).unionAll(topup.enabledOrgsQuery(tx, orgIds));
+
+type Watched = { org_id: string; module: string };
+
+export const balanceReactions: BalanceObserver = Object.assign(
+  async (tx: Db, ctx: AppContext, changes: BalanceChange[], prefetched?: unknown[]) => {
+    const orgIds = [...new Set(changes.map((c) => c.orgId))];
+    const watched =
+      (prefetched as Watched[] | undefined) ?? (await watchedQuery(tx, orgIds).execute());
+    await react(tx, ctx, changes, watched);
+  },
+  { prefetch: watchedQuery },
+);
+
+async function react(
+  tx: Db,
+  ctx: AppContext,
+  changes: BalanceChange[],
+  watched: readonly Watched[],
+): Promise<void> {
   const withAlerts = new Set<string>();
   const withTopup = new Set<string>();
   for (const row of watched) (row.module === "alerts" ? withAlerts : withTopup).add(row.org_id);
@@ -28,7 +45,7 @@ export const balanceReactions: BalanceObserver = async (tx, ctx, changes) => {
       changes.filter((c) => withTopup.has(c.orgId)),
     );
   }
-};
+}
 
 /** The `low_balance` and `auto_topup` fields of `GET …/balance`. */
 export const balanceFlags: BalanceFlags = {

@@ -34,6 +34,7 @@ describe("loadConfig", () => {
       emailFrom: expect.any(String),
       demo: null,
       logLevel: "info",
+      rateLimit: { perKeyPerSecond: 25_000, anonymousPerSecond: 1_000, windowSeconds: 10 },
     });
     expect(Object.isFrozen(config)).toBe(true);
   });
@@ -58,6 +59,9 @@ describe("loadConfig", () => {
       TALLY_EMAIL_FROM: "Billing <billing@example.com>",
       TALLY_DEMO: "false",
       LOG_LEVEL: "debug",
+      TALLY_RATE_LIMIT_PER_SECOND: "0",
+      TALLY_RATE_LIMIT_ANONYMOUS_PER_SECOND: "50",
+      TALLY_RATE_LIMIT_WINDOW_SECONDS: "60",
     });
     expect(config).toEqual({
       port: 9000,
@@ -81,6 +85,7 @@ describe("loadConfig", () => {
       emailFrom: "Billing <billing@example.com>",
       demo: false,
       logLevel: "debug",
+      rateLimit: { perKeyPerSecond: 0, anonymousPerSecond: 50, windowSeconds: 60 },
     });
   });
 
@@ -131,6 +136,9 @@ describe("loadConfig", () => {
       TALLY_SMTP_URL: "http://mail.example.com",
       TALLY_DEMO: "sure",
       LOG_LEVEL: "loud",
+      TALLY_RATE_LIMIT_PER_SECOND: "-5",
+      TALLY_RATE_LIMIT_ANONYMOUS_PER_SECOND: "lots",
+      TALLY_RATE_LIMIT_WINDOW_SECONDS: "0",
     });
     const expected = [
       "PORT",
@@ -146,6 +154,9 @@ describe("loadConfig", () => {
       "TALLY_SMTP_URL",
       "TALLY_DEMO",
       "LOG_LEVEL",
+      "TALLY_RATE_LIMIT_PER_SECOND",
+      "TALLY_RATE_LIMIT_ANONYMOUS_PER_SECOND",
+      "TALLY_RATE_LIMIT_WINDOW_SECONDS",
     ];
     for (const name of expected) {
       expect(

@@ -26,6 +26,14 @@ export interface Config {
   /** null = decide at start (true on an empty embedded database). */
   readonly demo: boolean | null;
   readonly logLevel: string;
+  /** Per-instance request budgets; 0 turns a budget off. */
+  readonly rateLimit: {
+    /** Requests per second for one API key, averaged over the window. */
+    readonly perKeyPerSecond: number;
+    /** Requests per second for one client address, for requests without an API key. */
+    readonly anonymousPerSecond: number;
+    readonly windowSeconds: number;
+  };
 }
 
 export class ConfigError extends Error {
@@ -133,6 +141,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     emailFrom: str("TALLY_EMAIL_FROM") ?? "Tally <tally@localhost>",
     demo: bool("TALLY_DEMO"),
     logLevel,
+    rateLimit: {
+      // Far above what one instance serves on the usage hot path (64 connections of one key
+      // pushing single events), so only a runaway client meets it.
+      perKeyPerSecond: int("TALLY_RATE_LIMIT_PER_SECOND", 25_000, 0, 10_000_000),
+      anonymousPerSecond: int("TALLY_RATE_LIMIT_ANONYMOUS_PER_SECOND", 1_000, 0, 10_000_000),
+      windowSeconds: int("TALLY_RATE_LIMIT_WINDOW_SECONDS", 10, 1, 3600),
+    },
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

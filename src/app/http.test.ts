@@ -8,6 +8,8 @@ import {
   encodeCursor,
   installErrorHandling,
   installValidation,
+  MAX_JSON_DEPTH,
+  parseInstant,
   ROUTER_OPTIONS,
 } from "./http.js";
 
@@ -113,5 +115,47 @@ describe("http plumbing", async () => {
     expect(() => decodeCursor(encodeCursor(["org_1"]), 2)).toThrow(/cursor/);
     expect(() => decodeCursor("%%%", 1)).toThrow(/cursor/);
     expect(() => decodeCursor(Buffer.from('[{"a":1}]').toString("base64url"), 1)).toThrow(/cursor/);
+    // Decoded values reach queries: no NUL, no unpaired surrogate, no unsafe number.
+    for (const values of [["a\u0000"], ["\ud800"], [1e308], [1.5]]) {
+      expect(() => decodeCursor(encodeCursor(values), 1), JSON.stringify(values)).toThrow(/cursor/);
+    }
+  });
+
+  it("refuses NUL and unpaired surrogates in path and query before any hook reads them", async () => {
+    for (const url of ["/things/a%00b", "/things/%ED%A0%80x?limit=1", "/things/x?limit=%00"]) {
+      const res = await app.inject({ method: "GET", url });
+      expect(res.statusCode, url).toBe(400);
+      expect(res.json().error.code).toBe("invalid_request");
+    }
+    expect(
+      (await app.inject({ method: "GET", url: "/things/a%00b" })).json().error.details,
+    ).toEqual([{ field: "path.id", message: "contains a NUL character or an unpaired surrogate" }]);
+  });
+
+  it("takes only timestamps that name an instant the database can hold", () => {
+    expect(parseInstant("2026-11-24T10:00:00Z")?.toISOString()).toBe("2026-11-24T10:00:00.000Z");
+    expect(parseInstant("2026-11-24T10:00:00.123456789+01:00")?.toISOString()).toBe(
+      "2026-11-24T09:00:00.123Z",
+    );
+    for (const text of [
+      "2026-12-31T23:59:60Z",
+      "0000-01-01T00:00:00Z",
+      "9999-12-31T23:59:59-23:59",
+      "not a date",
+    ]) {
+      expect(parseInstant(text), text).toBeNull();
+    }
+  });
+
+  it("refuses JSON nested deeper than the limit", async () => {
+    const deep = `{"kind":"a","nested":${'{"n":'.repeat(MAX_JSON_DEPTH)}"x"${"}".repeat(MAX_JSON_DEPTH)}}`;
+    const res = await app.inject({
+      method: "POST",
+      url: "/things",
+      headers: { "content-type": "application/json" },
+      payload: deep,
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toBe("The JSON is nested too deeply.");
   });
 });

@@ -2,7 +2,7 @@ import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
-import Fastify from "fastify";
+import Fastify, { type RouteOptions } from "fastify";
 import { isReady } from "../db/index.js";
 import { registerAlertRoutes } from "../modules/alerts/alerts.routes.js";
 import { registerBillingRoutes } from "../modules/billing/billing.routes.js";
@@ -19,8 +19,15 @@ import { registerWebRoutes } from "../modules/web/web.routes.js";
 import { balanceFlags } from "./balance-reactions.js";
 import type { AppContext } from "./context.js";
 import { ErrorEnvelopeSchema } from "./errors.js";
-import { type App, installErrorHandling, installValidation, ROUTER_OPTIONS } from "./http.js";
+import {
+  type App,
+  installErrorHandling,
+  installValidation,
+  ROUTER_OPTIONS,
+  sendError,
+} from "./http.js";
 import { installIdempotency } from "./idempotency.js";
+import { installRateLimit, RATE_LIMIT_EXEMPT } from "./rate-limit.js";
 
 export const BODY_LIMIT = 4 * 1024 * 1024;
 
@@ -36,6 +43,22 @@ const ERROR_RESPONSES: Record<number, string> = {
   409: "Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …).",
   429: "Rate limited (`rate_limited`).",
 };
+const BODY_METHODS = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+
+/** What the shared plumbing answers on any route: parsing, body limit, rate limit. */
+function plumbingErrors(route: RouteOptions): Record<number, string> {
+  const errors: Record<number, string> = {};
+  const withBody = [route.method].flat().some((m) => BODY_METHODS.has(m));
+  if (withBody || route.schema?.querystring || route.schema?.params) {
+    errors[400] = "Invalid request (`invalid_request`).";
+  }
+  if (withBody) {
+    errors[413] = "The body is over the size limit (`payload_too_large`).";
+    errors[415] = "The body is not JSON (`unsupported_media_type`).";
+  }
+  if (!RATE_LIMIT_EXEMPT.has(route.url ?? "")) errors[429] = ERROR_RESPONSES[429]!;
+  return errors;
+}
 
 /**
  * The composition root of the HTTP service: cross-cutting plumbing first, then every module's
@@ -55,12 +78,16 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   installErrorHandling(app);
 
   app.addHook("onRoute", (route) => {
-    if (!route.url?.startsWith("/v1/") || !route.schema) return;
+    if (!route.schema) return;
+    const v1 = route.url?.startsWith("/v1/") ?? false;
+    const errors = { ...(v1 ? ERROR_RESPONSES : {}), ...plumbingErrors(route) };
+    if (Object.keys(errors).length === 0) return;
     const response = (route.schema.response ?? {}) as Record<string, unknown>;
-    for (const [status, description] of Object.entries(ERROR_RESPONSES)) {
+    for (const [status, description] of Object.entries(errors)) {
       response[status] ??= { ...ErrorEnvelopeSchema, description };
     }
     route.schema.response = response;
+    if (!v1) return;
     if (route.method === "POST" || (Array.isArray(route.method) && route.method.includes("POST"))) {
       route.schema.headers ??= Type.Object({
         "idempotency-key": Type.Optional(
@@ -98,6 +125,8 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
     return payload;
   });
 
+  // Before authentication: a throttled request costs no database work.
+  await installRateLimit(app, ctx.config.rateLimit);
   installAuth(app, ctx, options.sessions);
   installIdempotency(app, ctx);
 
@@ -139,12 +168,25 @@ function registerOperationalRoutes(app: App, ctx: AppContext): void {
         tags: ["operations"],
         summary: "Database answers and migrations are applied",
         security: [],
+        response: {
+          200: Type.Object({ status: Type.Literal("ok") }),
+          503: {
+            ...ErrorEnvelopeSchema,
+            description:
+              "The database does not answer, or migrations are pending (`service_unavailable`).",
+          },
+        },
       },
       config: publicAccess,
     },
-    async (_request, reply) => {
-      const ready = await isReady(ctx.db);
-      return reply.code(ready ? 200 : 503).send({ status: ready ? "ok" : "unavailable" });
+    async (request, reply) => {
+      if (await isReady(ctx.db)) return { status: "ok" as const };
+      return sendError(
+        reply,
+        request,
+        "service_unavailable",
+        "Not ready: the database does not answer or its migrations are not applied.",
+      );
     },
   );
   app.get(

@@ -1,4 +1,4 @@
-import { type RawBuilder, sql } from "kysely";
+import { type Expression, type RawBuilder, sql } from "kysely";
 import type { Db } from "./index.js";
 
 /**
@@ -39,23 +39,49 @@ export interface WriteStep {
   statement: RawBuilder<unknown>;
 }
 
+/** A query read in the same statement (as of its snapshot, before the steps' writes). */
+export interface ReadStep {
+  name: string;
+  /** Its rows come back through JSON: select text, not numbers that need to stay exact. */
+  query: Expression<unknown>;
+}
+
+export interface Written {
+  /** Rows each step wrote. */
+  counts: Map<string, number>;
+  /** Rows each read returned. */
+  reads: Map<string, unknown[]>;
+}
+
 /**
- * Runs every step in one statement (data-modifying CTEs: one snapshot, no step sees another's
- * rows, so no two steps may touch the same row) and returns the rows each step wrote.
+ * Runs every step — and the reads — in one statement (data-modifying CTEs: one snapshot, no
+ * step sees another's rows, so no two steps may touch the same row).
  */
 export async function writeTogether(
   tx: Db,
   steps: readonly WriteStep[],
-): Promise<Map<string, number>> {
-  const counts = new Map<string, number>();
-  if (steps.length === 0) return counts;
+  reads: readonly ReadStep[] = [],
+): Promise<Written> {
+  const written: Written = { counts: new Map(), reads: new Map() };
+  if (steps.length === 0 && reads.length === 0) return written;
   const ctes = steps.map((s, i) => sql`${sql.id(`w${i}`)} as (${s.statement})`);
-  const selects = steps.map((_s, i) => sql`(select count(*) from ${sql.id(`w${i}`)})::int`);
-  const result = await sql<{ counts: number[] }>`
-    with ${sql.join(ctes)} select array[${sql.join(selects)}] as counts`.execute(tx);
+  const counts = steps.map((_s, i) => sql`(select count(*) from ${sql.id(`w${i}`)})::int`);
+  const columns = [
+    sql`array[${sql.join([...counts, sql`0`])}] as counts`,
+    ...reads.map(
+      (r, i) =>
+        sql`(select coalesce(json_agg(r), '[]'::json) from (${r.query}) as r) as ${sql.id(`r${i}`)}`,
+    ),
+  ];
+  const result = await sql<Record<string, unknown>>`
+    ${ctes.length > 0 ? sql`with ${sql.join(ctes)}` : sql``} select ${sql.join(columns)}`.execute(
+    tx,
+  );
   const row = result.rows[0]!;
-  for (const [i, s] of steps.entries()) counts.set(s.name, Number(row.counts[i]));
-  return counts;
+  const values = row.counts as number[];
+  for (const [i, s] of steps.entries()) written.counts.set(s.name, Number(values[i]));
+  for (const [i, r] of reads.entries()) written.reads.set(r.name, row[`r${i}`] as unknown[]);
+  return written;
 }
 
 function checkType(type: string): string {

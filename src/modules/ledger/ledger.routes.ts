@@ -5,6 +5,7 @@ import { AppError, unwrap } from "../../app/errors.js";
 import {
   type App,
   Credits,
+  CsvResponse,
   decodeCursor,
   encodeCursor,
   ListQuery,
@@ -321,7 +322,8 @@ export function registerLedgerRoutes(
     async (request) => {
       const { limit = 50, cursor, ...filters } = request.query;
       const beforeSequence = cursor ? String(decodeCursor(cursor, 1)[0]) : undefined;
-      if (beforeSequence !== undefined && !/^\d+$/.test(beforeSequence)) {
+      // A bigint: more digits were a 500 ("out of range for type bigint").
+      if (beforeSequence !== undefined && !/^\d{1,18}$/.test(beforeSequence)) {
         throw invalidField("query.cursor", "not a cursor of this list");
       }
       const rows = await repo.listEntries(ctx.db, requestOrg(request).id, toFilters(filters), {
@@ -345,7 +347,7 @@ export function registerLedgerRoutes(
         summary: "Ledger entries as CSV (streamed, same filters)",
         params: OrgParams,
         querystring: Type.Object(TransactionFilters, { additionalProperties: false }),
-        produces: ["text/csv"],
+        response: { 200: CsvResponse("CSV with a header row.") },
       },
       config: access(ROLES.read),
     },

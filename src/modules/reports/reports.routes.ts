@@ -3,7 +3,7 @@ import type { FastifyReply } from "fastify";
 import type { AppContext } from "../../app/context.js";
 import { csvStream } from "../../app/csv.js";
 import { AppError } from "../../app/errors.js";
-import { type App, OrgParams, ROLES } from "../../app/http.js";
+import { type App, CsvResponse, OrgParams, ROLES } from "../../app/http.js";
 import { requestOrg } from "../orgs/auth.js";
 import {
   CHARGEBACK_CSV_COLUMNS,
@@ -93,7 +93,7 @@ export function registerReportsRoutes(app: App, ctx: AppContext): void {
         description: `${PERIODS_DESCRIPTION} One row per period and breakdown line; columns: ${USAGE_SUMMARY_CSV_COLUMNS.join(", ")}.`,
         params: OrgParams,
         querystring: PeriodQuerySchema,
-        produces: ["text/csv"],
+        response: { 200: CsvResponse("CSV with a header row.") },
       },
       config: orgAccess,
     },
@@ -142,7 +142,7 @@ export function registerReportsRoutes(app: App, ctx: AppContext): void {
         summary: "Chargeback as CSV (streamed, platform keys)",
         description: `One row per period, organisation and breakdown line (\`total\`, then one per usage type); columns: ${CHARGEBACK_CSV_COLUMNS.join(", ")}.`,
         querystring: ChargebackQuerySchema,
-        produces: ["text/csv"],
+        response: { 200: CsvResponse("CSV with a header row.") },
       },
       config: platformAccess,
     },

@@ -3,7 +3,7 @@ import { Type } from "@sinclair/typebox";
 import { Ajv, type ErrorObject } from "ajv";
 import addFormatsModule from "ajv-formats";
 import type { AppContext } from "../../app/context.js";
-import { AppError, unwrap } from "../../app/errors.js";
+import { AppError, ErrorEnvelopeSchema, unwrap } from "../../app/errors.js";
 import {
   type App,
   decodeCursor,
@@ -13,6 +13,7 @@ import {
   OrgParams,
   Page,
   pageOf,
+  parseInstant,
   ROLES,
   Timestamp,
 } from "../../app/http.js";
@@ -127,6 +128,11 @@ function storedEventDto(e: UsageEventsTable) {
   };
 }
 
+const PRICING_ERRORS = {
+  ...ErrorEnvelopeSchema,
+  description: "An event cannot be priced (`price_not_found`, `timestamp_out_of_range`).",
+};
+
 export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEngine): void {
   const tags = ["usage"];
 
@@ -141,7 +147,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         body: Type.Union([UsageBatchSchema, UsageEventSchema]),
         response: {
           200: UsageResultSchema,
-          422: { description: "`price_not_found` or `timestamp_out_of_range`." },
+          422: PRICING_ERRORS,
         },
       },
       // Validated by parseUsageBody for precise errors; the schema above documents the shapes.
@@ -200,9 +206,8 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
       if (q.to) query = query.where("timestamp", "<", new Date(q.to));
       if (q.cursor) {
         const [ts, id] = decodeCursor(q.cursor, 2);
-        const at = new Date(String(ts));
-        if (Number.isNaN(at.getTime()))
-          throw new AppError("invalid_request", "The cursor is not valid.");
+        const at = parseInstant(String(ts));
+        if (!at) throw new AppError("invalid_request", "The cursor is not valid.");
         query = query.where((eb) =>
           eb.or([
             eb("timestamp", "<", at),
@@ -284,6 +289,8 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         ),
         response: {
           200: Type.Composite([UsageResultSchema, Type.Object({ reservation: ReservationSchema })]),
+          // The events are priced as usual.
+          422: PRICING_ERRORS,
         },
       },
       config: { access: { roles: ROLES.ingest, org: true, credits: true } },

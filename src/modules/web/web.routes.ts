@@ -259,6 +259,9 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
           "`/portal?link=invalid`.",
         security: [],
         querystring: Type.Object({ token: Type.Optional(Type.String({ maxLength: 200 })) }),
+        response: {
+          303: Type.Null({ description: "To `/portal`, or `/portal?link=invalid`." }),
+        },
       },
       config: publicAccess,
     },

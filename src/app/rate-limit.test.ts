@@ -1,0 +1,141 @@
+import { describe, expect, it } from "vitest";
+import { createTestApp, type TestApp } from "../../test/support/app.js";
+
+/** A window long enough that no test, however slow the machine, crosses into the next one. */
+const WINDOW = 60;
+
+async function spend(app: TestApp, n: number, key: string | null, url: string): Promise<number[]> {
+  const statuses: number[] = [];
+  for (let i = 0; i < n; i++) statuses.push((await app.call("GET", url, { key })).statusCode);
+  return statuses;
+}
+
+function expectRateLimited(res: Awaited<ReturnType<TestApp["call"]>>) {
+  expect(res.statusCode).toBe(429);
+  const body = res.json();
+  expect(body).toEqual({
+    error: {
+      code: "rate_limited",
+      message: expect.stringContaining("retry in"),
+      request_id: expect.stringMatching(/^req_/),
+      details: [],
+    },
+  });
+  const retryAfter = Number(res.headers["retry-after"]);
+  expect(Number.isInteger(retryAfter)).toBe(true);
+  expect(retryAfter).toBeGreaterThanOrEqual(1);
+  expect(retryAfter).toBeLessThanOrEqual(WINDOW);
+  expect(res.headers["x-ratelimit-limit"]).toBe(String(WINDOW));
+}
+
+describe("rate limiting", async () => {
+  // One request per second per key and per address, over a minute: 60 per window.
+  const app = await createTestApp({
+    env: {
+      TALLY_RATE_LIMIT_PER_SECOND: "1",
+      TALLY_RATE_LIMIT_ANONYMOUS_PER_SECOND: "1",
+      TALLY_RATE_LIMIT_WINDOW_SECONDS: String(WINDOW),
+    },
+  });
+  // Fixtures are made with the platform key; each test spends a budget of its own.
+  const org = await app.createOrg();
+  const readKey = await app.orgKey(org, "read");
+  const ingestKey = await app.orgKey(org, "ingest");
+  const spareKey = await app.orgKey(org, "read");
+
+  it("answers 429 rate_limited with Retry-After once a key has spent its budget", async () => {
+    const url = `/v1/organizations/${org}/balance`;
+    expect(new Set(await spend(app, WINDOW, readKey, url))).toEqual(new Set([200]));
+    const limited = await app.call("GET", url, { key: readKey });
+    expectRateLimited(limited);
+    expect(limited.json().error.message).toContain("API key");
+    // Every route of that key, not only the one that spent it.
+    expectRateLimited(await app.call("GET", `/v1/organizations/${org}`, { key: readKey }));
+    // Other keys of the same organisation and address have budgets of their own.
+    expect((await app.call("GET", url, { key: ingestKey })).statusCode).toBe(200);
+  });
+
+  it("a throttled write changes nothing", async () => {
+    const url = `/v1/organizations/${org}/balance`;
+    await spend(app, WINDOW, ingestKey, url);
+    const event = {
+      id: "throttled-1",
+      type: "compute",
+      meter: "compute.vcpu_seconds",
+      quantity: "1",
+    };
+    const res = await app.call("POST", "/v1/usage-events", { key: ingestKey, body: event });
+    expectRateLimited(res);
+    const events = await app.call("GET", `/v1/organizations/${org}/usage-events`);
+    expect(events.json().data).toEqual([]);
+  });
+
+  it("counts requests without a key per address, and unknown keys per key", async () => {
+    const statuses = await spend(app, WINDOW, null, "/v1/organizations");
+    expect(new Set(statuses)).toEqual(new Set([401]));
+    const limited = await app.call("GET", "/v1/organizations", { key: null });
+    expectRateLimited(limited);
+    expect(limited.json().error.message).toContain("address");
+    // Pages and webhooks have no key either.
+    expectRateLimited(await app.call("GET", "/v1/does-not-exist", { key: null }));
+    // A valid key from the same address is not affected by the address's budget.
+    expect((await app.call("GET", `/v1/organizations/${org}`, { key: spareKey })).statusCode).toBe(
+      200,
+    );
+    // An unknown key is throttled before the (database) lookup that would refuse it.
+    const garbage = "tally_0000000000000000000000000000000000000000";
+    expect(new Set(await spend(app, WINDOW, garbage, "/v1/organizations"))).toEqual(new Set([401]));
+    expectRateLimited(await app.call("GET", "/v1/organizations", { key: garbage }));
+  });
+
+  it("never throttles health, readiness and metrics", async () => {
+    // The address budget is spent by the previous test; spend it here too in case of reordering.
+    await spend(app, WINDOW + 1, null, "/v1/organizations");
+    for (const url of ["/healthz", "/readyz", "/metrics"]) {
+      expect(new Set(await spend(app, 5, null, url)), url).toEqual(new Set([200]));
+    }
+  });
+});
+
+describe("rate limiting switched off", async () => {
+  const app = await createTestApp({
+    env: {
+      TALLY_RATE_LIMIT_PER_SECOND: "0",
+      TALLY_RATE_LIMIT_ANONYMOUS_PER_SECOND: "1",
+      TALLY_RATE_LIMIT_WINDOW_SECONDS: String(WINDOW),
+    },
+  });
+
+  it("0 turns one budget off and leaves the other", async () => {
+    const keyed = await spend(app, WINDOW + 20, app.platformKey, "/v1/organizations");
+    expect(new Set(keyed)).toEqual(new Set([200]));
+    const anonymous = await spend(app, WINDOW + 1, null, "/v1/organizations");
+    expect(anonymous.slice(0, WINDOW)).toEqual(Array(WINDOW).fill(401));
+    expect(anonymous[WINDOW]).toBe(429);
+  });
+});
+
+describe("rate limiting with a short window", async () => {
+  const app = await createTestApp({
+    env: { TALLY_RATE_LIMIT_PER_SECOND: "1", TALLY_RATE_LIMIT_WINDOW_SECONDS: "1" },
+  });
+
+  it("lets a key through again in the next window", async () => {
+    const key = app.platformKey;
+    const url = "/v1/organizations";
+    // The window is one request per second: keep asking until one is refused…
+    let refused = false;
+    for (let i = 0; i < 50 && !refused; i++) {
+      refused = (await app.call("GET", url, { key })).statusCode === 429;
+    }
+    expect(refused).toBe(true);
+    // …and then until one is let through (waiting on the condition, not on a clock).
+    const deadline = Date.now() + 15_000;
+    let status = 429;
+    while (status === 429 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      status = (await app.call("GET", url, { key })).statusCode;
+    }
+    expect(status).toBe(200);
+  });
+});
