@@ -1,3 +1,4 @@
+import { isDatabaseUnavailable } from "../db/index.js";
 import { expireDueBlocks } from "../modules/ledger/ledger.service.js";
 import { expireReservations } from "../modules/usage/usage.service.js";
 import type { AppContext } from "./context.js";
@@ -41,7 +42,15 @@ export class Workers {
         if (this.stopped) return;
         const p = task
           .run(this.ctx)
-          .catch((err) => this.ctx.logger.error({ err, task: task.name }, "background task failed"))
+          .catch((err) =>
+            // The database restarting is not a fault of the task: it simply runs again next time.
+            isDatabaseUnavailable(err)
+              ? this.ctx.logger.warn(
+                  { err, task: task.name },
+                  "background task: database unavailable",
+                )
+              : this.ctx.logger.error({ err, task: task.name }, "background task failed"),
+          )
           .finally(() => {
             this.running.delete(p);
             if (!this.stopped) this.timers.set(task.name, setTimeout(tick, task.everyMs).unref());
