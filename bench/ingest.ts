@@ -3,6 +3,7 @@
  * recorded comparison is `npm run bench`):
  *
  *   npx tsx bench/ingest.ts [hot|batch|zipf] [--duration S] [--reps N] [--pglite]
+ *   BENCH_NODE_FLAGS="--max-semi-space-size=4" npx tsx bench/ingest.ts batch   (V8 flags)
  *
  * Starts Tally on a fresh database, runs the load `reps` times and prints events/s, the CPU
  * each event cost the server and PostgreSQL, and the average flush. Drops what it created.
@@ -42,6 +43,7 @@ async function main() {
   const server = await startTally(
     "tally",
     dataDir ? { dataDir } : { databaseUrl: await createDatabase(dbName) },
+    (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean),
   );
   try {
     const api = new TallyApi(server.url);
@@ -90,7 +92,7 @@ async function main() {
           `server ${round((serverCpu / acked) * 1e6)} µs/event (${round((serverCpu / wall) * 100)} %), ` +
           `postgres ${round((pgCpu / acked) * 1e6)} µs/event (${round((pgCpu / wall) * 100)} %), ` +
           `flush ${round((m1.events - m0.events) / flushes)} events in ${round(((m1.seconds - m0.seconds) / flushes) * 1000, 2)} ms, ` +
-          `p99 ${r.latencyMs.p99} ms, statuses ${JSON.stringify(r.statuses)}`,
+          `p99 ${r.latencyMs.p99} ms, peak RSS ${round(server.peakRssMb() ?? 0)} MB, statuses ${JSON.stringify(r.statuses)}`,
       );
     }
   } finally {
