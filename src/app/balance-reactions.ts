@@ -49,6 +49,6 @@ async function react(
 
 /** The `low_balance` and `auto_topup` fields of `GET …/balance`. */
 export const balanceFlags: BalanceFlags = {
-  lowBalance: alerts.isLowBalance,
+  inAlert: alerts.isInAlert,
   autoTopup: topup.autoTopupFlag,
 };

@@ -176,10 +176,7 @@ export function alertEmails(db: Db, orgId: string): Promise<string[]> {
 }
 
 /** For the balance view: nothing available, or the balance below a configured threshold. */
-export async function isLowBalance(
-  ctx: AppContext,
-  orgId: string,
-  available: Credits,
-): Promise<boolean> {
-  return available <= 0n || (await repo.anyInAlert(ctx.db, orgId));
+/** Whether one of the organisation's thresholds is crossed (`low_balance` is also set at ≤ 0). */
+export function isInAlert(ctx: AppContext, orgId: string): Promise<boolean> {
+  return repo.anyInAlert(ctx.db, orgId);
 }

@@ -16,12 +16,7 @@ import {
   Timestamp,
 } from "../../app/http.js";
 import { requestOrg, requestPrincipal } from "../orgs/auth.js";
-import {
-  type Credits as CreditsValue,
-  creditsFromDb,
-  formatCredits,
-  parseCredits,
-} from "./credits.js";
+import { creditsFromDb, formatCredits, parseCredits } from "./credits.js";
 import * as repo from "./ledger.repo.js";
 import * as service from "./ledger.service.js";
 import type { LedgerEntry } from "./posting.js";
@@ -148,13 +143,18 @@ const TransactionFilters = {
 };
 
 /** What other modules contribute to the balance view (alerts, auto-topup). */
+/**
+ * The `low_balance` and `auto_topup` fields, from the modules that own them. Each is one query,
+ * run at the same time as the balance read: a balance GET costs one round trip of latency.
+ */
 export interface BalanceFlags {
-  lowBalance(ctx: AppContext, orgId: string, available: CreditsValue): Promise<boolean>;
+  /** Whether one of the organisation's alert thresholds is crossed (else: low at ≤ 0). */
+  inAlert(ctx: AppContext, orgId: string): Promise<boolean>;
   autoTopup(ctx: AppContext, orgId: string): Promise<"off" | "idle" | "in_flight" | "disabled">;
 }
 
 export const defaultBalanceFlags: BalanceFlags = {
-  lowBalance: async (_ctx, _orgId, available) => available <= 0n,
+  inAlert: async () => false,
   autoTopup: async () => "off",
 };
 
@@ -178,11 +178,12 @@ export function registerLedgerRoutes(
     },
     async (request) => {
       const org = requestOrg(request);
-      const b = await service.getBalance(ctx.db, org.id);
-      const [low, topup] = await Promise.all([
-        flags.lowBalance(ctx, org.id, b.available),
+      const [b, inAlert, topup] = await Promise.all([
+        service.getBalance(ctx.db, org.id),
+        flags.inAlert(ctx, org.id),
         flags.autoTopup(ctx, org.id),
       ]);
+      const low = b.available <= 0n || inAlert;
       return {
         org_id: org.id,
         balance: formatCredits(b.balance),

@@ -128,6 +128,27 @@ export function updateAttempt(
   return q.returningAll().executeTakeFirst();
 }
 
+/** The settings' state and whether an attempt is in flight, in one query. */
+export function flagState(db: Db, orgId: string) {
+  return db
+    .selectFrom("topup_settings as s")
+    .select((eb) => [
+      "s.enabled",
+      "s.disabled_reason",
+      eb
+        .exists(
+          eb
+            .selectFrom("topup_attempts as a")
+            .select("a.id")
+            .whereRef("a.org_id", "=", "s.org_id")
+            .where("a.status", "=", "in_flight"),
+        )
+        .as("in_flight"),
+    ])
+    .where("s.org_id", "=", orgId)
+    .executeTakeFirst();
+}
+
 export async function hasInFlight(db: Db, orgId: string): Promise<boolean> {
   const row = await db
     .selectFrom("topup_attempts")

@@ -194,11 +194,11 @@ export async function autoTopupFlag(
   ctx: AppContext,
   orgId: string,
 ): Promise<"off" | "idle" | "in_flight" | "disabled"> {
-  const settings = await repo.findSettings(ctx.db, orgId);
-  if (!settings) return "off";
-  if (await repo.hasInFlight(ctx.db, orgId)) return "in_flight";
-  if (settings.enabled) return "idle";
-  return settings.disabled_reason ? "disabled" : "off";
+  const state = await repo.flagState(ctx.db, orgId);
+  if (!state) return "off";
+  if (state.in_flight) return "in_flight";
+  if (state.enabled) return "idle";
+  return state.disabled_reason ? "disabled" : "off";
 }
 
 export function listAttempts(
