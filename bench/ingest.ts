@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { runLoad } from "./lib/load.js";
 import { createDatabase, dropDatabase, postgresCpu, postgresCpuDelta } from "./lib/pg.js";
 import { ADMIN_KEY, startTally } from "./lib/servers.js";
-import { batchEvents, createOrgs, singleEvents, TallyApi } from "./lib/tally.js";
+import { batchEvents, createOrgs, flushMetrics, singleEvents, TallyApi } from "./lib/tally.js";
 import { log, prng, round, zipfSampler } from "./lib/util.js";
 
 const argv = process.argv.slice(2);
@@ -26,16 +26,6 @@ const option = (name: string, fallback: number) => {
 const durationSec = option("duration", 5);
 const reps = option("reps", 2);
 const pglite = argv.includes("--pglite");
-
-async function flushStats(url: string) {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
-  return {
-    count: num(/^tally_ingest_flush_events_count (\S+)/m),
-    events: num(/^tally_ingest_flush_events_sum (\S+)/m),
-    seconds: num(/^tally_ingest_flush_seconds_sum (\S+)/m),
-  };
-}
 
 async function main() {
   const dbName = `bench_ingest_${process.pid}`;
@@ -68,7 +58,7 @@ async function main() {
       throw new Error(`unknown scenario ${scenario}`);
     }
     for (let rep = 0; rep <= reps; rep++) {
-      const m0 = await flushStats(server.url);
+      const m0 = await flushMetrics(server.url);
       const pg0 = pglite ? null : await postgresCpu(dbName);
       const cpu0 = server.cpuSeconds();
       const t0 = process.hrtime.bigint();
@@ -84,7 +74,7 @@ async function main() {
       const wall = Number(process.hrtime.bigint() - t0) / 1e9;
       const serverCpu = server.cpuSeconds() - cpu0;
       const pgCpu = pg0 ? postgresCpuDelta(pg0, await postgresCpu(dbName)) : 0;
-      const m1 = await flushStats(server.url);
+      const m1 = await flushMetrics(server.url);
       const flushes = Math.max(1, m1.count - m0.count);
       const acked = Math.max(1, r.eventsAcked);
       log(

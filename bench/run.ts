@@ -34,7 +34,7 @@ import {
 import { runProfile } from "./lib/profile.js";
 import { writeReports } from "./lib/report.js";
 import { ADMIN_KEY, killAll, ROOT, type Server, startBaseline, startTally } from "./lib/servers.js";
-import { batchEvents, createOrgs, singleEvents, TallyApi } from "./lib/tally.js";
+import { batchEvents, createOrgs, flushMetrics, singleEvents, TallyApi } from "./lib/tally.js";
 import type { Invariant, Machine, Results, RunDetail, Scenario, Target } from "./lib/types.js";
 import {
   InvariantError,
@@ -206,16 +206,6 @@ interface IngestRun {
   connections: number;
   durationSec: number;
   makeBody: (n: number) => Body;
-}
-
-async function flushMetrics(url: string) {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
-  return {
-    count: num(/^tally_ingest_flush_events_count (\S+)/m),
-    events: num(/^tally_ingest_flush_events_sum (\S+)/m),
-    seconds: num(/^tally_ingest_flush_seconds_sum (\S+)/m),
-  };
 }
 
 /**

@@ -7,7 +7,7 @@ import { runLoad } from "./load.js";
 import { createDatabase, dropDatabase, postgresCpu, postgresCpuDelta } from "./pg.js";
 import { resultBase } from "./report.js";
 import { ADMIN_KEY, ROOT, startTally } from "./servers.js";
-import { batchEvents, singleEvents, TallyApi } from "./tally.js";
+import { batchEvents, flushMetrics, singleEvents, TallyApi } from "./tally.js";
 import { log, round } from "./util.js";
 
 /**
@@ -342,16 +342,6 @@ interface ProfiledRun {
   summary: ProfileSummary;
 }
 
-async function metrics(url: string) {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
-  return {
-    count: num(/^tally_ingest_flush_events_count (\S+)/m),
-    events: num(/^tally_ingest_flush_events_sum (\S+)/m),
-    seconds: num(/^tally_ingest_flush_seconds_sum (\S+)/m),
-  };
-}
-
 async function profiledRun(
   name: string,
   durationSec: number,
@@ -390,7 +380,7 @@ async function profiledRun(
       await new Promise((resolve) => setTimeout(resolve, 1500));
       const scans0 = await tableScans(url);
       const activity = sampleActivity(url, dbName);
-      const m0 = await metrics(server.url);
+      const m0 = await flushMetrics(server.url);
       const c0 = {
         server: server.cpuSeconds(),
         pg: await postgresCpu(dbName),
@@ -403,7 +393,7 @@ async function profiledRun(
       const serverCpu = server.cpuSeconds() - c0.server;
       const pgCpu = postgresCpuDelta(c0.pg, await postgresCpu(dbName));
       const self = process.cpuUsage(c0.self);
-      const m1 = await metrics(server.url);
+      const m1 = await flushMetrics(server.url);
       const dbActivity = await activity();
       await new Promise((resolve) => setTimeout(resolve, 1500));
       const scans1 = await tableScans(url);

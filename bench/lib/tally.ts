@@ -96,3 +96,14 @@ export function batchEvents(
     return { body: `{"events":[${parts.join(",")}]}`, events: size };
   };
 }
+
+/** The ingest engine's flush counters from `/metrics`: flushes, events flushed, seconds. */
+export async function flushMetrics(url: string) {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
+  return {
+    count: num(/^tally_ingest_flush_events_count (\S+)/m),
+    events: num(/^tally_ingest_flush_events_sum (\S+)/m),
+    seconds: num(/^tally_ingest_flush_seconds_sum (\S+)/m),
+  };
+}
