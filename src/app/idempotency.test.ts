@@ -1,6 +1,14 @@
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../test/support/app.js";
+import { hashSecret } from "../modules/orgs/keys.js";
 import { purgeExpiredIdempotencyKeys, RETENTION_MS } from "./idempotency.js";
+
+/** As the idempotency layer hashes a POST: method, URL and JSON body. */
+const requestHash = (url: string, body: unknown) =>
+  createHash("sha256")
+    .update(`POST ${url}\n${JSON.stringify(body)}`)
+    .digest("hex");
 
 describe("Idempotency-Key", async () => {
   const app = await createTestApp();
@@ -112,10 +120,10 @@ describe("Idempotency-Key", async () => {
     expect(await orgsNamed(name)).toBe(1);
   });
 
-  it("a request still running is 409 idempotency_in_progress; a dead claim is never run again", async () => {
+  it("a request still running is 409 idempotency_in_progress; a dead claim is re-run only if nothing of it committed", async () => {
     const name = unique("Running");
     expect((await createOrg(name, "k-running")).statusCode).toBe(201);
-    // As if the first request were still running (or its process had died).
+    // As if the first request had died after its effect committed, before answering.
     await db
       .updateTable("idempotency_keys")
       .set({ status: "in_progress", locked_until: new Date(app.clock.now().getTime() + 60_000) })
@@ -129,9 +137,11 @@ describe("Idempotency-Key", async () => {
       "idempotency_conflict",
     );
 
-    // Its request may have committed before it died: never re-run, however long ago it started.
+    // Its effect committed (the organisation exists): never re-run, however long ago it started.
     app.clock.advance(60 * 60_000);
-    expect((await createOrg(name, "k-running")).json().error.code).toBe("idempotency_in_progress");
+    const lost = await createOrg(name, "k-running");
+    expect(lost.json().error.code).toBe("idempotency_in_progress");
+    expect(lost.json().error.message).toMatch(/applied/);
     expect(await orgsNamed(name)).toBe(1);
 
     // Once the key expires (24 h) it is free again.
@@ -139,6 +149,61 @@ describe("Idempotency-Key", async () => {
     const retried = await createOrg(name, "k-running");
     expect(retried.statusCode).toBe(201);
     expect(retried.headers["idempotent-replayed"]).toBeUndefined();
+    expect(await orgsNamed(name)).toBe(2);
+  });
+
+  it("a claim whose request died before committing anything is taken over after a minute", async () => {
+    const name = unique("Died early");
+    // The claim of a request that died before any write: nothing of it is durable.
+    await db
+      .insertInto("idempotency_keys")
+      .values({
+        scope: (await app.runtime.ctx.lookups.apiKey(hashSecret(app.platformKey)))!.id,
+        key: "k-died",
+        request_hash: requestHash("/v1/organizations", { name }),
+        status: "in_progress",
+        response_status: null,
+        response_body: null,
+        response_type: null,
+        created_at: app.clock.now(),
+        locked_until: new Date(app.clock.now().getTime() + 60_000),
+        expires_at: new Date(app.clock.now().getTime() + RETENTION_MS),
+      })
+      .execute();
+    expect((await createOrg(name, "k-died")).json().error.code).toBe("idempotency_in_progress");
+    app.clock.advance(61_000);
+    const rerun = await createOrg(name, "k-died");
+    expect(rerun.statusCode).toBe(201);
+    expect(await orgsNamed(name)).toBe(1);
+  });
+
+  it("marks the claim in the transaction of each write the request commits, and only then", async () => {
+    const org = await app.createOrg();
+    const effect = async (key: string) =>
+      (
+        await db
+          .selectFrom("idempotency_keys")
+          .select("effect_committed")
+          .where("key", "=", key)
+          .executeTakeFirstOrThrow()
+      ).effect_committed;
+    // A ledger adjustment: an explicit transaction.
+    const adjusted = await app.call("POST", `/v1/organizations/${org}/adjustments`, {
+      body: { amount: "+5", reason: "marked" },
+      headers: { "idempotency-key": "k-tx" },
+    });
+    expect(adjusted.statusCode).toBe(201);
+    expect(await effect("k-tx")).toBe(true);
+    // An organisation: one autocommit insert, wrapped in a transaction with the mark.
+    expect((await createOrg(unique("Marked"), "k-autocommit")).statusCode).toBe(201);
+    expect(await effect("k-autocommit")).toBe(true);
+    // Refused by the handler (an unknown user): nothing written, nothing marked.
+    const refused = await app.call("POST", `/v1/organizations/${org}/portal-sessions`, {
+      body: { user_id: "nobody" },
+      headers: { "idempotency-key": "k-refused" },
+    });
+    expect(refused.statusCode).toBeGreaterThanOrEqual(400);
+    expect(await effect("k-refused")).toBe(false);
   });
 
   it("4xx responses of the handler are replayed too", async () => {

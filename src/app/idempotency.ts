@@ -1,6 +1,8 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { fastifyCookie } from "@fastify/cookie";
 import type { FastifyRequest } from "fastify";
+import { CompiledQuery, type DatabaseConnection } from "kysely";
+import { withCommitHook } from "../db/commit-hooks.js";
 import type { Db } from "../db/index.js";
 import { sessionCookieName } from "../modules/web/web.routes.js";
 import type { AppContext } from "./context.js";
@@ -13,12 +15,14 @@ import type { App } from "./http.js";
  * retry while the first request is still running.
  *
  * The key is claimed by an insert on the primary key (scope, key), so of any number of concurrent
- * requests exactly one runs, and at most once: the answer is stored after the handler's effects
- * committed, so a claim whose answer never came — the process died, or the database connection
- * was lost (possibly after COMMIT) — may have had its effect, and it is never run again. Retries
- * get `409 idempotency_in_progress` until the key expires; the client checks the resource and, if
- * nothing happened, uses a new key. A 5xx answered by a live process with the database reachable
- * (nothing committed, or a failure it recorded) releases the key so the client can retry.
+ * requests exactly one runs, and at most once. The answer is stored after the handler's effects
+ * committed, so the claim also records, inside every transaction the handler commits (a commit
+ * hook, `src/db/commit-hooks.ts`), that something of the request is durable: `effect_committed`.
+ * - A claim whose request died without answering (process killed, database connection lost) is
+ *   taken over after `LOCK_MS` only if nothing of it committed; otherwise retries get
+ *   `409 idempotency_in_progress` ("applied, answer lost") until the key expires.
+ * - A 5xx answer releases the key if nothing committed, so the client can retry; if something did,
+ *   the 5xx answer is stored and replayed like any other.
  *
  * Some answers carry secrets shown only once (a new API key, a webhook signing secret, a portal
  * link), which are otherwise stored only as hashes. So a stored answer is encrypted with a key
@@ -26,6 +30,7 @@ import type { App } from "./http.js";
  * does not store) and the Idempotency-Key: the database alone cannot reveal it.
  */
 export const RETENTION_MS = 24 * 60 * 60 * 1000;
+const LOCK_MS = 60_000;
 const MAX_KEY_LENGTH = 255;
 
 interface Claim {
@@ -88,6 +93,21 @@ export function installIdempotency(app: App, ctx: AppContext): void {
   app.decorateRequest("idempotency", null);
   const cookieName = sessionCookieName(ctx);
 
+  // Every transaction a claimed request's handler commits marks the claim, in that transaction.
+  app.addHook("onRoute", (route) => {
+    const methods = [route.method].flat();
+    if (!methods.includes("POST")) return;
+    const handler = route.handler;
+    route.handler = function (this: unknown, request, reply) {
+      const c = request.idempotency;
+      if (!c || c.replayed) return handler.call(this as never, request, reply);
+      return withCommitHook(
+        (connection) => markEffect(connection, c),
+        () => handler.call(this as never, request, reply),
+      );
+    };
+  });
+
   app.addHook("preHandler", async (request, reply) => {
     if (request.method !== "POST") return;
     const key = request.headers["idempotency-key"];
@@ -115,7 +135,12 @@ export function installIdempotency(app: App, ctx: AppContext): void {
       case "conflict":
         throw new AppError("idempotency_conflict");
       case "in_progress":
-        throw new AppError("idempotency_in_progress");
+        throw new AppError(
+          "idempotency_in_progress",
+          outcome.lost
+            ? "The first request with this key was applied, but its answer was lost (the service restarted or lost its database connection). Check the resource; this key will not run again."
+            : undefined,
+        );
       case "replay": {
         const body = openAnswer(sealKey, outcome.body);
         if (body === null) {
@@ -135,15 +160,20 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     const where = (db: Db) =>
       db.updateTable("idempotency_keys").where("scope", "=", c.scope).where("key", "=", c.key);
     try {
+      let store = reply.statusCode < 500;
       if (reply.statusCode >= 500 && request.outcomeUnknown) {
-        // Leave the claim in progress: the effect may have committed.
+        // The database is unreachable: leave the claim; its `effect_committed` decides later.
       } else if (reply.statusCode >= 500) {
-        await ctx.db
+        // Nothing committed: release the key for a retry. Something did: keep this answer.
+        const released = await ctx.db
           .deleteFrom("idempotency_keys")
           .where("scope", "=", c.scope)
           .where("key", "=", c.key)
-          .execute();
-      } else {
+          .where("effect_committed", "=", false)
+          .executeTakeFirst();
+        store = Number(released.numDeletedRows) === 0;
+      }
+      if (store) {
         await where(ctx.db)
           .set({
             status: "done",
@@ -163,10 +193,19 @@ export function installIdempotency(app: App, ctx: AppContext): void {
   });
 }
 
+async function markEffect(connection: DatabaseConnection, c: Claim): Promise<void> {
+  await connection.executeQuery(
+    CompiledQuery.raw(
+      "update idempotency_keys set effect_committed = true where scope = $1 and key = $2",
+      [c.scope, c.key],
+    ),
+  );
+}
+
 type ClaimOutcome =
   | { kind: "claimed" }
   | { kind: "conflict" }
-  | { kind: "in_progress" }
+  | { kind: "in_progress"; lost: boolean }
   | { kind: "replay"; status: number; type: string; body: string };
 
 async function claim(
@@ -185,7 +224,7 @@ async function claim(
     response_body: null,
     response_type: null,
     created_at: now,
-    locked_until: new Date(now.getTime() + RETENTION_MS),
+    locked_until: new Date(now.getTime() + LOCK_MS),
     expires_at: new Date(now.getTime() + RETENTION_MS),
   };
   const inserted = await db
@@ -195,14 +234,24 @@ async function claim(
     .executeTakeFirst();
   if (Number(inserted.numInsertedOrUpdatedRows ?? 0n) === 1) return { kind: "claimed" };
 
-  // Someone holds the key: take it over only once it expired. An unfinished claim is never
-  // taken over — its request may have committed before it died.
+  // Someone holds the key: take it over once it expired, or when its request died (no answer
+  // within LOCK_MS) without committing anything.
   const taken = await db
     .updateTable("idempotency_keys")
-    .set(row)
+    .set({ ...row, effect_committed: false })
     .where("scope", "=", scope)
     .where("key", "=", key)
-    .where("expires_at", "<=", now)
+    .where((eb) =>
+      eb.or([
+        eb("expires_at", "<=", now),
+        eb.and([
+          eb("status", "=", "in_progress"),
+          eb("locked_until", "<=", now),
+          eb("request_hash", "=", requestHash),
+          eb("effect_committed", "=", false),
+        ]),
+      ]),
+    )
     .executeTakeFirst();
   if (Number(taken.numUpdatedRows) === 1) return { kind: "claimed" };
 
@@ -214,7 +263,9 @@ async function claim(
     .executeTakeFirst();
   if (!existing) return claim(db, now, scope, key, requestHash);
   if (existing.request_hash !== requestHash) return { kind: "conflict" };
-  if (existing.status === "in_progress") return { kind: "in_progress" };
+  if (existing.status === "in_progress") {
+    return { kind: "in_progress", lost: existing.effect_committed && existing.locked_until <= now };
+  }
   return {
     kind: "replay",
     status: existing.response_status ?? 200,

@@ -4,6 +4,7 @@ import { PGlite, types as pgliteTypes } from "@electric-sql/pglite";
 import { Kysely, PostgresDialect, sql } from "kysely";
 import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
 import pg from "pg";
+import { hookedDialect } from "./commit-hooks.js";
 import { migrations } from "./migrations/index.js";
 import { PGliteDialect } from "./pglite-dialect.js";
 import type { DB } from "./schema.js";
@@ -76,7 +77,7 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
     // The query in flight fails by itself, and the pool drops the dead client on release.
     pool.on("error", () => {});
     pool.on("connect", (client) => client.on("error", () => {}));
-    const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+    const db = new Kysely<DB>({ dialect: hookedDialect(new PostgresDialect({ pool })) });
     const url = options.url;
     const listeners = new Set<() => Promise<void>>();
     return {
@@ -111,7 +112,7 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
       loadDataDir: options.loadDataDir,
       parsers: PGLITE_PARSERS,
     });
-    const db = new Kysely<DB>({ dialect: new PGliteDialect(pglite) });
+    const db = new Kysely<DB>({ dialect: hookedDialect(new PGliteDialect(pglite)) });
     return {
       db,
       kind: "pglite",

@@ -1,3 +1,5 @@
+import type { Generated } from "kysely";
+
 export interface OrganizationsTable {
   id: string;
   name: string;
@@ -53,6 +55,8 @@ export interface IdempotencyKeysTable {
   created_at: Date;
   locked_until: Date;
   expires_at: Date;
+  /** Set before COMMIT by every transaction of the request: something of it is durable. */
+  effect_committed: Generated<boolean>;
 }
 
 export interface OrgTables {

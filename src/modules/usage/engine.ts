@@ -3,6 +3,7 @@ import { Counter, Histogram } from "prom-client";
 import type { AppContext } from "../../app/context.js";
 import type { ErrorCode, ErrorDetail } from "../../app/errors.js";
 import { type Column, unnestRows, type WriteStep } from "../../db/bulk.js";
+import { withoutCommitHook } from "../../db/commit-hooks.js";
 import type { Db } from "../../db/index.js";
 import {
   type Credits,
@@ -122,11 +123,15 @@ export class IngestEngine {
   private schedule(): void {
     if (this.scheduled || this.active >= this.options.maxConcurrentFlushes) return;
     this.scheduled = true;
-    // One turn of the event loop lets concurrent requests join the same flush.
-    setImmediate(() => {
-      this.scheduled = false;
-      this.flushNext();
-    });
+    // One turn of the event loop lets concurrent requests join the same flush. A flush serves
+    // many requests: it runs outside the scheduling request's Idempotency-Key hook (usage
+    // events are exactly-once by their ids).
+    setImmediate(() =>
+      withoutCommitHook(() => {
+        this.scheduled = false;
+        this.flushNext();
+      }),
+    );
   }
 
   private flushNext(): void {
