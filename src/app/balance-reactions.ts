@@ -5,6 +5,8 @@ import type { BalanceChange, BalanceObserver } from "../modules/ledger/posting.j
 import * as topup from "../modules/topup/topup.service.js";
 import type { AppContext } from "./context.js";
 
+type Watched = { org_id: string; module: string };
+
 /**
  * What happens when balances change, composed here because it runs in the ingest hot path:
  * ONE indexed lookup, prefetched in the statement that writes the ledgers, finds which of the
@@ -12,20 +14,11 @@ import type { AppContext } from "./context.js";
  * half of the query over its own table). Organisations with neither cost nothing more, except
  * the rare `balance.depleted` / `balance.recovered` event, which every organisation gets.
  */
-const watchedQuery = (tx: Db, orgIds: readonly string[]) =>
-  alerts.configuredOrgsQuery(tx, orgIds).unionAll(topup.enabledOrgsQuery(tx, orgIds));
-
-type Watched = { org_id: string; module: string };
-
-export const balanceReactions: BalanceObserver = Object.assign(
-  async (tx: Db, ctx: AppContext, changes: BalanceChange[], prefetched?: unknown[]) => {
-    const orgIds = [...new Set(changes.map((c) => c.orgId))];
-    const watched =
-      (prefetched as Watched[] | undefined) ?? (await watchedQuery(tx, orgIds).execute());
-    await react(tx, ctx, changes, watched);
-  },
-  { prefetch: watchedQuery },
-);
+export const balanceReactions: BalanceObserver = {
+  prefetch: (tx, orgIds) =>
+    alerts.configuredOrgsQuery(tx, orgIds).unionAll(topup.enabledOrgsQuery(tx, orgIds)),
+  observe: (tx, ctx, changes, prefetched) => react(tx, ctx, changes, prefetched as Watched[]),
+};
 
 async function react(
   tx: Db,

@@ -4,6 +4,7 @@ import type { FastifyRequest } from "fastify";
 import { CompiledQuery, type DatabaseConnection } from "kysely";
 import { withCommitHook } from "../db/commit-hooks.js";
 import type { Db } from "../db/index.js";
+import { bearerSecret } from "../modules/orgs/keys.js";
 import { sessionCookieName } from "../modules/web/web.routes.js";
 import type { AppContext } from "./context.js";
 import { AppError } from "./errors.js";
@@ -41,12 +42,10 @@ interface Claim {
   sealKey: Buffer;
 }
 
-const BEARER = /^Bearer\s+(\S+)\s*$/i;
-
 /** The secret the request authenticated with: its API key, else its browser session token. */
 function callerSecret(request: FastifyRequest, cookieName: string): string | null {
-  const bearer = BEARER.exec(request.headers.authorization ?? "");
-  if (bearer) return bearer[1]!;
+  const bearer = bearerSecret(request.headers.authorization);
+  if (bearer) return bearer;
   const cookie = request.headers.cookie;
   return (cookie && fastifyCookie.parse(cookie)[cookieName]) || null;
 }

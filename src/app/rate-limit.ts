@@ -1,14 +1,11 @@
-import { createHash } from "node:crypto";
 import rateLimit, { normalizeIP } from "@fastify/rate-limit";
-import type { FastifyRequest } from "fastify";
+import { presentedKeyHash } from "../modules/orgs/keys.js";
 import type { Config } from "./config.js";
 import { AppError } from "./errors.js";
 import type { App } from "./http.js";
 
 /** Probes and scrapers are never throttled: a limited health check would look like an outage. */
 export const RATE_LIMIT_EXEMPT: ReadonlySet<string> = new Set(["/healthz", "/readyz", "/metrics"]);
-
-const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
 /**
  * Per-instance request budgets (fixed windows in memory, so N instances allow N times the
@@ -26,8 +23,7 @@ export async function installRateLimit(app: App, config: Config["rateLimit"]): P
   const perKey = app.createRateLimit({
     max: perKeyPerSecond * windowSeconds,
     timeWindow,
-    keyGenerator: (request) =>
-      `key:${createHash("sha256").update(bearerSecret(request)!).digest("base64url")}`,
+    keyGenerator: (request) => `key:${presentedKeyHash(request)}`,
   });
   const perAddress = app.createRateLimit({
     max: anonymousPerSecond * windowSeconds,
@@ -38,7 +34,7 @@ export async function installRateLimit(app: App, config: Config["rateLimit"]): P
 
   app.addHook("onRequest", async (request, reply) => {
     if (RATE_LIMIT_EXEMPT.has(request.routeOptions.url ?? "")) return;
-    const keyed = bearerSecret(request) !== null;
+    const keyed = presentedKeyHash(request) !== null;
     if ((keyed ? perKeyPerSecond : anonymousPerSecond) === 0) return;
     const result = await (keyed ? perKey : perAddress)(request);
     if (result.isAllowed || !result.isExceeded) return;
@@ -53,10 +49,4 @@ export async function installRateLimit(app: App, config: Config["rateLimit"]): P
       { "retry-after": retryAfter },
     );
   });
-}
-
-/** The presented API key secret, or null without a well-formed `Authorization: Bearer`. */
-function bearerSecret(request: FastifyRequest): string | null {
-  const header = request.headers.authorization;
-  return (header && BEARER.exec(header)?.[1]) || null;
 }

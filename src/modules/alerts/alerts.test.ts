@@ -197,8 +197,10 @@ describe("low-balance alerts", async () => {
     const orgId = await setup(["100"], "150");
     const before = await events(orgId); // the first grant's balance.recovered
     // A later observer fails: the transaction that crossed the threshold rolls back.
-    const failing = async () => {
-      throw new Error("boom");
+    const failing = {
+      observe: async () => {
+        throw new Error("boom");
+      },
     };
     ctx.balanceObservers.push(failing);
     try {

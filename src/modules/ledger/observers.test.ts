@@ -10,8 +10,10 @@ describe("balance observers", async () => {
     const orgId = await app.createOrg();
     const key = await app.orgKey(orgId, "ingest");
     const seen: BalanceChange[] = [];
-    const observer = async (_tx: unknown, _ctx: unknown, changes: BalanceChange[]) => {
-      seen.push(...changes.filter((c) => c.orgId === orgId));
+    const observer = {
+      observe: async (_tx: unknown, _ctx: unknown, changes: BalanceChange[]) => {
+        seen.push(...changes.filter((c) => c.orgId === orgId));
+      },
     };
     ctx.balanceObservers.push(observer);
     try {
@@ -39,8 +41,10 @@ describe("balance observers", async () => {
 
   it("roll the change back when they fail", async () => {
     const orgId = await app.createOrg();
-    const observer = async () => {
-      throw new Error("observer failed");
+    const observer = {
+      observe: async () => {
+        throw new Error("observer failed");
+      },
     };
     ctx.balanceObservers.push(observer);
     try {

@@ -91,18 +91,15 @@ export interface BalanceChange {
  * that reactions (alert state, auto-topup attempts, outbox rows) commit or roll back with the
  * change itself. Registered on `AppContext.balanceObservers` by the composition root.
  */
-export type BalanceObserver = ((
-  tx: Db,
-  ctx: AppContext,
-  changes: BalanceChange[],
-  prefetched?: unknown[],
-) => Promise<void>) & {
+export interface BalanceObserver {
   /**
    * What the observer will read about these organisations, fetched in the statement that writes
-   * the ledgers (one round trip fewer per transaction); its rows are handed to the observer.
+   * the ledgers (one round trip fewer per transaction); its rows are handed to `observe`.
    */
-  prefetch?: (tx: Db, orgIds: readonly string[]) => Expression<unknown>;
-};
+  prefetch?(tx: Db, orgIds: readonly string[]): Expression<unknown>;
+  /** `prefetched`: the rows of `prefetch` (none without one). */
+  observe(tx: Db, ctx: AppContext, changes: BalanceChange[], prefetched: unknown[]): Promise<void>;
+}
 
 export type ApplyOutcome =
   | { ok: true; entry: LedgerEntry | null }
@@ -700,8 +697,8 @@ export async function saveLedgers(
     }));
   for (const l of changed) l.markSaved();
   if (changes.length > 0) {
-    for (const [i, observe] of ctx.balanceObservers.entries()) {
-      await observe(tx, ctx, changes, written.reads.get(`observer ${i}`));
+    for (const [i, observer] of ctx.balanceObservers.entries()) {
+      await observer.observe(tx, ctx, changes, written.reads.get(`observer ${i}`) ?? []);
     }
   }
   return written.counts;

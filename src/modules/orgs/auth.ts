@@ -2,7 +2,7 @@ import type { FastifyRequest } from "fastify";
 import type { AppContext } from "../../app/context.js";
 import { AppError } from "../../app/errors.js";
 import type { Access, App, Role } from "../../app/http.js";
-import { hashSecret } from "./keys.js";
+import { presentedKeyHash } from "./keys.js";
 import * as repo from "./orgs.repo.js";
 import { isCreditsEligible, type Organization } from "./orgs.service.js";
 
@@ -68,11 +68,9 @@ async function authenticateKey(
   ctx: AppContext,
   request: FastifyRequest,
 ): Promise<Principal | null> {
-  const header = request.headers.authorization;
-  if (!header) return null;
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-  if (!match) throw new AppError("unauthenticated", "Authorization must be `Bearer <api key>`.");
-  const hash = hashSecret(match[1]!);
+  if (!request.headers.authorization) return null;
+  const hash = presentedKeyHash(request);
+  if (!hash) throw new AppError("unauthenticated", "Authorization must be `Bearer <api key>`.");
   const key = await ctx.lookups.apiKey(hash);
   if (!key) throw new AppError("unauthenticated", "The API key is unknown or revoked.");
   const now = ctx.clock.now();

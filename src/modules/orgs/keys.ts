@@ -10,6 +10,29 @@ export function hashSecret(secret: string): string {
   return createHash("sha256").update(secret).digest("hex");
 }
 
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
+
+/** The secret of a well-formed `Authorization: Bearer <secret>` header, else null. */
+export function bearerSecret(header: string | undefined): string | null {
+  return (header && BEARER.exec(header)?.[1]) || null;
+}
+
+const presentedHashes = new WeakMap<object, string | null>();
+
+/**
+ * `hashSecret` of the request's bearer secret (null without one), computed once per request:
+ * the rate limit and authentication both key on it.
+ */
+export function presentedKeyHash(request: { headers: { authorization?: string } }): string | null {
+  let hash = presentedHashes.get(request);
+  if (hash === undefined) {
+    const secret = bearerSecret(request.headers.authorization);
+    hash = secret === null ? null : hashSecret(secret);
+    presentedHashes.set(request, hash);
+  }
+  return hash;
+}
+
 /** What a list shows to identify a key without revealing it. */
 export function keyPrefix(secret: string): string {
   return secret.slice(0, 12);
