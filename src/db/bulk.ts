@@ -65,9 +65,10 @@ export async function writeTogether(
   const written: Written = { counts: new Map(), reads: new Map() };
   if (steps.length === 0 && reads.length === 0) return written;
   const ctes = steps.map((s, i) => sql`${sql.id(`w${i}`)} as (${s.statement})`);
-  const counts = steps.map((_s, i) => sql`(select count(*) from ${sql.id(`w${i}`)})::int`);
   const columns = [
-    sql`array[${sql.join([...counts, sql`0`])}] as counts`,
+    ...steps.map(
+      (_s, i) => sql`(select count(*) from ${sql.id(`w${i}`)})::int as ${sql.id(`c${i}`)}`,
+    ),
     ...reads.map(
       (r, i) =>
         sql`(select coalesce(json_agg(r), '[]'::json) from (${r.query}) as r) as ${sql.id(`r${i}`)}`,
@@ -78,8 +79,7 @@ export async function writeTogether(
     tx,
   );
   const row = result.rows[0]!;
-  const values = row.counts as number[];
-  for (const [i, s] of steps.entries()) written.counts.set(s.name, Number(values[i]));
+  for (const [i, s] of steps.entries()) written.counts.set(s.name, Number(row[`c${i}`]));
   for (const [i, r] of reads.entries()) written.reads.set(r.name, row[`r${i}`] as unknown[]);
   return written;
 }

@@ -1,12 +1,11 @@
-import type { Expression } from "kysely";
-import { sql } from "kysely";
+import { type Expression, type Selectable, sql } from "kysely";
 import type { AppContext } from "../../app/context.js";
 import { type Column, unnestRows, type WriteStep, writeTogether } from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import type { Actor } from "../orgs/auth.js";
 import { type Credits, creditsFromDb, creditsToDb, minCredits, parseCredits } from "./credits.js";
 import { entryHash, GENESIS_HASH, type HashedEntry } from "./hash.js";
-import type { BlockSource, BlockStatus, EntryType } from "./ledger.tables.js";
+import type { BlockSource, BlockStatus, EntryType, OrgBalancesTable } from "./ledger.tables.js";
 
 /**
  * Posting: the one way credits move. Every module (usage, purchases, refunds, adjustments,
@@ -433,16 +432,19 @@ export async function openLedgers(
  * carries its active blocks (as JSON, exact numbers as text) and the row version both as locked
  * and as the statement's snapshot saw it.
  */
-async function lockBalances(tx: Db, ids: readonly string[], blocks: boolean) {
+async function lockBalances(
+  tx: Db,
+  ids: readonly string[],
+  blocks: boolean,
+): Promise<
+  (Selectable<OrgBalancesTable> & {
+    locked_version?: string;
+    seen_version?: string;
+    blocks?: BlockJson[] | null;
+  })[]
+> {
   const base = tx.selectFrom("org_balances as b").selectAll("b").where("b.org_id", "in", ids);
-  if (!blocks) {
-    return (await base.orderBy("b.org_id").forUpdate().execute()).map((r) => ({
-      ...r,
-      locked_version: "",
-      seen_version: "",
-      blocks: null as BlockJson[] | null,
-    }));
-  }
+  if (!blocks) return base.orderBy("b.org_id").forUpdate().execute();
   return base
     .select([
       sql<string>`b.xmin::text`.as("locked_version"),
