@@ -1,3 +1,4 @@
+import type { paths } from "../../../sdk/src/schema";
 /**
  * The browser's client of Tally's API. Authentication is the httpOnly session cookie (never a
  * key in storage); state-changing requests carry the session's CSRF token and an
@@ -165,151 +166,21 @@ export interface Session {
   return_url: string | null;
 }
 
-export interface Organization {
-  id: string;
-  name: string;
-  external_id: string | null;
-  plan: string;
-  overdraft_limit: string;
-  credits_enabled?: boolean;
-  metadata: Record<string, string>;
-  created_at: string;
-}
+// The API's own types, generated from /openapi.json into the SDK (`npm run sdk:generate`).
+type Json<T> = T extends { content: { "application/json": infer B } } ? B : never;
+type Get<P extends keyof paths> =
+  NonNullable<paths[P]["get"]> extends { responses: { 200: infer R } } ? Json<R> : never;
+type Item<T> = T extends { data: (infer I)[] } ? I : never;
 
-export interface Balance {
-  org_id: string;
-  balance: string;
-  reserved: string;
-  available: string;
-  overdraft_limit: string;
-  debt?: string;
-  low_balance: boolean;
-  auto_topup: "off" | "idle" | "in_flight" | "disabled";
-  updated_at: string | null;
-  last_sequence: number;
-}
-
-export interface CreditBlock {
-  id: string;
-  source: string;
-  original: string;
-  remaining: string;
-  unit_cost: string;
-  priority: number;
-  effective_at: string;
-  expires_at: string | null;
-  status: string;
-  purchase_id: string | null;
-  created_at: string;
-}
-
-export interface LedgerEntry {
-  id: string;
-  sequence: number;
-  type: string;
-  amount: string;
-  balance_after: string;
-  actor: { type: string; id: string };
-  user_id: string | null;
-  reason: string | null;
-  description: string | null;
-  reference: { type: string; id: string } | null;
-  created_at: string;
-}
-
-export interface CreditPackage {
-  id: string;
-  name: string;
-  description: string | null;
-  credits: string;
-  bonus_credits: string;
-  total_credits: string;
-  price: string;
-  currency: string;
-  effective_price_per_credit: string;
-  bonus_percent: string;
-  savings_percent: string;
-  bonus_expires_in_days: number | null;
-  active: boolean;
-}
-
-export interface Purchase {
-  id: string;
-  status: string;
-  source?: string;
-  package_id: string;
-  package_name?: string;
-  credits: string;
-  bonus_credits: string;
-  amount: string;
-  currency: string;
-  refunded_amount?: string;
-  checkout_url: string | null;
-  user_id?: string | null;
-  created_at: string;
-  paid_at?: string | null;
-}
-
-export interface AutoTopup {
-  enabled: boolean;
-  threshold: string;
-  package_id: string | null;
-  monthly_limit?: string | null;
-  max_failures?: number;
-  payment_method: { brand: string; last4: string } | null;
-  status: string;
-  disabled_reason: string | null;
-  spent_this_month?: string;
-}
-
-export interface Alerts {
-  thresholds: string[];
-  emails?: string[];
-  state?: { threshold: string; in_alert: boolean; changed_at: string | null }[];
-}
-
-export interface UsageSummary {
-  period: string;
-  total_cost: string;
-  events: number;
-  by_type: { type: string; unit: string; quantity: string; cost: string; events: number }[];
-  by_model: {
-    model: string;
-    input_tokens: string | number;
-    cached_input_tokens: string | number;
-    cache_write_tokens: string | number;
-    output_tokens: string | number;
-    cost: string;
-    events: number;
-  }[];
-  by_user: { user_id: string | null; cost: string; events: number }[];
-}
-
-export interface DailyUsage {
-  day: string;
-  type: string;
-  cost: string;
-  events: number;
-}
-
-export interface WebhookEndpoint {
-  id: string;
-  url: string;
-  events: string[];
-  org_id: string | null;
-  status?: string;
-  disabled_reason?: string | null;
-  created_at: string;
-}
-
-export interface WebhookDelivery {
-  id: string;
-  event_id: string;
-  event_type: string;
-  attempt: number;
-  status_code: number | null;
-  error: string | null;
-  duration_ms: number;
-  succeeded: boolean;
-  created_at: string;
-}
+export type Organization = Get<"/v1/organizations/{org_id}">;
+export type Balance = Get<"/v1/organizations/{org_id}/balance">;
+export type CreditBlock = Item<Get<"/v1/organizations/{org_id}/credit-blocks">>;
+export type LedgerEntry = Item<Get<"/v1/organizations/{org_id}/transactions">>;
+export type CreditPackage = Get<"/v1/credit-packages/{id}">;
+export type Purchase = Get<"/v1/organizations/{org_id}/purchases/{id}">;
+export type AutoTopup = Get<"/v1/organizations/{org_id}/auto-topup">;
+export type Alerts = Get<"/v1/organizations/{org_id}/alerts">;
+export type UsageSummary = Item<Get<"/v1/organizations/{org_id}/usage-summaries">>;
+export type DailyUsage = Item<Get<"/v1/organizations/{org_id}/usage-daily">>;
+export type WebhookEndpoint = Get<"/v1/webhook-endpoints/{id}">;
+export type WebhookDelivery = Item<Get<"/v1/webhook-endpoints/{id}/deliveries">>;
