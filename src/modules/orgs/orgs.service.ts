@@ -99,6 +99,8 @@ export async function bootstrapPlatformKey(ctx: AppContext): Promise<string | nu
       revoked_at: null,
     });
     await repo.revokeNamedPlatformKeysExcept(ctx.db, ADMIN_KEY_NAME, keyHash, ctx.clock.now());
+    // Revoked here: this instance forgets at once (others through `tally_cache`).
+    ctx.lookups.invalidate();
     return null;
   }
   if ((await repo.countPlatformKeys(ctx.db)) > 0) return null;
