@@ -82,7 +82,8 @@ async function main() {
           `server ${round((serverCpu / acked) * 1e6)} µs/event (${round((serverCpu / wall) * 100)} %), ` +
           `postgres ${round((pgCpu / acked) * 1e6)} µs/event (${round((pgCpu / wall) * 100)} %), ` +
           `flush ${round((m1.events - m0.events) / flushes)} events in ${round(((m1.seconds - m0.seconds) / flushes) * 1000, 2)} ms, ` +
-          `p99 ${r.latencyMs.p99} ms, peak RSS ${round(server.peakRssMb() ?? 0)} MB, statuses ${JSON.stringify(r.statuses)}`,
+          `p99 ${r.latencyMs.p99} ms, peak RSS ${round(server.peakRssMb() ?? 0)} MB, statuses ${JSON.stringify(r.statuses)}, ` +
+          `optimistic ${JSON.stringify(m1.optimistic)}`,
       );
     }
   } finally {

@@ -105,5 +105,11 @@ export async function flushMetrics(url: string) {
     count: num(/^tally_ingest_flush_events_count (\S+)/m),
     events: num(/^tally_ingest_flush_events_sum (\S+)/m),
     seconds: num(/^tally_ingest_flush_seconds_sum (\S+)/m),
+    /** Optimistic flushes by outcome (written, or the reason they were refused). */
+    optimistic: Object.fromEntries(
+      [...text.matchAll(/^tally_ingest_optimistic_flushes_total\{outcome="([^"]+)"\} (\S+)/gm)].map(
+        (m) => [m[1]!, Number(m[2])],
+      ),
+    ),
   };
 }

@@ -1,3 +1,4 @@
+import { q } from "../db/bulk.js";
 import type { Db } from "../db/index.js";
 import * as alerts from "../modules/alerts/alerts.service.js";
 import type { BalanceFlags } from "../modules/ledger/ledger.routes.js";
@@ -12,12 +13,14 @@ type Watched = { org_id: string; module: string };
  * ONE indexed lookup, prefetched in the statement that writes the ledgers, finds which of the
  * changed organisations have alert thresholds or auto-topup enabled (each module contributes its
  * half of the query over its own table). Organisations with neither cost nothing more, except
- * the rare `balance.depleted` / `balance.recovered` event, which every organisation gets.
+ * the rare `balance.depleted` / `balance.recovered` event, which every organisation gets — so
+ * their changes are idle otherwise, and may be written optimistically (see `saveLedgers`).
  */
 export const balanceReactions: BalanceObserver = {
-  prefetch: (tx, orgIds) =>
-    alerts.configuredOrgsQuery(tx, orgIds).unionAll(topup.enabledOrgsQuery(tx, orgIds)),
+  prefetch: (orgIds) =>
+    q`${alerts.configuredOrgsQuery(orgIds)} union all ${topup.enabledOrgsQuery(orgIds)}`,
   observe: (tx, ctx, changes, prefetched) => react(tx, ctx, changes, prefetched as Watched[]),
+  idle: (change) => !alerts.crossesZero(change),
 };
 
 async function react(

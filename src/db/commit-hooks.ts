@@ -45,7 +45,8 @@ const WRITE_NODES = new Set([
   "DeleteQueryNode",
   "MergeQueryNode",
 ]);
-const RAW_WRITE = /^\s*(insert|update|delete|merge)\b/i;
+// A raw `with …` may hold data-modifying CTEs (`writeTogether`): treated as a write.
+const RAW_WRITE = /^\s*(insert|update|delete|merge|with)\b/i;
 
 function isWrite(query: CompiledQuery): boolean {
   const kind = query.query?.kind;

@@ -76,7 +76,10 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
     // of its own, and an unhandled 'error' event is an uncaught exception that ends the process.
     // The query in flight fails by itself, and the pool drops the dead client on release.
     pool.on("error", () => {});
-    pool.on("connect", (client) => client.on("error", () => {}));
+    pool.on("connect", (client) => {
+      client.on("error", () => {});
+      prepareMarked(client);
+    });
     const db = new Kysely<DB>({ dialect: hookedDialect(new PostgresDialect({ pool })) });
     const url = options.url;
     const listeners = new Set<() => Promise<void>>();
@@ -132,6 +135,37 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
     unlock();
     throw error;
   }
+}
+
+/**
+ * A statement whose text ends with this comment is run as a named prepared statement on
+ * PostgreSQL: parsed and planned once per connection, not per execution. For statements run
+ * often with a text that does not vary (array parameters instead of value lists), such as the
+ * ingest engine's one statement per flush. PGlite runs it as any other.
+ */
+export const PREPARED = "/* tally:prepared */";
+
+/** Texts seen, with their statement names; beyond the bound, new texts are not prepared. */
+const preparedNames = new Map<string, string>();
+const MAX_PREPARED = 500;
+
+function prepareMarked(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  (client as { query: unknown }).query = (
+    config: unknown,
+    values?: unknown,
+    callback?: unknown,
+  ) => {
+    if (typeof config === "string" && Array.isArray(values) && config.endsWith(PREPARED)) {
+      let name = preparedNames.get(config);
+      if (name === undefined && preparedNames.size < MAX_PREPARED) {
+        name = `tally_${preparedNames.size + 1}`;
+        preparedNames.set(config, name);
+      }
+      if (name !== undefined) return query({ name, text: config, values }, callback);
+    }
+    return query(config, values, callback);
+  };
 }
 
 function checkChannel(channel: string): string {

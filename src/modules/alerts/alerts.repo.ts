@@ -1,4 +1,4 @@
-import { sql } from "kysely";
+import { q, type Sql } from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import { type Credits, creditsFromDb, creditsToDb } from "../ledger/credits.js";
 
@@ -18,11 +18,9 @@ export interface AlertConfig {
 }
 
 /** `org_id`s among `orgIds` that have an alert configuration (one indexed lookup). */
-export function configuredOrgsQuery(db: Db, orgIds: readonly string[]) {
-  return db
-    .selectFrom("alert_settings")
-    .select(["org_id", sql<string>`'alerts'`.as("module")])
-    .where("org_id", "in", orgIds);
+/** Which of `orgIds` have alert settings: rows `{ org_id, module: 'alerts' }` (hot path SQL). */
+export function configuredOrgsQuery(orgIds: readonly string[]): Sql {
+  return q`select org_id, 'alerts' as module from alert_settings where org_id = any(${[...orgIds]}::text[])`;
 }
 
 function parseEmails(value: string[] | string): string[] {

@@ -29,6 +29,14 @@ import * as repo from "./alerts.repo.js";
 export type AlertConfig = repo.AlertConfig;
 export const configuredOrgsQuery = repo.configuredOrgsQuery;
 
+/**
+ * Whether a change crosses zero, which every organisation hears of (`balance.depleted` or
+ * `balance.recovered`), thresholds or not.
+ */
+export function crossesZero(change: { before: Credits; after: Credits }): boolean {
+  return change.before > 0n !== change.after > 0n;
+}
+
 export async function onBalanceChanges(
   tx: Db,
   ctx: AppContext,

@@ -5,6 +5,8 @@ export interface OrgBalancesTable {
   debt: string;
   last_sequence: string;
   head_hash: string;
+  /** Writes of this ledger so far (see migration 0013). */
+  version: string;
   updated_at: Date;
 }
 

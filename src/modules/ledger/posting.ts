@@ -1,6 +1,17 @@
-import { type Expression, type Selectable, sql } from "kysely";
+import { type Selectable, sql } from "kysely";
 import type { AppContext } from "../../app/context.js";
-import { type Column, unnestRows, type WriteStep, writeTogether } from "../../db/bulk.js";
+import {
+  type Column,
+  type Guard,
+  ident,
+  join,
+  q,
+  type ReadStep,
+  type Sql,
+  unnestRows,
+  type WriteStep,
+  writeTogether,
+} from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import type { Actor } from "../orgs/auth.js";
 import { type Credits, creditsFromDb, creditsToDb, minCredits, parseCredits } from "./credits.js";
@@ -95,9 +106,32 @@ export interface BalanceObserver {
    * What the observer will read about these organisations, fetched in the statement that writes
    * the ledgers (one round trip fewer per transaction); its rows are handed to `observe`.
    */
-  prefetch?(tx: Db, orgIds: readonly string[]): Expression<unknown>;
+  prefetch?(orgIds: readonly string[]): Sql;
   /** `prefetched`: the rows of `prefetch` (none without one). */
   observe(tx: Db, ctx: AppContext, changes: BalanceChange[], prefetched: unknown[]): Promise<void>;
+  /**
+   * True when `observe` would do nothing for this change of an organisation that `prefetch`
+   * returns no row for. An optimistic save runs no observer: it needs every change idle and
+   * guards that the prefetch is empty. Without `idle`, no save is optimistic.
+   */
+  idle?(change: BalanceChange): boolean;
+}
+
+/** Why an optimistic save could not be written; the caller writes again under the locks. */
+export class OptimisticMiss extends Error {
+  constructor(readonly reason: string) {
+    super(`optimistic ledger write refused: ${reason}`);
+  }
+}
+
+/** The saved state of a ledger, as `org_balances` holds it. */
+export interface LedgerState {
+  balance: Credits;
+  reserved: Credits;
+  debt: Credits;
+  lastSequence: bigint;
+  headHash: string;
+  version: bigint;
 }
 
 export type ApplyOutcome =
@@ -125,6 +159,8 @@ export class OrgLedger {
   debt: Credits;
   lastSequence: bigint;
   headHash: string;
+  /** `org_balances.version` as of the last save (each save writes version + 1). */
+  version: bigint;
   readonly entries: LedgerEntry[] = [];
   private initial: { balance: Credits; reserved: Credits; sequence: bigint };
   private savedEntries = 0;
@@ -136,21 +172,44 @@ export class OrgLedger {
   constructor(
     readonly ctx: AppContext,
     readonly orgId: string,
-    row: {
-      balance: string;
-      reserved: string;
-      debt: string;
-      last_sequence: string;
-      head_hash: string;
-    },
+    state: LedgerState,
     readonly now: Date,
   ) {
-    this.balance = creditsFromDb(row.balance);
-    this.reserved = creditsFromDb(row.reserved);
-    this.debt = creditsFromDb(row.debt);
-    this.lastSequence = BigInt(row.last_sequence);
-    this.headHash = row.head_hash;
+    this.balance = state.balance;
+    this.reserved = state.reserved;
+    this.debt = state.debt;
+    this.lastSequence = state.lastSequence;
+    this.headHash = state.headHash;
+    this.version = state.version;
     this.initial = { balance: this.balance, reserved: this.reserved, sequence: this.lastSequence };
+  }
+
+  /** A ledger as `snapshot` saw it, its blocks copied (and expired as of `now`). */
+  static restore(
+    ctx: AppContext,
+    orgId: string,
+    saved: { state: LedgerState; blocks: readonly Block[] },
+    now: Date,
+  ): OrgLedger {
+    const ledger = new OrgLedger(ctx, orgId, saved.state, now);
+    ledger.setBlocks(saved.blocks.map((b) => ({ ...b })));
+    return ledger;
+  }
+
+  /** The saved state and active blocks (copies); null before blocks are loaded or with unsaved changes. */
+  snapshot(): { state: LedgerState; blocks: Block[] } | null {
+    if (!this.blocks || this.changed) return null;
+    return {
+      state: {
+        balance: this.balance,
+        reserved: this.reserved,
+        debt: this.debt,
+        lastSequence: this.lastSequence,
+        headHash: this.headHash,
+        version: this.version,
+      },
+      blocks: this.blocks.filter((b) => b.status === "active").map((b) => ({ ...b })),
+    };
   }
 
   get available(): Credits {
@@ -369,6 +428,7 @@ export class OrgLedger {
     this.savedEntries = this.entries.length;
     this.newBlocks.clear();
     this.changedBlocks.clear();
+    this.version += 1n;
     this.initial = { balance: this.balance, reserved: this.reserved, sequence: this.lastSequence };
   }
 }
@@ -401,7 +461,17 @@ export async function openLedgers(
     locked = await lockBalances(tx, ids, options.blocks);
   }
   const ledgers = new Map<string, OrgLedger>();
-  for (const row of locked) ledgers.set(row.org_id, new OrgLedger(ctx, row.org_id, row, now));
+  for (const row of locked) {
+    const state: LedgerState = {
+      balance: creditsFromDb(row.balance),
+      reserved: creditsFromDb(row.reserved),
+      debt: creditsFromDb(row.debt),
+      lastSequence: BigInt(row.last_sequence),
+      headHash: row.head_hash,
+      version: BigInt(row.version),
+    };
+    ledgers.set(row.org_id, new OrgLedger(ctx, row.org_id, state, now));
+  }
   if (ledgers.size !== ids.length) throw new Error("organisation without a balance row");
   if (!options.blocks) return ledgers;
 
@@ -553,6 +623,17 @@ const BLOCK_COLUMNS = [
   ["updated_at", "timestamptz"],
 ] as const satisfies readonly Column[];
 
+export interface SaveOptions {
+  /**
+   * The ledgers were not opened under their locks (`OrgLedger.restore`): the statement locks the
+   * balance rows itself, in `org_id` order, and is refused unless each is still at the ledger's
+   * version, no observer has anything to do, and the caller's `guards` hold. Refused, it throws
+   * `OptimisticMiss` and writes nothing. It may run outside a transaction: one statement is
+   * atomic.
+   */
+  optimistic?: { guards: readonly Guard[] };
+}
+
 /**
  * Writes the changes of every ledger — new and changed blocks, entries, balances — together with
  * the caller's own `steps` in ONE statement, then runs the balance observers. Returns the rows
@@ -562,9 +643,26 @@ export async function saveLedgers(
   tx: Db,
   ledgers: Iterable<OrgLedger>,
   steps: readonly WriteStep[] = [],
+  options: SaveOptions = {},
 ): Promise<Map<string, number>> {
   const changed = [...ledgers].filter((l) => l.changed);
   if (changed.length === 0) return (await writeTogether(tx, steps)).counts;
+  const changes: BalanceChange[] = changed
+    .filter((l) => l.balance !== l.balanceAtLastSave || l.reserved !== l.reservedAtLastSave)
+    .map((l) => ({
+      orgId: l.orgId,
+      before: l.balanceAtLastSave,
+      after: l.balance,
+      reserved: l.reserved,
+      entryTypes: [...new Set(l.writes().entries.map((e) => e.type))],
+    }));
+  const ctx = changed[0]!.ctx;
+  const { optimistic } = options;
+  if (optimistic) {
+    for (const o of ctx.balanceObservers) {
+      if (!o.idle || !changes.every((c) => o.idle!(c))) throw new OptimisticMiss("observers");
+    }
+  }
   const newBlocks: Block[] = [];
   const changedBlocks: Block[] = [];
   const entries: LedgerEntry[] = [];
@@ -594,7 +692,7 @@ export async function saveLedgers(
     ]);
     all.push({
       name: "ledger:new_blocks",
-      statement: sql`insert into credit_blocks (${columnList(BLOCK_COLUMNS)})
+      statement: q`insert into credit_blocks (${columnList(BLOCK_COLUMNS)})
         ${unnestRows(BLOCK_COLUMNS, rows)} returning 1`,
     });
   }
@@ -618,7 +716,7 @@ export async function saveLedgers(
     );
     all.push({
       name: "ledger:changed_blocks",
-      statement: sql`update credit_blocks as b
+      statement: q`update credit_blocks as b
         set remaining = v.remaining, status = v.status, updated_at = v.updated_at
         from (${source}) as v
         where b.org_id = v.org_id and b.id = v.id returning 1`,
@@ -649,7 +747,7 @@ export async function saveLedgers(
     ]);
     all.push({
       name: "ledger:entries",
-      statement: sql`insert into ledger_entries (${columnList(ENTRY_COLUMNS)})
+      statement: q`insert into ledger_entries (${columnList(ENTRY_COLUMNS)})
         ${unnestRows(ENTRY_COLUMNS, rows)} returning 1`,
     });
   }
@@ -675,28 +773,28 @@ export async function saveLedgers(
   );
   all.push({
     name: "ledger:balances",
-    statement: sql`update org_balances as b
+    statement: q`update org_balances as b
       set balance = v.balance, reserved = v.reserved, debt = v.debt,
-          last_sequence = v.last_sequence, head_hash = v.head_hash, updated_at = v.updated_at
+          last_sequence = v.last_sequence, head_hash = v.head_hash, updated_at = v.updated_at,
+          version = b.version + 1
       from (${balances}) as v
       where b.org_id = v.org_id returning 1`,
   });
-  const ctx = changed[0]!.ctx;
   const orgIds = changed.map((l) => l.orgId);
-  const reads = ctx.balanceObservers.flatMap((o, i) =>
-    o.prefetch ? [{ name: `observer ${i}`, query: o.prefetch(tx, orgIds) }] : [],
+  const reads: ReadStep[] = ctx.balanceObservers.flatMap((o, i) =>
+    o.prefetch ? [{ name: `observer ${i}`, query: o.prefetch(orgIds) }] : [],
   );
+  if (optimistic) {
+    const written = await writeTogether(
+      tx,
+      [lockStep(orgIds), ...all],
+      [],
+      [...optimisticGuards(changed, reads), ...optimistic.guards],
+    );
+    for (const l of changed) l.markSaved();
+    return written.counts;
+  }
   const written = await writeTogether(tx, all, reads);
-
-  const changes: BalanceChange[] = changed
-    .filter((l) => l.balance !== l.balanceAtLastSave || l.reserved !== l.reservedAtLastSave)
-    .map((l) => ({
-      orgId: l.orgId,
-      before: l.balanceAtLastSave,
-      after: l.balance,
-      reserved: l.reserved,
-      entryTypes: [...new Set(l.writes().entries.map((e) => e.type))],
-    }));
   for (const l of changed) l.markSaved();
   if (changes.length > 0) {
     for (const [i, observer] of ctx.balanceObservers.entries()) {
@@ -706,8 +804,46 @@ export async function saveLedgers(
   return written.counts;
 }
 
+const LOCK = "ledger:lock";
+
+/** Locks the balance rows in `org_id` order (as `openLedgers` does) and reads their versions. */
+function lockStep(orgIds: readonly string[]): WriteStep {
+  return {
+    name: LOCK,
+    statement: q`select org_id, version from org_balances
+      where org_id = any(${[...orgIds]}::text[]) order by org_id for update`,
+  };
+}
+
+/**
+ * `ledger:stale`: every balance row, once locked, is still at the version the ledger was opened
+ * at (a row changed while the statement waited for its lock shows its new version: the lock
+ * reads the latest). `ledger:observed`: no observer's prefetch returns a row.
+ */
+function optimisticGuards(ledgers: readonly OrgLedger[], reads: readonly ReadStep[]): Guard[] {
+  const expected = unnestRows(
+    [
+      ["org_id", "text"],
+      ["version", "bigint"],
+    ],
+    ledgers.map((l) => [l.orgId, l.version]),
+  );
+  const guards: Guard[] = [
+    {
+      name: "ledger:stale",
+      condition: q`(select count(*) from ${ident(LOCK)} as l
+        join (${expected}) as e on e.org_id = l.org_id and e.version = l.version)
+        = ${ledgers.length}`,
+    },
+  ];
+  for (const r of reads) {
+    guards.push({ name: "ledger:observed", condition: q`not exists (${r.query})` });
+  }
+  return guards;
+}
+
 function columnList(columns: readonly Column[]) {
-  return sql.join(columns.map(([name]) => sql.id(name)));
+  return join(columns.map(([name]) => ident(name)));
 }
 
 export type PostResult =

@@ -1,4 +1,5 @@
 import { sql } from "kysely";
+import { q, type Sql } from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import type { TopupAttemptStatus, TopupAttemptsTable, TopupSettingsTable } from "./topup.tables.js";
 
@@ -8,12 +9,10 @@ export type AttemptRow = TopupAttemptsTable;
 // ---- settings -------------------------------------------------------------------------------
 
 /** `org_id`s among `orgIds` with auto-topup enabled (one indexed lookup). */
-export function enabledOrgsQuery(db: Db, orgIds: readonly string[]) {
-  return db
-    .selectFrom("topup_settings")
-    .select(["org_id", sql<string>`'topup'`.as("module")])
-    .where("org_id", "in", orgIds)
-    .where("enabled", "=", true);
+/** Which of `orgIds` have auto-topup enabled: rows `{ org_id, module: 'topup' }` (hot path SQL). */
+export function enabledOrgsQuery(orgIds: readonly string[]): Sql {
+  return q`select org_id, 'topup' as module from topup_settings
+    where org_id = any(${[...orgIds]}::text[]) and enabled`;
 }
 
 export function findSettings(db: Db, orgId: string) {

@@ -1,8 +1,15 @@
-import { sql } from "kysely";
 import { Counter, Histogram } from "prom-client";
 import type { AppContext } from "../../app/context.js";
 import type { ErrorCode, ErrorDetail } from "../../app/errors.js";
-import { type Column, unnestRows, type WriteStep } from "../../db/bulk.js";
+import {
+  type Column,
+  failedGuard,
+  ident,
+  join,
+  q,
+  unnestRows,
+  type WriteStep,
+} from "../../db/bulk.js";
 import { withoutCommitHook } from "../../db/commit-hooks.js";
 import type { Db } from "../../db/index.js";
 import {
@@ -14,6 +21,8 @@ import {
   type Scaled6,
 } from "../ledger/credits.js";
 import { openLedgers, saveLedgers } from "../ledger/ledger.service.js";
+import { LedgerCache } from "../ledger/ledger-cache.js";
+import { OptimisticMiss, type OrgLedger } from "../ledger/posting.js";
 import type { Actor } from "../orgs/auth.js";
 import { storageIntervalCost } from "../pricing/pricing.service.js";
 import { type PreparedEvent, sameSubmission } from "./prepare.js";
@@ -32,6 +41,13 @@ import { type PreparedEvent, sameSubmission } from "./prepare.js";
  * same flush) with the same submission is a `duplicate`; with another submission the whole
  * request is refused with `event_conflict` and none of its events is written — without failing
  * the other requests of the flush.
+ *
+ * The common flush — organisations this instance wrote last, events that are new, no holds, no
+ * storage gauges, nothing for alerts or auto-topup to do — is ONE autocommit statement: ledgers
+ * restored from the `LedgerCache`, the statement locks the balance rows itself and is refused
+ * (writing nothing) unless they are still at the remembered versions and every event was new.
+ * Anything else, or a refusal, takes the locking path: a transaction that locks the balance rows
+ * and reads them, the blocks and the stored events first.
  */
 
 export interface IngestRequest {
@@ -72,6 +88,7 @@ const RETRYABLE = new Set(["40001", "40P01"]);
 
 export class IngestEngine {
   private queue: Pending[] = [];
+  private readonly ledgers = new LedgerCache();
   private readonly busyOrgs = new Set<string>();
   private active = 0;
   private scheduled = false;
@@ -93,6 +110,12 @@ export class IngestEngine {
         name: "tally_ingest_flush_events",
         help: "Events per ingest flush",
         buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000],
+        registers,
+      }),
+      optimistic: new Counter({
+        name: "tally_ingest_optimistic_flushes_total",
+        help: "Flushes tried in one optimistic statement, by outcome (written, or why it was refused)",
+        labelNames: ["outcome"] as const,
         registers,
       }),
       flushSeconds: new Histogram({
@@ -186,14 +209,49 @@ export class IngestEngine {
 
   private async write(batch: Pending[]): Promise<IngestOutcome[]> {
     const requests = batch.map((p) => p.request);
+    const orgIds = [...new Set(batch.flatMap((p) => p.orgs))];
     // First assume every event is new (the common case: one statement fewer); if one was not,
     // the flush rolls back and is written again after looking the stored events up.
     let lookUpStored = false;
+    const now = this.ctx.clock.now();
+    const restored = this.ledgers.open(this.ctx, orgIds, now);
+    if (restored) {
+      try {
+        const outcomes = await writeBatch(this.ctx.db, this.ctx, requests, {
+          lookUpStored: false,
+          restored,
+        });
+        this.ledgers.remember(restored.values());
+        this.metrics.optimistic.inc({ outcome: "written" });
+        return outcomes;
+      } catch (error) {
+        this.ledgers.forget(orgIds);
+        const reason =
+          error instanceof OptimisticMiss
+            ? error.reason
+            : error instanceof StoredEventsNeeded
+              ? "usage:stored"
+              : (failedGuard(error) ?? "error");
+        this.metrics.optimistic.inc({ outcome: reason });
+        // An organisation with alert thresholds or auto-topup is written under its locks.
+        if (reason === "ledger:observed") this.ledgers.pause(orgIds, now);
+        if (reason === "usage:stored") lookUpStored = true;
+        // Anything else (a stale version, a database error) is for the locking path to decide.
+      }
+    }
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.ctx.db
-          .transaction()
-          .execute((tx) => writeBatch(tx, this.ctx, requests, { lookUpStored }));
+        let opened: Map<string, OrgLedger> | undefined;
+        const outcomes = await this.ctx.db.transaction().execute((tx) =>
+          writeBatch(tx, this.ctx, requests, {
+            lookUpStored,
+            opened: (ledgers) => {
+              opened = ledgers;
+            },
+          }),
+        );
+        if (opened) this.ledgers.remember(opened.values());
+        return outcomes;
       } catch (error) {
         if (error instanceof StoredEventsNeeded && !lookUpStored) {
           lookUpStored = true;
@@ -232,27 +290,45 @@ const key = (orgId: string, id: string) => `${orgId}\u0000${id}`;
 /** A flush written without looking its events up needs them looked up after all. */
 export class StoredEventsNeeded extends Error {}
 
+export interface WriteBatchOptions {
+  /**
+   * False: the events are not looked up first; the events' insert tells. If any was stored
+   * already — or a request is refused, whose answer a stored conflicting event would take
+   * precedence over — it throws `StoredEventsNeeded` (roll back, call again with `true`).
+   */
+  lookUpStored: boolean;
+  /**
+   * Ledgers restored from a `LedgerCache`: written optimistically (no locking read; `tx` may be
+   * the database itself) or refused with `OptimisticMiss` / a failed guard, having written
+   * nothing. Only for requests without holds or storage readings.
+   */
+  restored?: Map<string, OrgLedger>;
+  /** Called with the ledgers opened under their locks. */
+  opened?: (ledgers: Map<string, OrgLedger>) => void;
+}
+
 /**
  * One flush, in the caller's transaction: the balance rows locked, blocks (and holds, gauges)
  * read, everything classified and posted in memory, then every row written by ONE statement.
- *
- * `lookUpStored: false` skips looking the events up and lets the events' insert tell: if any was
- * stored already — or a request is refused, whose answer a stored conflicting event would take
- * precedence over — it throws `StoredEventsNeeded` (roll back, call again with `true`).
- * Exported for tests and the bench.
+ * Exported for tests and the demo data.
  */
 export async function writeBatch(
   tx: Db,
   ctx: AppContext,
   requests: readonly IngestRequest[],
-  options: { lookUpStored: boolean } = { lookUpStored: true },
+  options: WriteBatchOptions = { lookUpStored: true },
 ): Promise<IngestOutcome[]> {
+  const { restored } = options;
+  if (restored && requests.some((r) => r.reservation || r.events.some((e) => e.cost === null))) {
+    throw new OptimisticMiss("locks");
+  }
   const orgIds = new Set<string>();
   for (const r of requests) {
     for (const e of r.events) orgIds.add(e.orgId);
     if (r.reservation) orgIds.add(r.reservation.orgId);
   }
-  const ledgers = await openLedgers(tx, ctx, [...orgIds], { blocks: true });
+  const ledgers = restored ?? (await openLedgers(tx, ctx, [...orgIds], { blocks: true }));
+  options.opened?.(ledgers);
   const now = [...ledgers.values()][0]?.now ?? ctx.clock.now();
 
   const existing = options.lookUpStored
@@ -386,7 +462,7 @@ export async function writeBatch(
     );
     steps.push({
       name: "usage:settled",
-      statement: sql`update reservations as r
+      statement: q`update reservations as r
         set status = 'settled', settled_cost = v.settled_cost, closed_at = ${now.toISOString()}::timestamptz
         from (${source}) as v
         where r.org_id = v.org_id and r.id = v.id returning 1`,
@@ -397,8 +473,27 @@ export async function writeBatch(
     steps.push(insertEvents(accepted, requests, now));
     steps.push(...upsertRollups(accepted));
   }
-  const written = await saveLedgers(tx, ledgers.values(), steps);
-  if ((written.get("usage:events") ?? 0) !== accepted.length) {
+  const written = await saveLedgers(
+    tx,
+    ledgers.values(),
+    steps,
+    restored
+      ? {
+          optimistic: {
+            guards:
+              accepted.length > 0
+                ? [
+                    {
+                      name: "usage:stored",
+                      condition: q`(select count(*) from ${ident(EVENTS_STEP)}) = ${accepted.length}`,
+                    },
+                  ]
+                : [],
+          },
+        }
+      : {},
+  );
+  if ((written.get(EVENTS_STEP) ?? 0) !== accepted.length) {
     if (!options.lookUpStored) throw new StoredEventsNeeded();
     throw new Error("usage events stored concurrently despite the organisation lock");
   }
@@ -585,7 +680,7 @@ async function priceStorage(tx: Db, accepted: Accepted[]): Promise<WriteStep | n
   );
   return {
     name: "usage:gauges",
-    statement: sql`insert into storage_gauges (org_id, meter, resource, last_timestamp, last_quantity)
+    statement: q`insert into storage_gauges (org_id, meter, resource, last_timestamp, last_quantity)
       ${source}
       on conflict (org_id, meter, resource) do update
         set last_timestamp = excluded.last_timestamp, last_quantity = excluded.last_quantity
@@ -625,6 +720,8 @@ const EVENT_COLUMNS = [
   ["received_at", "timestamptz"],
 ] as const satisfies readonly Column[];
 
+const EVENTS_STEP = "usage:events";
+
 /** The accepted events; an id stored already is skipped (and shows in the count). */
 function insertEvents(
   accepted: readonly Accepted[],
@@ -661,8 +758,8 @@ function insertEvents(
     ];
   });
   return {
-    name: "usage:events",
-    statement: sql`insert into usage_events (${sql.join(EVENT_COLUMNS.map(([c]) => sql.id(c)))})
+    name: EVENTS_STEP,
+    statement: q`insert into usage_events (${join(EVENT_COLUMNS.map(([c]) => ident(c)))})
       ${unnestRows(EVENT_COLUMNS, rows)}
       on conflict (org_id, id) do nothing
       returning 1`,
@@ -784,19 +881,19 @@ function upsertRollups(accepted: readonly Accepted[]): WriteStep[] {
     ],
     [...daily.values()].map((d) => [d.org_id, d.day, d.type, creditsToDb(d.cost), d.events]),
   );
-  const add = (c: string) => sql`${sql.id(c)} = usage_rollups.${sql.id(c)} + excluded.${sql.id(c)}`;
+  const add = (c: string) => q`${ident(c)} = usage_rollups.${ident(c)} + excluded.${ident(c)}`;
   return [
     {
       name: "usage:rollups",
-      statement: sql`insert into usage_rollups (${sql.join(ROLLUP_COLUMNS.map(([c]) => sql.id(c)))})
+      statement: q`insert into usage_rollups (${join(ROLLUP_COLUMNS.map(([c]) => ident(c)))})
         ${monthlySource}
         on conflict (org_id, period, type, model, operation, user_id, resource, meter) do update
-          set ${sql.join(ROLLUP_SUMS.map(add))}
+          set ${join(ROLLUP_SUMS.map(add))}
         returning 1`,
     },
     {
       name: "usage:daily",
-      statement: sql`insert into usage_daily (org_id, day, type, cost, events)
+      statement: q`insert into usage_daily (org_id, day, type, cost, events)
         ${dailySource}
         on conflict (org_id, day, type) do update
           set cost = usage_daily.cost + excluded.cost, events = usage_daily.events + excluded.events

@@ -2,10 +2,10 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { fastifyCookie } from "@fastify/cookie";
-import helmet from "@fastify/helmet";
 import fastifyStatic from "@fastify/static";
 import { Type } from "@sinclair/typebox";
 import type { FastifyReply, FastifyRequest } from "fastify";
+import helmet from "helmet";
 import type { AppContext } from "../../app/context.js";
 import { AppError, ErrorEnvelopeSchema, unwrap } from "../../app/errors.js";
 import { type App, Timestamp } from "../../app/http.js";
@@ -109,10 +109,15 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
     ...(secure ? { "upgrade-insecure-requests": [] } : {}),
   };
   app.register(fastifyCookie);
-  app.register(helmet, {
+  // Security headers on every response. Built once: @fastify/helmet rebuilt the middleware (and
+  // re-parsed the policy) for every request, a measurable share of a usage event's CPU.
+  const securityHeaders = helmet({
     contentSecurityPolicy: { useDefaults: false, directives },
     // HSTS only means something over https; on a plain-http install it would mislead.
     strictTransportSecurity: secure ? { maxAge: 180 * 24 * 60 * 60 } : false,
+  });
+  app.addHook("onRequest", (request, reply, done) => {
+    securityHeaders(request.raw, reply.raw, (error?: unknown) => done(error as Error | undefined));
   });
   // Swagger UI (/docs) sets some styles inline; it gets that and nothing else.
   const docsPolicy = Object.entries({ ...directives, "style-src": ["'self'", "'unsafe-inline'"] })

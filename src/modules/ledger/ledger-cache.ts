@@ -1,0 +1,86 @@
+import type { AppContext } from "../../app/context.js";
+import { type Block, type LedgerState, OrgLedger } from "./posting.js";
+
+interface Saved {
+  state: LedgerState;
+  blocks: Block[];
+}
+
+export interface LedgerCacheLimits {
+  /** Organisations remembered; the least recently used are forgotten first. */
+  maxOrgs: number;
+  /** Ledgers with more active blocks are not remembered (copying them costs more than reading). */
+  maxBlocks: number;
+  /** How long `pause` keeps an organisation on the locking path. */
+  pauseMs: number;
+}
+
+const DEFAULT_LIMITS: LedgerCacheLimits = { maxOrgs: 10_000, maxBlocks: 256, pauseMs: 60_000 };
+
+/**
+ * The ledgers this instance wrote last, so that its next write for the same organisation needs
+ * no locking read first: the ledger is restored from here and saved optimistically — one
+ * statement that locks the balance row itself and is refused, writing nothing, unless the row is
+ * still at the remembered version (`saveLedgers`). Whatever else writes the ledger (another
+ * instance, a purchase, an expiry) moves the version on; the refused write is done again on the
+ * locking path, which remembers the ledger as it then is. Nothing here is ever trusted without
+ * that check, so a stale entry costs time, never correctness.
+ */
+export class LedgerCache {
+  private readonly saved = new Map<string, Saved>();
+  private readonly paused = new Map<string, number>();
+
+  constructor(private readonly limits: LedgerCacheLimits = DEFAULT_LIMITS) {}
+
+  /** Ledgers of all `orgIds` as remembered, or null unless every one is (and none is paused). */
+  open(ctx: AppContext, orgIds: readonly string[], now: Date): Map<string, OrgLedger> | null {
+    const found: [string, Saved][] = [];
+    for (const orgId of orgIds) {
+      const until = this.paused.get(orgId);
+      if (until !== undefined) {
+        if (until > now.getTime()) return null;
+        this.paused.delete(orgId);
+      }
+      const saved = this.saved.get(orgId);
+      if (!saved) return null;
+      found.push([orgId, saved]);
+    }
+    const ledgers = new Map<string, OrgLedger>();
+    for (const [orgId, saved] of found) {
+      this.saved.delete(orgId); // most recently used last
+      this.saved.set(orgId, saved);
+      ledgers.set(orgId, OrgLedger.restore(ctx, orgId, saved, now));
+    }
+    return ledgers;
+  }
+
+  /** After a commit: the ledgers as written. */
+  remember(ledgers: Iterable<OrgLedger>): void {
+    for (const ledger of ledgers) {
+      const saved = ledger.snapshot();
+      this.saved.delete(ledger.orgId);
+      if (saved && saved.blocks.length <= this.limits.maxBlocks)
+        this.saved.set(ledger.orgId, saved);
+    }
+    for (const orgId of this.saved.keys()) {
+      if (this.saved.size <= this.limits.maxOrgs) break;
+      this.saved.delete(orgId);
+    }
+  }
+
+  forget(orgIds: Iterable<string>): void {
+    for (const orgId of orgIds) this.saved.delete(orgId);
+  }
+
+  /** Keeps these organisations on the locking path for a while (their observers have work). */
+  pause(orgIds: Iterable<string>, now: Date): void {
+    for (const orgId of orgIds) {
+      this.paused.delete(orgId);
+      this.paused.set(orgId, now.getTime() + this.limits.pauseMs);
+    }
+    for (const orgId of this.paused.keys()) {
+      if (this.paused.size <= this.limits.maxOrgs) break;
+      this.paused.delete(orgId);
+    }
+  }
+}
