@@ -32,30 +32,41 @@ export interface IdGenerator {
 
 const ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-function encode(value: bigint, length: number): string {
+/** `value` (a non-negative integer below 2^53) as `length` base32 digits, most significant first. */
+function encode(value: number, length: number): string {
   let out = "";
   for (let i = 0; i < length; i++) {
-    out = ALPHABET[Number(value & 31n)] + out;
-    value >>= 5n;
+    out = ALPHABET[value % 32]! + out;
+    value = Math.floor(value / 32);
   }
   return out;
 }
 
+const TWO_40 = 2 ** 40;
+
 export function createIdGenerator(now: () => number = Date.now): IdGenerator {
   let lastMs = -1;
-  let lastRandom = 0n;
-  const MAX_RANDOM = (1n << 80n) - 1n;
+  // The 80-bit counter as two 40-bit halves (plain numbers: BigInt arithmetic cost a usage
+  // event several ids' worth of microseconds).
+  let high = 0;
+  let low = 0;
   return {
     newId(prefix) {
       let ms = now();
       if (ms <= lastMs) {
         ms = lastMs;
-        lastRandom = lastRandom === MAX_RANDOM ? 0n : lastRandom + 1n;
+        low++;
+        if (low === TWO_40) {
+          low = 0;
+          high = high === TWO_40 - 1 ? 0 : high + 1;
+        }
       } else {
         lastMs = ms;
-        lastRandom = BigInt(`0x${randomBytes(10).toString("hex")}`);
+        const random = randomBytes(10);
+        high = random.readUIntBE(0, 5);
+        low = random.readUIntBE(5, 5);
       }
-      return `${prefix}_${encode(BigInt(ms), 10)}${encode(lastRandom, 16)}`;
+      return `${prefix}_${encode(ms, 10)}${encode(high, 8)}${encode(low, 8)}`;
     },
   };
 }

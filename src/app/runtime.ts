@@ -6,6 +6,7 @@ import { refundRecoveryTask } from "../modules/billing/refunds.service.js";
 import { createNotifyWorker } from "../modules/notify/notify.service.js";
 import { RequestLookups } from "../modules/orgs/lookups.js";
 import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
+import { sharedCatalogue } from "../modules/pricing/pricing.service.js";
 import { registerTopupJobs, topupReconcileTask } from "../modules/topup/topup.runner.js";
 import { createSessionAuthenticator } from "../modules/web/web.routes.js";
 import { balanceReactions } from "./balance-reactions.js";
@@ -126,9 +127,16 @@ export async function createRuntime(
       balanceObservers: [],
       lookups: new RequestLookups(database.db),
     };
+    const catalogue = sharedCatalogue(ctx);
     unlisten = await database.listen("tally_cache", {
-      onMessage: () => ctx.lookups.invalidate(),
-      onState: (live) => ctx.lookups.setLive(live),
+      onMessage: () => {
+        ctx.lookups.invalidate();
+        catalogue.changed();
+      },
+      onState: (live) => {
+        ctx.lookups.setLive(live);
+        catalogue.setLive(live);
+      },
     });
     ctx.balanceObservers.push(balanceReactions);
     registerTopupJobs(ctx);

@@ -11,6 +11,7 @@ import * as m0010 from "./0010_web.js";
 import * as m0011 from "./0011_hot_path.js";
 import * as m0012 from "./0012_idempotency_effects.js";
 import * as m0013 from "./0013_ledger_versions.js";
+import * as m0014 from "./0014_price_notifications.js";
 
 /** Every migration, in order. Never edit one that has shipped: add the next. */
 export const migrations: Record<string, Migration> = {
@@ -26,4 +27,5 @@ export const migrations: Record<string, Migration> = {
   "0011_hot_path": m0011,
   "0012_idempotency_effects": m0012,
   "0013_ledger_versions": m0013,
+  "0014_price_notifications": m0014,
 };

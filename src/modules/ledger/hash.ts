@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { type Credits, formatCredits } from "./credits.js";
 import type { EntryType } from "./ledger.tables.js";
 
@@ -59,5 +59,5 @@ export function canonicalEntry(e: HashedEntry): string {
 }
 
 export function entryHash(prevHash: string, entry: HashedEntry): string {
-  return createHash("sha256").update(prevHash).update(canonicalEntry(entry)).digest("hex");
+  return hash("sha256", prevHash + canonicalEntry(entry), "hex");
 }

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { hash, randomBytes } from "node:crypto";
 
 /** API key secrets: `tally_` + 40 random base62-ish characters; stored only as SHA-256. */
 export function generateSecret(kind: "key" | "portal" | "session" = "key"): string {
@@ -7,7 +7,7 @@ export function generateSecret(kind: "key" | "portal" | "session" = "key"): stri
 }
 
 export function hashSecret(secret: string): string {
-  return createHash("sha256").update(secret).digest("hex");
+  return hash("sha256", secret, "hex");
 }
 
 const BEARER = /^Bearer\s+(\S+)\s*$/i;

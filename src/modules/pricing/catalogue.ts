@@ -96,7 +96,8 @@ interface Segment {
  * In-memory copy of every catalogue version, for the usage hot path.
  *
  * Versions are immutable and only ever added, so the cache never invalidates anything: `refresh`
- * costs one indexed `max(version)` query and loads only the versions it has not seen. Version
+ * costs one indexed `max(version)` query — none while change notifications are heard and none
+ * arrived since the last — and loads only the versions it has not seen. Version
  * numbers are assigned under a table lock in commit order (see `putCatalogue`), so "every
  * version ≤ the max I have seen is loaded" is a sound invariant.
  *
@@ -115,6 +116,25 @@ export class PriceCatalogue {
   private loadedUpTo = 0;
   private running: Promise<boolean> | null = null;
   private queued: Promise<boolean> | null = null;
+  /** Change notifications are heard (`setLive`); each one, or a change of that, bumps the generation. */
+  private live = false;
+  private generation = 0;
+  /** The generation as of the start of the last completed load, while live. */
+  private loadedAt = -1;
+
+  /**
+   * A version may have been created (a `tally_cache` notification: migration 0014 sends one for
+   * every new version, delivered on commit to every instance; or this instance created one).
+   */
+  changed(): void {
+    this.generation++;
+  }
+
+  /** Whether change notifications are heard; without them every refresh asks the database. */
+  setLive(live: boolean): void {
+    this.generation++;
+    this.live = live;
+  }
 
   /** The highest version number loaded (0 before the first refresh). */
   get latestVersion(): number {
@@ -132,6 +152,11 @@ export class PriceCatalogue {
    * caller holds a transaction would wait for that transaction, which waits for the refresh.
    */
   refresh(db: Db): Promise<boolean> {
+    // Nothing was created since the last load: no query (the usage hot path calls this per
+    // request). Another instance's version counts from the moment its notification arrives.
+    if (this.live && this.loadedAt === this.generation && !this.queued) {
+      return Promise.resolve(false);
+    }
     if (!this.running) return this.start(db);
     this.queued ??= this.running.then(
       () => this.start(db),
@@ -150,13 +175,18 @@ export class PriceCatalogue {
   }
 
   private async load(db: Db): Promise<boolean> {
+    const generation = this.generation;
     const max = await repo.maxVersion(db);
-    if (max <= this.loadedUpTo) return false;
+    if (max <= this.loadedUpTo) {
+      if (this.live) this.loadedAt = generation;
+      return false;
+    }
     const loaded = await repo.loadVersions(db, this.loadedUpTo, max);
     for (const v of loaded) this.byNumber.set(v.version, v);
     const ascending = [...this.byNumber.values()].sort((a, b) => a.version - b.version);
     this.segments = buildSegments(ascending);
     this.loadedUpTo = max;
+    if (this.live) this.loadedAt = generation;
     return loaded.length > 0;
   }
 

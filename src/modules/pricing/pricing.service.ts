@@ -169,6 +169,7 @@ export async function putCatalogue(
     { version: number, effective_from: newVersion.effective_from, actor: newVersion.created_by },
     "price catalogue version created",
   );
+  sharedCatalogue(ctx).changed(); // this instance's next refresh must not wait for the notification
   return ok(await versionOrThrow(ctx, number));
 }
 

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import type { AppContext } from "../../app/context.js";
 import { AppError, type ErrorCode, type ErrorDetail } from "../../app/errors.js";
 import { type Credits, parseScaled6, type Scaled6 } from "../ledger/credits.js";
@@ -253,7 +253,7 @@ async function resolveOrgs(
 /** SHA-256 of the event with sorted keys, leaving out what a client may let default. */
 export function payloadHash(event: UsageEventInput): string {
   const { org_id: _org, timestamp: _ts, ...rest } = event;
-  return createHash("sha256").update(stableStringify(rest)).digest("hex");
+  return hash("sha256", stableStringify(rest), "hex");
 }
 
 function stableStringify(value: unknown): string {
