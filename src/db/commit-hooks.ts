@@ -26,7 +26,10 @@ export function withCommitHook<T>(hook: CommitHook, fn: () => T): T {
 
 /** Runs `fn` outside any hook: for work started by one request on behalf of many (the engine). */
 export function withoutCommitHook<T>(fn: () => T): T {
-  return current.run(null, fn);
+  // Only when there is a hook to leave: the first `run` turns on Node's promise hooks for the
+  // whole process, a cost every promise pays, which requests without an Idempotency-Key never
+  // need to.
+  return current.getStore() ? current.run(null, fn) : fn();
 }
 
 /** The dialect with a driver that applies the current hook. */

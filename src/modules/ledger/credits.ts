@@ -48,13 +48,21 @@ export function parseScaled(input: unknown, scale: number, maxFractionDigits = s
 /** Formats a scaled bigint as the shortest exact decimal string (`"12.5"`, `"-3"`, `"0"`). */
 export function formatScaled(value: bigint, scale: number): string {
   const negative = value < 0n;
-  const abs = negative ? -value : value;
-  const unit = 10n ** BigInt(scale);
-  const int = abs / unit;
-  let frac = scale > 0 ? (abs % unit).toString().padStart(scale, "0") : "";
-  frac = frac.replace(/0+$/, "");
-  const body = frac ? `${int}.${frac}` : `${int}`;
-  return negative && abs !== 0n ? `-${body}` : body;
+  const [int, frac] = splitScaled(negative ? -value : value, scale);
+  let end = frac.length;
+  while (end > 0 && frac.charCodeAt(end - 1) === 48 /* "0" */) end--;
+  const body = end > 0 ? `${int}.${frac.slice(0, end)}` : int;
+  return negative ? `-${body}` : body;
+}
+
+/**
+ * The integer and fractional digits of a non-negative scaled value, from its decimal text (one
+ * conversion; the hot path formats several amounts per event).
+ */
+function splitScaled(abs: bigint, scale: number): [int: string, frac: string] {
+  const digits = abs.toString().padStart(scale + 1, "0");
+  const point = digits.length - scale;
+  return [digits.slice(0, point), digits.slice(point)];
 }
 
 export function parseCredits(input: unknown, maxFractionDigits = CREDIT_SCALE): Credits {
@@ -75,9 +83,8 @@ export function creditsFromDb(value: string): Credits {
 /** The database form: all 12 fractional digits, which PostgreSQL reads back exactly. */
 export function creditsToDb(value: Credits): string {
   const negative = value < 0n;
-  const abs = negative ? -value : value;
-  const s = `${abs / ONE_CREDIT}.${(abs % ONE_CREDIT).toString().padStart(CREDIT_SCALE, "0")}`;
-  return negative ? `-${s}` : s;
+  const [int, frac] = splitScaled(negative ? -value : value, CREDIT_SCALE);
+  return negative ? `-${int}.${frac}` : `${int}.${frac}`;
 }
 
 /** Rates and quantities: decimals with at most 6 fractional digits, held × 10^6. */

@@ -386,7 +386,7 @@ export class OrgLedger {
   ): LedgerEntry {
     this.balance += amount;
     this.lastSequence += 1n;
-    const body: HashedEntry = {
+    const entry: LedgerEntry = {
       org_id: this.orgId,
       sequence: this.lastSequence,
       id: this.ctx.ids.newId("txn"),
@@ -403,12 +403,10 @@ export class OrgLedger {
       reference_type: meta.reference?.type ?? null,
       reference_id: meta.reference?.id ?? null,
       created_at: this.now,
-    };
-    const entry: LedgerEntry = {
-      ...body,
       prev_hash: this.headHash,
-      hash: entryHash(this.headHash, body),
+      hash: "",
     };
+    entry.hash = entryHash(this.headHash, entry); // the hash covers the HashedEntry fields only
     this.headHash = entry.hash;
     this.entries.push(entry);
     return entry;

@@ -279,6 +279,8 @@ interface ExistingEvent {
 interface Accepted {
   event: PreparedEvent;
   requestIndex: number;
+  /** The event's index in its request. */
+  slot: number;
   cost: Credits;
   billedQuantity: bigint | null;
   transactionId: string;
@@ -374,6 +376,7 @@ export async function writeBatch(
         const a: Accepted = {
           event,
           requestIndex,
+          slot,
           cost: 0n,
           billedQuantity: null,
           transactionId: "",
@@ -498,46 +501,36 @@ export async function writeBatch(
     throw new Error("usage events stored concurrently despite the organisation lock");
   }
 
-  const resultFor = (requestIndex: number): IngestResult[] => {
-    const request = requests[requestIndex]!;
-    const out: IngestResult[] = new Array(request.events.length);
-    for (const a of accepted) {
-      if (a.requestIndex !== requestIndex) continue;
-      const slot = request.events.indexOf(a.event);
-      out[slot] = {
-        id: a.event.id,
-        status: "accepted",
-        cost: a.cost,
-        transactionId: a.transactionId,
-        balanceAfter: a.balanceAfter,
-      };
-    }
-    for (const d of duplicates) {
-      if (d.requestIndex !== requestIndex) continue;
-      const of = d.of;
-      out[d.slot] =
-        "event" in of
-          ? {
-              id: of.event.id,
-              status: "duplicate",
-              cost: of.cost,
-              transactionId: of.transactionId,
-              balanceAfter: of.balanceAfter,
-            }
-          : {
-              id: of.id,
-              status: "duplicate",
-              cost: creditsFromDb(of.cost),
-              transactionId: of.transaction_id,
-              balanceAfter: creditsFromDb(of.balance_after),
-            };
-    }
-    return out;
-  };
-
+  const results = requests.map((r) => new Array<IngestResult>(r.events.length));
+  for (const a of accepted) {
+    results[a.requestIndex]![a.slot] = {
+      id: a.event.id,
+      status: "accepted",
+      cost: a.cost,
+      transactionId: a.transactionId,
+      balanceAfter: a.balanceAfter,
+    };
+  }
+  for (const { requestIndex, slot, of } of duplicates) {
+    results[requestIndex]![slot] =
+      "event" in of
+        ? {
+            id: of.event.id,
+            status: "duplicate",
+            cost: of.cost,
+            transactionId: of.transactionId,
+            balanceAfter: of.balanceAfter,
+          }
+        : {
+            id: of.id,
+            status: "duplicate",
+            cost: creditsFromDb(of.cost),
+            transactionId: of.transaction_id,
+            balanceAfter: creditsFromDb(of.balance_after),
+          };
+  }
   return requests.map(
-    (_r, i) =>
-      outcomes[i] ?? { ok: true, results: resultFor(i), settledCost: settled.get(i) ?? 0n },
+    (_r, i) => outcomes[i] ?? { ok: true, results: results[i]!, settledCost: settled.get(i) ?? 0n },
   );
 }
 
@@ -799,17 +792,7 @@ function upsertRollups(accepted: readonly Accepted[]): WriteStep[] {
     const e = a.event;
     const iso = e.timestamp.toISOString();
     const period = `${iso.slice(0, 7)}-01`;
-    const dims = [
-      e.orgId,
-      period,
-      e.type,
-      e.model ?? "",
-      e.operation ?? "",
-      e.userId ?? "",
-      e.resource ?? "",
-      e.meter ?? "",
-    ];
-    const k = dims.join("\u0000");
+    const k = `${e.orgId}\u0000${period}\u0000${e.type}\u0000${e.model ?? ""}\u0000${e.operation ?? ""}\u0000${e.userId ?? ""}\u0000${e.resource ?? ""}\u0000${e.meter ?? ""}`;
     let row = monthly.get(k);
     if (!row) {
       row = {
