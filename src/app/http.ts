@@ -248,21 +248,23 @@ function refuseText(problem: TextProblem, field: string): AppError {
 export function installValidation(app: App): void {
   // Path and query text reach the database before validation (authentication resolves
   // `{org_id}` in onRequest), so they are checked first of all.
-  app.addHook("onRequest", async (request) => {
+  app.addHook("onRequest", (request, _reply, done) => {
     const parts = [["path", request.params]] as [string, unknown][];
     if (request.routeOptions.schema?.querystring) parts.push(["query", request.query]);
     for (const [part, value] of parts) {
       const problem = findUnstorableText(value);
       if (problem) {
         const name = problem.pointer.split("/").filter(Boolean).join(".");
-        throw refuseText(problem, `${part}.${name}`);
+        done(refuseText(problem, `${part}.${name}`));
+        return;
       }
     }
+    done();
   });
-  app.addHook("preValidation", async (request) => {
-    if (request.body === undefined || request.body === null) return;
-    const problem = findUnstorableText(request.body);
-    if (problem) throw refuseText(problem, problem.pointer);
+  app.addHook("preValidation", (request, _reply, done) => {
+    const problem =
+      request.body === undefined || request.body === null ? null : findUnstorableText(request.body);
+    done(problem ? refuseText(problem, problem.pointer) : undefined);
   });
   // JSON only: a text/plain body is 415, not a string that fails the schema. An empty body
   // with a JSON content type (clients that set it on every DELETE) is no body; where a body is

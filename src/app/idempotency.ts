@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { fastifyCookie } from "@fastify/cookie";
-import type { FastifyRequest } from "fastify";
+import type { FastifyReply, FastifyRequest } from "fastify";
 import { CompiledQuery, type DatabaseConnection } from "kysely";
 import { withCommitHook } from "../db/commit-hooks.js";
 import type { Db } from "../db/index.js";
@@ -107,19 +107,30 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     };
   });
 
-  app.addHook("preHandler", async (request, reply) => {
-    if (request.method !== "POST") return;
+  // Synchronous for requests without a key (most of them; the usage hot path): no promise.
+  app.addHook("preHandler", (request, reply, done) => {
+    if (request.method !== "POST" || request.headers["idempotency-key"] === undefined) {
+      done();
+      return;
+    }
+    // A replay answers here (no `done`: the handler must not run).
+    claimOrReplay(request, reply).then((answered) => {
+      if (!answered) done();
+    }, done);
+  });
+
+  /** Claims the key for this request, or answers with the stored reply (then true). */
+  async function claimOrReplay(request: FastifyRequest, reply: FastifyReply): Promise<boolean> {
     const key = request.headers["idempotency-key"];
-    if (key === undefined) return;
     if (typeof key !== "string" || key.length === 0 || key.length > MAX_KEY_LENGTH) {
       throw new AppError("invalid_request", "Idempotency-Key must be 1–255 characters.", [
         { field: "header.idempotency-key", message: "1–255 characters" },
       ]);
     }
     // Unauthenticated public POSTs (payment webhooks, forms) have their own de-duplication.
-    if (!request.principal) return;
+    if (!request.principal) return false;
     const secret = callerSecret(request, cookieName);
-    if (!secret) return;
+    if (!secret) return false;
     const sealKey = sealKeyFor(secret, key);
     const scope = request.principal.id;
     const requestHash = createHash("sha256")
@@ -130,7 +141,7 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     switch (outcome.kind) {
       case "claimed":
         request.idempotency = { scope, key, replayed: false, sealKey };
-        return;
+        return false;
       case "conflict":
         throw new AppError("idempotency_conflict");
       case "in_progress":
@@ -148,14 +159,31 @@ export function installIdempotency(app: App, ctx: AppContext): void {
         request.idempotency = { scope, key, replayed: true, sealKey };
         reply.header("idempotent-replayed", "true");
         reply.code(outcome.status).type(outcome.type);
-        return reply.send(body);
+        reply.send(body);
+        return true;
       }
     }
+  }
+
+  app.addHook("onSend", (request, reply, payload, done) => {
+    const c = request.idempotency;
+    if (!c || c.replayed) {
+      done(null, payload);
+      return;
+    }
+    storeAnswer(request, reply, payload, c).then(
+      () => done(null, payload),
+      (error) => done(error),
+    );
   });
 
-  app.addHook("onSend", async (request, reply, payload) => {
-    const c = request.idempotency;
-    if (!c || c.replayed) return payload;
+  /** Keeps (or releases) the claim with this answer; never fails the response. */
+  async function storeAnswer(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    payload: unknown,
+    c: Claim,
+  ): Promise<void> {
     const where = (db: Db) =>
       db.updateTable("idempotency_keys").where("scope", "=", c.scope).where("key", "=", c.key);
     try {
@@ -188,8 +216,7 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     } catch (err) {
       request.log.error({ err }, "could not store the idempotent response");
     }
-    return payload;
-  });
+  }
 }
 
 async function markEffect(connection: DatabaseConnection, c: Claim): Promise<void> {

@@ -136,19 +136,18 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
     // HSTS only means something over https; on a plain-http install it would mislead.
     strictTransportSecurity: secure ? { maxAge: 180 * 24 * 60 * 60 } : false,
   });
-  app.addHook("onRequest", (_request, reply, done) => {
-    reply.headers(securityHeaders);
-    done();
-  });
   // Swagger UI (/docs) sets some styles inline; it gets that and nothing else.
   const docsPolicy = Object.entries({ ...directives, "style-src": ["'self'", "'unsafe-inline'"] })
     .map(([k, v]) => [k, ...v].join(" "))
     .join(";");
-  app.addHook("onSend", async (request, reply, payload) => {
+  // Hooks on every request are synchronous where they can be: an async hook costs a promise and
+  // a microtask turn per request on the usage hot path.
+  app.addHook("onRequest", (request, reply, done) => {
+    reply.headers(securityHeaders);
     if (request.url === "/docs" || request.url.startsWith("/docs/")) {
       reply.header("content-security-policy", docsPolicy);
     }
-    return payload;
+    done();
   });
 
   function setSessionCookie(reply: FastifyReply, started: service.StartedSession): void {
