@@ -4,9 +4,9 @@ import { type Config, loadConfig } from "../../src/app/config.js";
 import type { Clock } from "../../src/app/context.js";
 import type { Role } from "../../src/app/http.js";
 import { createLogger, createRuntime, type Runtime } from "../../src/app/runtime.js";
-import type { Database } from "../../src/db/index.js";
+import { type Database, openDatabase } from "../../src/db/index.js";
 import { createApiKey } from "../../src/modules/orgs/orgs.service.js";
-import { testDatabase } from "./db.js";
+import { testDatabase, testDatabaseUrl } from "./db.js";
 
 /** A clock the test moves by hand. */
 export class TestClock implements Clock {
@@ -125,4 +125,36 @@ export async function waitFor<T>(
     if (Date.now() > deadline) throw new Error("waitFor: condition not met before the deadline");
     await new Promise((r) => setTimeout(r, intervalMs));
   }
+}
+
+/**
+ * Two service instances — each its own runtime, connection pool, ingest engine and caches — on one
+ * new PostgreSQL test database, closed after the suite. For `describe.runIf(onPostgres)` suites:
+ * PGlite is one process. (Vitest still runs a skipped suite's body to collect it; on PGlite runs
+ * each instance then gets an in-memory database of its own, and no test uses them.)
+ */
+export async function twoInstances(
+  options: { env?: Record<string, string>; clock?: Clock; poolSize?: number } = {},
+): Promise<[Runtime, Runtime]> {
+  const url = await testDatabaseUrl();
+  const config = loadConfig({
+    LOG_LEVEL: "silent",
+    TALLY_PUBLIC_URL: "http://tally.test",
+    ...options.env,
+  });
+  const runtimes: Runtime[] = [];
+  afterAll(async () => {
+    for (const r of runtimes) await r.close();
+  });
+  for (let i = 0; i < 2; i++) {
+    runtimes.push(
+      await createRuntime(config, {
+        database: await openDatabase({ url, poolSize: options.poolSize ?? 5 }),
+        clock: options.clock,
+        logger: createLogger("silent"),
+        workers: false,
+      }),
+    );
+  }
+  return runtimes as [Runtime, Runtime];
 }

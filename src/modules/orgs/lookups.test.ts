@@ -1,10 +1,8 @@
 import { sql } from "kysely";
-import { afterAll, describe, expect, it } from "vitest";
-import { createTestApp, waitFor } from "../../../test/support/app.js";
-import { onPostgres, testDatabaseUrl } from "../../../test/support/db.js";
-import { loadConfig } from "../../app/config.js";
-import { createLogger, createRuntime, type Runtime } from "../../app/runtime.js";
-import { openDatabase } from "../../db/index.js";
+import { describe, expect, it } from "vitest";
+import { createTestApp, twoInstances, waitFor } from "../../../test/support/app.js";
+import { onPostgres } from "../../../test/support/db.js";
+import type { Runtime } from "../../app/runtime.js";
 import { hashSecret } from "./keys.js";
 
 /**
@@ -92,22 +90,7 @@ describe("request lookups cache", async () => {
 });
 
 describe.runIf(onPostgres)("request lookups across two instances", async () => {
-  const url = (await testDatabaseUrl())!;
-  const config = loadConfig({ LOG_LEVEL: "silent", TALLY_PUBLIC_URL: "http://tally.test" });
-  const runtimes: Runtime[] = [];
-  for (let i = 0; i < 2; i++) {
-    runtimes.push(
-      await createRuntime(config, {
-        database: await openDatabase({ url, poolSize: 3 }),
-        logger: createLogger("silent"),
-        workers: false,
-      }),
-    );
-  }
-  afterAll(async () => {
-    for (const r of runtimes) await r.close();
-  });
-  const [a, b] = runtimes as [Runtime, Runtime];
+  const [a, b] = await twoInstances({ poolSize: 3 });
   const inject = (
     r: Runtime,
     method: "GET" | "POST" | "DELETE",

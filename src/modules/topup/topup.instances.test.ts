@@ -1,9 +1,7 @@
 import { afterAll, describe, expect, it } from "vitest";
-import { createTestApp, TestClock } from "../../../test/support/app.js";
-import { onPostgres, testDatabaseUrl } from "../../../test/support/db.js";
-import { loadConfig } from "../../app/config.js";
+import { createTestApp, TestClock, twoInstances } from "../../../test/support/app.js";
+import { onPostgres } from "../../../test/support/db.js";
 import { createLogger, createRuntime, type Runtime } from "../../app/runtime.js";
-import { openDatabase } from "../../db/index.js";
 import { setPaymentProvider } from "../billing/providers/index.js";
 import type { ChargeInput, ChargeResult } from "../billing/providers/provider.js";
 import { SandboxProvider } from "../billing/providers/sandbox.js";
@@ -194,25 +192,10 @@ describe("auto-topup across a crash", async () => {
  * PostgreSQL database. PGlite is single-process by design, so this runs on PostgreSQL only.
  */
 describe.runIf(onPostgres)("auto-topup with two instances on one PostgreSQL database", async () => {
-  const url = (await testDatabaseUrl())!;
-  const config = loadConfig({ LOG_LEVEL: "silent", TALLY_PUBLIC_URL: "http://tally.test" });
   const clock = new TestClock();
   const provider = new CountingSandbox();
-  const runtimes: Runtime[] = [];
-  for (let i = 0; i < 2; i++) {
-    const runtime = await createRuntime(config, {
-      database: await openDatabase({ url, poolSize: 5 }),
-      clock,
-      logger: createLogger("silent"),
-      workers: false,
-    });
-    setPaymentProvider(runtime.ctx, provider);
-    runtimes.push(runtime);
-  }
-  afterAll(async () => {
-    for (const r of runtimes) await r.close();
-  });
-  const [a, b] = runtimes as [Runtime, Runtime];
+  const [a, b] = await twoInstances({ clock });
+  for (const runtime of [a, b]) setPaymentProvider(runtime.ctx, provider);
   const { secret: key } = await createApiKey(a.ctx, { orgId: null, name: "two", role: "platform" });
 
   it("a storm of usage through both instances starts exactly one topup, charged once", async () => {

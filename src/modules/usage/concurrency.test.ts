@@ -1,9 +1,7 @@
-import { afterAll, describe, expect, it } from "vitest";
-import { createTestApp, TestClock } from "../../../test/support/app.js";
-import { onPostgres, testDatabaseUrl } from "../../../test/support/db.js";
-import { loadConfig } from "../../app/config.js";
-import { createLogger, createRuntime, type Runtime } from "../../app/runtime.js";
-import { openDatabase } from "../../db/index.js";
+import { describe, expect, it } from "vitest";
+import { createTestApp, TestClock, twoInstances } from "../../../test/support/app.js";
+import { onPostgres } from "../../../test/support/db.js";
+import type { Runtime } from "../../app/runtime.js";
 import { parseCredits } from "../ledger/credits.js";
 import { getBalance, verifyLedger } from "../ledger/ledger.service.js";
 import { createApiKey } from "../orgs/orgs.service.js";
@@ -193,28 +191,8 @@ describe("usage events under concurrency", async () => {
  * PostgreSQL database. PGlite is single-process by design, so this runs on PostgreSQL only.
  */
 describe.runIf(onPostgres)("two instances on one PostgreSQL database", async () => {
-  const url = (await testDatabaseUrl())!;
-  const config = loadConfig({
-    LOG_LEVEL: "silent",
-    TALLY_PUBLIC_URL: "http://tally.test",
-    TALLY_USAGE_BACKDATE_DAYS: "35",
-  });
   const clock = new TestClock();
-  const runtimes: Runtime[] = [];
-  for (let i = 0; i < 2; i++) {
-    runtimes.push(
-      await createRuntime(config, {
-        database: await openDatabase({ url, poolSize: 5 }),
-        clock,
-        logger: createLogger("silent"),
-        workers: false,
-      }),
-    );
-  }
-  afterAll(async () => {
-    for (const r of runtimes) await r.close();
-  });
-  const [a, b] = runtimes as [Runtime, Runtime];
+  const [a, b] = await twoInstances({ env: { TALLY_USAGE_BACKDATE_DAYS: "35" }, clock });
   const { secret: key } = await createApiKey(a.ctx, { orgId: null, name: "two", role: "platform" });
   const call = (runtime: Runtime, method: "GET" | "POST", path: string, body?: unknown) =>
     runtime.app.inject({

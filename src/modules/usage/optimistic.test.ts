@@ -1,11 +1,9 @@
 import { type CompiledQuery, sql } from "kysely";
 import type { Registry } from "prom-client";
-import { afterAll, describe, expect, it, vi } from "vitest";
-import { createTestApp, TestClock, waitFor } from "../../../test/support/app.js";
-import { onPostgres, testDatabaseUrl } from "../../../test/support/db.js";
-import { loadConfig } from "../../app/config.js";
-import { createLogger, createRuntime, type Runtime } from "../../app/runtime.js";
-import { openDatabase } from "../../db/index.js";
+import { describe, expect, it, vi } from "vitest";
+import { createTestApp, TestClock, twoInstances, waitFor } from "../../../test/support/app.js";
+import { onPostgres } from "../../../test/support/db.js";
+import type { Runtime } from "../../app/runtime.js";
 import * as alertsRepo from "../alerts/alerts.repo.js";
 import { type Credits, parseCredits } from "../ledger/credits.js";
 import { GENESIS_HASH } from "../ledger/hash.js";
@@ -771,28 +769,8 @@ describe("optimistic ingest", async () => {
  * database: each one's remembered ledger goes stale whenever the other writes.
  */
 describe.runIf(onPostgres)("optimistic ingest across two instances", async () => {
-  const url = (await testDatabaseUrl())!;
-  const config = loadConfig({
-    LOG_LEVEL: "silent",
-    TALLY_PUBLIC_URL: "http://tally.test",
-    TALLY_USAGE_BACKDATE_DAYS: "35",
-  });
   const clock = new TestClock();
-  const runtimes: Runtime[] = [];
-  for (let i = 0; i < 2; i++) {
-    runtimes.push(
-      await createRuntime(config, {
-        database: await openDatabase({ url, poolSize: 5 }),
-        clock,
-        logger: createLogger("silent"),
-        workers: false,
-      }),
-    );
-  }
-  afterAll(async () => {
-    for (const r of runtimes) await r.close();
-  });
-  const [a, b] = runtimes as [Runtime, Runtime];
+  const [a, b] = await twoInstances({ env: { TALLY_USAGE_BACKDATE_DAYS: "35" }, clock });
   const registries = [a.ctx.metrics.registry, b.ctx.metrics.registry];
   const { secret: key } = await createApiKey(a.ctx, { orgId: null, name: "two", role: "platform" });
   const call = (runtime: Runtime, method: "GET" | "POST", path: string, body?: unknown) =>
