@@ -103,8 +103,9 @@ export interface BalanceChange {
  */
 export interface BalanceObserver {
   /**
-   * What the observer will read about these organisations, fetched in the statement that writes
-   * the ledgers (one round trip fewer per transaction); its rows are handed to `observe`.
+   * Which of these organisations the observer has work for, read in the statement that writes
+   * the ledgers (one round trip fewer per transaction): one row or more per such organisation,
+   * each with its `org_id`. The rows are handed to `observe`.
    */
   prefetch?(orgIds: readonly string[]): Sql;
   /** `prefetched`: the rows of `prefetch` (none without one). */
@@ -630,6 +631,8 @@ export interface SaveOptions {
    * atomic.
    */
   optimistic?: { guards: readonly Guard[] };
+  /** Not optimistic: told which of the changed organisations an observer's prefetch returned. */
+  observed?: (orgIds: ReadonlySet<string>) => void;
 }
 
 /**
@@ -794,6 +797,13 @@ export async function saveLedgers(
   }
   const written = await writeTogether(tx, all, reads);
   for (const l of changed) l.markSaved();
+  if (options.observed) {
+    const observed = new Set<string>();
+    for (const rows of written.reads.values()) {
+      for (const row of rows) observed.add((row as { org_id: string }).org_id);
+    }
+    options.observed(observed);
+  }
   if (changes.length > 0) {
     for (const [i, observer] of ctx.balanceObservers.entries()) {
       await observer.observe(tx, ctx, changes, written.reads.get(`observer ${i}`) ?? []);

@@ -233,8 +233,6 @@ export class IngestEngine {
               ? "usage:stored"
               : (failedGuard(error) ?? "error");
         this.metrics.optimistic.inc({ outcome: reason });
-        // An organisation with alert thresholds or auto-topup is written under its locks.
-        if (reason === "ledger:observed") this.ledgers.pause(orgIds, now);
         if (reason === "usage:stored") lookUpStored = true;
         // Anything else (a stale version, a database error) is for the locking path to decide.
       }
@@ -248,6 +246,9 @@ export class IngestEngine {
             opened: (ledgers) => {
               opened = ledgers;
             },
+            // Organisations with alert thresholds or auto-topup are written under their locks
+            // (their observers run in the transaction); the others may stay optimistic.
+            observed: (watched) => this.ledgers.pause(watched, now),
           }),
         );
         if (opened) this.ledgers.remember(opened.values());
@@ -307,6 +308,8 @@ export interface WriteBatchOptions {
   restored?: Map<string, OrgLedger>;
   /** Called with the ledgers opened under their locks. */
   opened?: (ledgers: Map<string, OrgLedger>) => void;
+  /** Told which organisations have balance observers with work (see `SaveOptions.observed`). */
+  observed?: (orgIds: ReadonlySet<string>) => void;
 }
 
 /**
@@ -494,7 +497,7 @@ export async function writeBatch(
                 : [],
           },
         }
-      : {},
+      : { observed: options.observed },
   );
   if ((written.get(EVENTS_STEP) ?? 0) !== accepted.length) {
     if (!options.lookUpStored) throw new StoredEventsNeeded();

@@ -347,7 +347,7 @@ describe("optimistic ingest", async () => {
     await expectVerified(orgId, 4);
   });
 
-  it("an organisation with alert thresholds: stale once settings change, then refused as observed and on the locking path for the pause", async () => {
+  it("an organisation with alert thresholds: stale once settings change, then on the locking path for the pause, then refused as observed", async () => {
     const { orgId, key } = await setup("100");
     const [a] = await ingest(key, [usage(1)]);
     expect(C(a!.balance_after)).toBe(C("99"));
@@ -374,33 +374,37 @@ describe("optimistic ingest", async () => {
       },
     ]);
 
-    // Remembered again, the next flush finds the thresholds: observed, written under the locks.
+    // The locking path saw the thresholds: the organisation is paused, not even tried.
     const next = usage(1);
-    const observed = await ingestCounted(key, [next]);
-    expect(observed.delta).toEqual({ "ledger:observed": 1 });
-    expectAccepted(observed.result[0]!, next.id, "1", C("88"));
+    const untried = await ingestCounted(key, [next]);
+    expect(untried.delta).toEqual({});
+    expectAccepted(untried.result[0]!, next.id, "1", C("88"));
 
-    // Within the pause the organisation is not even tried.
+    // Within the pause it stays on the locking path.
     for (const [i, cost] of [1, 2].entries()) {
       const e = usage(cost);
       const paused = await ingestCounted(key, [e]);
       expect(paused.delta).toEqual({});
       expectAccepted(paused.result[0]!, e.id, String(cost), C(i === 0 ? "87" : "85"));
     }
+    // Each of those flushes saw the thresholds again and renewed the pause.
     app.clock.advance(59 * 1000);
     const late = await ingestCounted(key, [usage(1)]);
     expect(late.delta).toEqual({});
+    app.clock.advance(59 * 1000);
+    const later = await ingestCounted(key, [usage(0.5)]);
+    expect(later.delta).toEqual({});
 
-    // After it, tried again (and refused again: the thresholds are still there).
-    app.clock.advance(2 * 1000);
+    // A minute after the last of them: tried again (and refused: the thresholds are still there).
+    app.clock.advance(61 * 1000);
     const e = usage(1);
     const retried = await ingestCounted(key, [e]);
     expect(retried.delta).toEqual({ "ledger:observed": 1 });
-    expectAccepted(retried.result[0]!, e.id, "1", C("83"));
+    expectAccepted(retried.result[0]!, e.id, "1", C("82.5"));
 
     expect(await eventsOf(orgId, "balance.low")).toHaveLength(1);
-    expect((await balanceOf(orgId)).balance).toBe(C("83"));
-    await expectVerified(orgId, 8);
+    expect((await balanceOf(orgId)).balance).toBe(C("82.5"));
+    await expectVerified(orgId, 9);
   });
 
   it("a flush that takes the balance from above zero to zero or below runs the observers: balance.depleted once", async () => {
@@ -546,6 +550,36 @@ describe("optimistic ingest", async () => {
     expect((await balanceOf(two.orgId)).balance).toBe(C("17"));
     await expectVerified(one.orgId, 5);
     await expectVerified(two.orgId, 5);
+  });
+
+  it("in a flush with an organisation that has alert thresholds, only that one is paused", async () => {
+    const watched = await setup("50");
+    const plain = await setup("50");
+    const put = await app.call("PUT", url(watched.orgId, "alerts"), {
+      body: { thresholds: ["10"] },
+    });
+    expect(put.statusCode, put.body).toBe(200);
+    const platform = (events: unknown[]) =>
+      counted(registry, async () => {
+        const res = await app.call("POST", "/v1/usage-events", { body: { events } });
+        expect(res.statusCode, res.body).toBe(200);
+        return res.json().data as Result[];
+      });
+    // Neither is remembered yet: the locking path, which sees the thresholds of one.
+    const mixed = await platform([
+      usage(1, { org_id: watched.orgId }),
+      usage(1, { org_id: plain.orgId }),
+    ]);
+    expect(mixed.delta).toEqual({});
+    // The other one is optimistic from now on; the watched one is not tried.
+    const alone = await platform([usage(2, { org_id: plain.orgId })]);
+    expect(alone.delta).toEqual({ written: 1 });
+    expect(C(alone.result[0]!.balance_after)).toBe(C("47"));
+    const paused = await platform([usage(2, { org_id: watched.orgId })]);
+    expect(paused.delta).toEqual({});
+    expect(C(paused.result[0]!.balance_after)).toBe(C("47"));
+    await expectVerified(watched.orgId, 3);
+    await expectVerified(plain.orgId, 3);
   });
 
   it("a failed optimistic statement (error) is written under the locks; a failed flush forgets the ledger", async () => {
