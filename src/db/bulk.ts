@@ -42,11 +42,10 @@ export function raw(text: string): Raw {
   return new Raw(text);
 }
 
+/** The parts one after another, `separator` between them. */
 export function join(parts: readonly (Sql | Raw)[], separator = ", "): Sql {
-  const strings = [""];
-  for (let i = 1; i < parts.length; i++) strings.push(separator);
-  if (parts.length > 0) strings.push("");
-  return new Sql(parts.length > 0 ? strings : [""], parts);
+  const strings = parts.length === 0 ? [""] : ["", ...parts.slice(1).map(() => separator), ""];
+  return new Sql(strings, parts);
 }
 
 /** The statement's text (`$1`, `$2`… for its parameters) and parameters, in order. */
