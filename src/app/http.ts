@@ -215,6 +215,29 @@ interface TextProblem {
 }
 
 export function findUnstorableText(value: unknown, pointer = "", depth = 0): TextProblem | null {
+  // Every request body goes through here: check first without building pointers (one string per
+  // value), and only look for where the problem is when there is one.
+  return storable(value, depth) ? null : locateUnstorable(value, pointer, depth);
+}
+
+function storable(value: unknown, depth: number): boolean {
+  if (typeof value === "string") return !UNSTORABLE.test(value);
+  if (!value || typeof value !== "object") return true;
+  if (depth >= MAX_JSON_DEPTH) return false;
+  if (Array.isArray(value)) {
+    for (const item of value) if (!storable(item, depth + 1)) return false;
+    return true;
+  }
+  for (const k in value) {
+    if (!Object.hasOwn(value, k)) continue;
+    if (UNSTORABLE.test(k) || !storable((value as Record<string, unknown>)[k], depth + 1)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+function locateUnstorable(value: unknown, pointer: string, depth: number): TextProblem | null {
   if (typeof value === "string") {
     return UNSTORABLE.test(value) ? { pointer: pointer || "/", kind: "unstorable" } : null;
   }
@@ -222,14 +245,14 @@ export function findUnstorableText(value: unknown, pointer = "", depth = 0): Tex
   if (depth >= MAX_JSON_DEPTH) return { pointer: pointer || "/", kind: "too_deep" };
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const found = findUnstorableText(value[i], `${pointer}/${i}`, depth + 1);
+      const found = locateUnstorable(value[i], `${pointer}/${i}`, depth + 1);
       if (found) return found;
     }
     return null;
   }
   for (const [k, v] of Object.entries(value)) {
     if (UNSTORABLE.test(k)) return { pointer: `${pointer}/${k}`, kind: "unstorable" };
-    const found = findUnstorableText(v, `${pointer}/${k}`, depth + 1);
+    const found = locateUnstorable(v, `${pointer}/${k}`, depth + 1);
     if (found) return found;
   }
   return null;
