@@ -11,11 +11,18 @@ export interface LedgerCacheLimits {
   maxOrgs: number;
   /** Ledgers with more active blocks are not remembered (copying them costs more than reading). */
   maxBlocks: number;
+  /** Active blocks remembered in all (bounds the memory: a block is a few hundred bytes). */
+  maxTotalBlocks: number;
   /** How long `pause` keeps an organisation on the locking path. */
   pauseMs: number;
 }
 
-const DEFAULT_LIMITS: LedgerCacheLimits = { maxOrgs: 10_000, maxBlocks: 256, pauseMs: 60_000 };
+const DEFAULT_LIMITS: LedgerCacheLimits = {
+  maxOrgs: 10_000,
+  maxBlocks: 256,
+  maxTotalBlocks: 50_000,
+  pauseMs: 60_000,
+};
 
 /**
  * The ledgers this instance wrote last, so that its next write for the same organisation needs
@@ -29,6 +36,7 @@ const DEFAULT_LIMITS: LedgerCacheLimits = { maxOrgs: 10_000, maxBlocks: 256, pau
 export class LedgerCache {
   private readonly saved = new Map<string, Saved>();
   private readonly paused = new Map<string, number>();
+  private totalBlocks = 0;
 
   constructor(private readonly limits: LedgerCacheLimits = DEFAULT_LIMITS) {}
 
@@ -58,18 +66,29 @@ export class LedgerCache {
   remember(ledgers: Iterable<OrgLedger>): void {
     for (const ledger of ledgers) {
       const saved = ledger.snapshot();
-      this.saved.delete(ledger.orgId);
-      if (saved && saved.blocks.length <= this.limits.maxBlocks)
+      this.drop(ledger.orgId);
+      if (saved && saved.blocks.length <= this.limits.maxBlocks) {
         this.saved.set(ledger.orgId, saved);
+        this.totalBlocks += saved.blocks.length;
+      }
     }
     for (const orgId of this.saved.keys()) {
-      if (this.saved.size <= this.limits.maxOrgs) break;
-      this.saved.delete(orgId);
+      const within =
+        this.saved.size <= this.limits.maxOrgs && this.totalBlocks <= this.limits.maxTotalBlocks;
+      if (within) break;
+      this.drop(orgId);
     }
   }
 
   forget(orgIds: Iterable<string>): void {
-    for (const orgId of orgIds) this.saved.delete(orgId);
+    for (const orgId of orgIds) this.drop(orgId);
+  }
+
+  private drop(orgId: string): void {
+    const saved = this.saved.get(orgId);
+    if (!saved) return;
+    this.totalBlocks -= saved.blocks.length;
+    this.saved.delete(orgId);
   }
 
   /** Keeps these organisations on the locking path for a while (their observers have work). */

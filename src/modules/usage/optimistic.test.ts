@@ -666,7 +666,7 @@ describe("optimistic ingest", async () => {
       l.setBlocks(Array.from({ length: blocks }, (_, i) => block(orgId, `blk_${i}`, balance)));
       return l;
     };
-    const limits = { maxOrgs: 3, maxBlocks: 2, pauseMs: MINUTE };
+    const limits = { maxOrgs: 3, maxBlocks: 2, maxTotalBlocks: 100, pauseMs: MINUTE };
 
     it("open: null unless every organisation is remembered", () => {
       const cache = new LedgerCache(limits);
@@ -717,6 +717,22 @@ describe("optimistic ingest", async () => {
       expect(cache.open(ctx, ["org_a"], NOW)).toBeNull();
       expect(cache.open(ctx, ["org_c"], NOW)!.get("org_c")!.balance).toBe(C("7"));
       expect(cache.open(ctx, ["org_d", "org_e"], NOW)).not.toBeNull();
+    });
+
+    it("remembers at most maxTotalBlocks blocks in all, forgetting the least recently used", () => {
+      const cache = new LedgerCache({ ...limits, maxOrgs: 10, maxTotalBlocks: 4 });
+      cache.remember([ledger("org_a", 2), ledger("org_b", 2)]);
+      expect(cache.open(ctx, ["org_a", "org_b"], NOW)).not.toBeNull();
+      cache.remember([ledger("org_c", 1)]); // 5 blocks: a (least recently used) goes
+      expect(cache.open(ctx, ["org_a"], NOW)).toBeNull();
+      expect(cache.open(ctx, ["org_b", "org_c"], NOW)).not.toBeNull();
+      // Remembering b again with fewer blocks, and forgetting, keep the count right.
+      cache.remember([ledger("org_b", 1)]);
+      cache.remember([ledger("org_d", 2)]); // b 1 + c 1 + d 2 = 4: all stay
+      expect(cache.open(ctx, ["org_b", "org_c", "org_d"], NOW)).not.toBeNull();
+      cache.forget(["org_d"]);
+      cache.remember([ledger("org_e", 2)]); // 4 again
+      expect(cache.open(ctx, ["org_b", "org_c", "org_e"], NOW)).not.toBeNull();
     });
 
     it("does not remember ledgers with more than maxBlocks active blocks, nor ones with unsaved changes", () => {
