@@ -45,6 +45,6 @@ async function react(
 
 /** The `low_balance` and `auto_topup` fields of `GET …/balance`. */
 export const balanceFlags: BalanceFlags = {
-  inAlert: alerts.isInAlert,
-  autoTopup: topup.autoTopupFlag,
+  inAlert: alerts.inAlertExpression,
+  autoTopup: topup.autoTopupExpression,
 };

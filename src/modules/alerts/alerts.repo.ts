@@ -135,15 +135,9 @@ export async function insertThresholds(
     .execute();
 }
 
-export async function anyInAlert(db: Db, orgId: string): Promise<boolean> {
-  const row = await db
-    .selectFrom("alert_thresholds")
-    .select("org_id")
-    .where("org_id", "=", orgId)
-    .where("in_alert", "=", true)
-    .limit(1)
-    .executeTakeFirst();
-  return row !== undefined;
+/** Boolean SQL: one of the organisation's thresholds is crossed (for the balance's statement). */
+export function inAlertExpression(orgId: string): Sql {
+  return q`exists (select 1 from alert_thresholds where org_id = ${orgId} and in_alert)`;
 }
 
 export async function findEmails(db: Db, orgId: string): Promise<string[]> {

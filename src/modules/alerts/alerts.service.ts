@@ -183,8 +183,5 @@ export function alertEmails(db: Db, orgId: string): Promise<string[]> {
   return repo.findEmails(db, orgId);
 }
 
-/** For the balance view: nothing available, or the balance below a configured threshold. */
-/** Whether one of the organisation's thresholds is crossed (`low_balance` is also set at ≤ 0). */
-export function isInAlert(ctx: AppContext, orgId: string): Promise<boolean> {
-  return repo.anyInAlert(ctx.db, orgId);
-}
+/** For the balance view: one of the thresholds is crossed (`low_balance` is also set at ≤ 0). */
+export const inAlertExpression = repo.inAlertExpression;

@@ -15,6 +15,7 @@ import {
   ROLES,
   Timestamp,
 } from "../../app/http.js";
+import { execute, q, type Sql } from "../../db/bulk.js";
 import { requestOrg, requestPrincipal } from "../orgs/auth.js";
 import { creditsFromDb, formatCredits, parseCredits } from "./credits.js";
 import * as repo from "./ledger.repo.js";
@@ -142,21 +143,24 @@ const TransactionFilters = {
   reference_id: Type.Optional(Type.String({ maxLength: 200 })),
 };
 
-/** What other modules contribute to the balance view (alerts, auto-topup). */
 /**
- * The `low_balance` and `auto_topup` fields, from the modules that own them. Each is one query,
- * run at the same time as the balance read: a balance GET costs one round trip of latency.
+ * The `low_balance` and `auto_topup` fields, from the modules that own them (alerts, auto-topup):
+ * SQL expressions read in the balance's own statement, so a balance GET is one query — one pool
+ * connection and one answer to wait for, under load too.
  */
 export interface BalanceFlags {
-  /** Whether one of the organisation's alert thresholds is crossed (else: low at ≤ 0). */
-  inAlert(ctx: AppContext, orgId: string): Promise<boolean>;
-  autoTopup(ctx: AppContext, orgId: string): Promise<"off" | "idle" | "in_flight" | "disabled">;
+  /** Boolean: one of the organisation's alert thresholds is crossed (else: low at ≤ 0). */
+  inAlert(orgId: string): Sql;
+  /** Text: `off`, `idle`, `in_flight` or `disabled`. */
+  autoTopup(orgId: string): Sql;
 }
 
 export const defaultBalanceFlags: BalanceFlags = {
-  inAlert: async () => false,
-  autoTopup: async () => "off",
+  inAlert: () => q`false`,
+  autoTopup: () => q`'off'`,
 };
+
+type AutoTopupFlag = "off" | "idle" | "in_flight" | "disabled";
 
 export function registerLedgerRoutes(
   app: App,
@@ -178,12 +182,24 @@ export function registerLedgerRoutes(
     },
     async (request) => {
       const org = requestOrg(request);
-      const [b, inAlert, topup] = await Promise.all([
-        service.getBalance(ctx.db, org.id),
-        flags.inAlert(ctx, org.id),
-        flags.autoTopup(ctx, org.id),
-      ]);
-      const low = b.available <= 0n || inAlert;
+      const [row] = await execute<{
+        balance: string | null;
+        reserved: string;
+        debt: string;
+        last_sequence: string;
+        head_hash: string;
+        updated_at: Date | null;
+        in_alert: boolean;
+        auto_topup: AutoTopupFlag;
+      }>(
+        ctx.db,
+        q`select b.balance, b.reserved, b.debt, b.last_sequence, b.head_hash, b.updated_at,
+            ${flags.inAlert(org.id)} as in_alert, ${flags.autoTopup(org.id)} as auto_topup
+          from (select 1) as one left join org_balances as b on b.org_id = ${org.id}`,
+      );
+      const b = service.balanceView(org.id, row!.balance === null ? undefined : (row as never));
+      const topup = row!.auto_topup;
+      const low = b.available <= 0n || row!.in_alert;
       return {
         org_id: org.id,
         balance: formatCredits(b.balance),

@@ -29,7 +29,23 @@ export interface BalanceView {
 }
 
 export async function getBalance(db: Db, orgId: string): Promise<BalanceView> {
-  const row = await repo.findBalance(db, orgId);
+  return balanceView(orgId, await repo.findBalance(db, orgId));
+}
+
+/** The view of an `org_balances` row (numbers as text), or of none: nothing ever moved. */
+export function balanceView(
+  orgId: string,
+  row:
+    | {
+        balance: string;
+        reserved: string;
+        debt: string;
+        last_sequence: string;
+        head_hash: string;
+        updated_at: Date | null;
+      }
+    | undefined,
+): BalanceView {
   if (!row) {
     return {
       org_id: orgId,

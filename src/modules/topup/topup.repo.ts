@@ -128,24 +128,18 @@ export function updateAttempt(
 }
 
 /** The settings' state and whether an attempt is in flight, in one query. */
-export function flagState(db: Db, orgId: string) {
-  return db
-    .selectFrom("topup_settings as s")
-    .select((eb) => [
-      "s.enabled",
-      "s.disabled_reason",
-      eb
-        .exists(
-          eb
-            .selectFrom("topup_attempts as a")
-            .select("a.id")
-            .whereRef("a.org_id", "=", "s.org_id")
-            .where("a.status", "=", "in_flight"),
-        )
-        .as("in_flight"),
-    ])
-    .where("s.org_id", "=", orgId)
-    .executeTakeFirst();
+/**
+ * Text SQL for the balance's `auto_topup`: `in_flight` while an attempt is, `idle` when enabled,
+ * `disabled` when turned off by a failure, else `off` (also without settings).
+ */
+export function flagExpression(orgId: string): Sql {
+  return q`coalesce((select case
+      when exists (select 1 from topup_attempts a where a.org_id = s.org_id and a.status = 'in_flight')
+        then 'in_flight'
+      when s.enabled then 'idle'
+      when s.disabled_reason is not null then 'disabled'
+      else 'off' end
+    from topup_settings s where s.org_id = ${orgId}), 'off')`;
 }
 
 export async function hasInFlight(db: Db, orgId: string): Promise<boolean> {

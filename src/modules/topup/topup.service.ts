@@ -190,16 +190,7 @@ export async function putTopupSettings(
 }
 
 /** For the balance view: off (never enabled or turned off), idle, in_flight or disabled. */
-export async function autoTopupFlag(
-  ctx: AppContext,
-  orgId: string,
-): Promise<"off" | "idle" | "in_flight" | "disabled"> {
-  const state = await repo.flagState(ctx.db, orgId);
-  if (!state) return "off";
-  if (state.in_flight) return "in_flight";
-  if (state.enabled) return "idle";
-  return state.disabled_reason ? "disabled" : "off";
-}
+export const autoTopupExpression = repo.flagExpression;
 
 export function listAttempts(
   ctx: AppContext,
