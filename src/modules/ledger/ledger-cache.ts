@@ -15,6 +15,10 @@ export interface LedgerCacheLimits {
   maxTotalBlocks: number;
   /** How long `pause` keeps an organisation on the locking path. */
   pauseMs: number;
+  /** Optimistic writes refused as stale in a row before an organisation is paused… */
+  staleInARow: number;
+  /** …for this long: others write it too (several instances), so trying costs more than it saves. */
+  stalePauseMs: number;
 }
 
 const DEFAULT_LIMITS: LedgerCacheLimits = {
@@ -22,6 +26,8 @@ const DEFAULT_LIMITS: LedgerCacheLimits = {
   maxBlocks: 256,
   maxTotalBlocks: 50_000,
   pauseMs: 60_000,
+  staleInARow: 3,
+  stalePauseMs: 1_000,
 };
 
 /**
@@ -36,6 +42,7 @@ const DEFAULT_LIMITS: LedgerCacheLimits = {
 export class LedgerCache {
   private readonly saved = new Map<string, Saved>();
   private readonly paused = new Map<string, number>();
+  private readonly staleRuns = new Map<string, number>();
   private totalBlocks = 0;
 
   constructor(private readonly limits: LedgerCacheLimits = DEFAULT_LIMITS) {}
@@ -92,14 +99,39 @@ export class LedgerCache {
   }
 
   /** Keeps these organisations on the locking path for a while (their observers have work). */
-  pause(orgIds: Iterable<string>, now: Date): void {
+  pause(orgIds: Iterable<string>, now: Date, ms = this.limits.pauseMs): void {
     for (const orgId of orgIds) {
       this.paused.delete(orgId);
-      this.paused.set(orgId, now.getTime() + this.limits.pauseMs);
+      this.paused.set(orgId, now.getTime() + ms);
     }
     for (const orgId of this.paused.keys()) {
       if (this.paused.size <= this.limits.maxOrgs) break;
       this.paused.delete(orgId);
     }
+  }
+
+  /**
+   * An optimistic write for these organisations was refused as stale. After `staleInARow` such
+   * refusals with no optimistic write between, they stay on the locking path for
+   * `stalePauseMs`: when several instances write one organisation, each one's remembered ledger
+   * is nearly always behind.
+   */
+  stale(orgIds: readonly string[], now: Date): void {
+    const runOut = orgIds.filter((orgId) => {
+      const run = (this.staleRuns.get(orgId) ?? 0) + 1;
+      this.staleRuns.delete(orgId);
+      if (run < this.limits.staleInARow) this.staleRuns.set(orgId, run);
+      return run >= this.limits.staleInARow;
+    });
+    if (runOut.length > 0) this.pause(runOut, now, this.limits.stalePauseMs);
+    for (const orgId of this.staleRuns.keys()) {
+      if (this.staleRuns.size <= this.limits.maxOrgs) break;
+      this.staleRuns.delete(orgId);
+    }
+  }
+
+  /** An optimistic write for these organisations went through: their stale runs end. */
+  written(orgIds: readonly string[]): void {
+    for (const orgId of orgIds) this.staleRuns.delete(orgId);
   }
 }

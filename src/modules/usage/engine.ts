@@ -222,6 +222,7 @@ export class IngestEngine {
           restored,
         });
         this.ledgers.remember(restored.values());
+        this.ledgers.written(orgIds);
         this.metrics.optimistic.inc({ outcome: "written" });
         return outcomes;
       } catch (error) {
@@ -234,6 +235,7 @@ export class IngestEngine {
               : (failedGuard(error) ?? "error");
         this.metrics.optimistic.inc({ outcome: reason });
         if (reason === "usage:stored") lookUpStored = true;
+        if (reason === "ledger:stale") this.ledgers.stale(orgIds, now);
         // Anything else (a stale version, a database error) is for the locking path to decide.
       }
     }

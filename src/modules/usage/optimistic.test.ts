@@ -666,7 +666,14 @@ describe("optimistic ingest", async () => {
       l.setBlocks(Array.from({ length: blocks }, (_, i) => block(orgId, `blk_${i}`, balance)));
       return l;
     };
-    const limits = { maxOrgs: 3, maxBlocks: 2, maxTotalBlocks: 100, pauseMs: MINUTE };
+    const limits = {
+      maxOrgs: 3,
+      maxBlocks: 2,
+      maxTotalBlocks: 100,
+      pauseMs: MINUTE,
+      staleInARow: 3,
+      stalePauseMs: 1000,
+    };
 
     it("open: null unless every organisation is remembered", () => {
       const cache = new LedgerCache(limits);
@@ -717,6 +724,25 @@ describe("optimistic ingest", async () => {
       expect(cache.open(ctx, ["org_a"], NOW)).toBeNull();
       expect(cache.open(ctx, ["org_c"], NOW)!.get("org_c")!.balance).toBe(C("7"));
       expect(cache.open(ctx, ["org_d", "org_e"], NOW)).not.toBeNull();
+    });
+
+    it("stale three times in a row (no optimistic write between): paused for stalePauseMs", () => {
+      const cache = new LedgerCache(limits);
+      const later = (ms: number) => new Date(NOW.getTime() + ms);
+      cache.remember([ledger("org_a"), ledger("org_b")]);
+      cache.stale(["org_a", "org_b"], NOW);
+      cache.stale(["org_a"], NOW);
+      cache.written(["org_b"]); // b's run ends
+      cache.stale(["org_b"], NOW);
+      expect(cache.open(ctx, ["org_a", "org_b"], NOW)).not.toBeNull();
+      cache.stale(["org_a", "org_b"], NOW); // a: third in a row; b: second
+      expect(cache.open(ctx, ["org_a"], NOW)).toBeNull();
+      expect(cache.open(ctx, ["org_b"], NOW)).not.toBeNull();
+      expect(cache.open(ctx, ["org_a"], later(999))).toBeNull();
+      expect(cache.open(ctx, ["org_a"], later(1000))).not.toBeNull();
+      // The run starts again after the pause.
+      cache.stale(["org_a"], later(1000));
+      expect(cache.open(ctx, ["org_a"], later(1000))).not.toBeNull();
     });
 
     it("remembers at most maxTotalBlocks blocks in all, forgetting the least recently used", () => {
@@ -859,7 +885,8 @@ describe.runIf(onPostgres)("optimistic ingest across two instances", async () =>
     let expected = C("1000");
     let events = 0;
     // Sequential, alternating: from the third on, each instance's remembered ledger is one
-    // write behind.
+    // write behind — refused as stale three times in a row, each instance then stops trying
+    // for a second (its last event is not tried).
     const alternating = await counted(registries, async () => {
       for (let i = 0; i < 10; i++) {
         const cost = 1 + (i % 3);
@@ -872,9 +899,11 @@ describe.runIf(onPostgres)("optimistic ingest across two instances", async () =>
         expect(C(r!.balance_after)).toBe(expected);
       }
     });
-    expect(alternating.delta).toEqual({ "ledger:stale": 8 });
+    expect(alternating.delta).toEqual({ "ledger:stale": 6 });
 
-    // Twice in a row through one instance: the second is written optimistically.
+    // After that second, twice in a row through one instance: the second is written
+    // optimistically.
+    clock.advance(1000);
     const twice = await counted(registries, async () => {
       for (let i = 0; i < 2; i++) {
         const [r] = await ingest(a, [usage(orgId, 1)]);
