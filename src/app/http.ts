@@ -214,48 +214,41 @@ interface TextProblem {
   kind: "unstorable" | "too_deep";
 }
 
-export function findUnstorableText(value: unknown, pointer = "", depth = 0): TextProblem | null {
-  // Every request body goes through here: check first without building pointers (one string per
-  // value), and only look for where the problem is when there is one.
-  return storable(value, depth) ? null : locateUnstorable(value, pointer, depth);
-}
-
-function storable(value: unknown, depth: number): boolean {
-  if (typeof value === "string") return !UNSTORABLE.test(value);
-  if (!value || typeof value !== "object") return true;
-  if (depth >= MAX_JSON_DEPTH) return false;
-  if (Array.isArray(value)) {
-    for (const item of value) if (!storable(item, depth + 1)) return false;
-    return true;
-  }
-  for (const k in value) {
-    if (!Object.hasOwn(value, k)) continue;
-    if (UNSTORABLE.test(k) || !storable((value as Record<string, unknown>)[k], depth + 1)) {
-      return false;
+/**
+ * The first string (value or key) that PostgreSQL cannot store, or the first level nested too
+ * deeply. Every request body goes through here: the path is a stack of segments, joined into a
+ * pointer only for the problem found, not for every value.
+ */
+export function findUnstorableText(value: unknown): TextProblem | null {
+  const path: (string | number)[] = [];
+  const problem = (kind: TextProblem["kind"]): TextProblem => ({
+    pointer: path.length === 0 ? "/" : `/${path.join("/")}`,
+    kind,
+  });
+  const walk = (v: unknown): TextProblem | null => {
+    if (typeof v === "string") return UNSTORABLE.test(v) ? problem("unstorable") : null;
+    if (!v || typeof v !== "object") return null;
+    if (path.length >= MAX_JSON_DEPTH) return problem("too_deep");
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) {
+        path.push(i);
+        const found = walk(v[i]);
+        if (found) return found;
+        path.pop();
+      }
+      return null;
     }
-  }
-  return true;
-}
-
-function locateUnstorable(value: unknown, pointer: string, depth: number): TextProblem | null {
-  if (typeof value === "string") {
-    return UNSTORABLE.test(value) ? { pointer: pointer || "/", kind: "unstorable" } : null;
-  }
-  if (!value || typeof value !== "object") return null;
-  if (depth >= MAX_JSON_DEPTH) return { pointer: pointer || "/", kind: "too_deep" };
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const found = locateUnstorable(value[i], `${pointer}/${i}`, depth + 1);
+    for (const k in v) {
+      if (!Object.hasOwn(v, k)) continue;
+      path.push(k);
+      if (UNSTORABLE.test(k)) return problem("unstorable");
+      const found = walk((v as Record<string, unknown>)[k]);
       if (found) return found;
+      path.pop();
     }
     return null;
-  }
-  for (const [k, v] of Object.entries(value)) {
-    if (UNSTORABLE.test(k)) return { pointer: `${pointer}/${k}`, kind: "unstorable" };
-    const found = locateUnstorable(v, `${pointer}/${k}`, depth + 1);
-    if (found) return found;
-  }
-  return null;
+  };
+  return walk(value);
 }
 
 function refuseText(problem: TextProblem, field: string): AppError {

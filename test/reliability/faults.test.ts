@@ -123,14 +123,7 @@ async function expectRevocationHonoured(app: TestApp, orgId: string, url: string
 describe("payment processor faults (the real Stripe SDK against the fake Stripe)", async () => {
   const fake = await startFakeStripe();
   afterAll(() => fake.close());
-  const app = await createTestApp({
-    env: {
-      TALLY_PAYMENT_PROVIDER: "stripe",
-      STRIPE_SECRET_KEY: fake.secretKey,
-      STRIPE_WEBHOOK_SECRET: fake.webhookSecret,
-      STRIPE_API_BASE: fake.url,
-    },
-  });
+  const app = await createTestApp({ env: fake.env });
   const ctx = app.runtime.ctx;
   /** The provider as the runtime builds it from the configuration. */
   const configured = ctx.payments;

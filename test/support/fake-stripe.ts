@@ -30,6 +30,8 @@ export interface FakeStripe {
   url: string;
   secretKey: string;
   webhookSecret: string;
+  /** The configuration that points Tally's Stripe provider at this fake. */
+  env: Record<string, string>;
   requests: RecordedRequest[];
   sessions: Map<string, Json>;
   paymentIntents: Map<string, Json>;
@@ -479,6 +481,12 @@ export async function startFakeStripe(
     url: baseUrl,
     secretKey,
     webhookSecret,
+    env: {
+      TALLY_PAYMENT_PROVIDER: "stripe",
+      STRIPE_SECRET_KEY: secretKey,
+      STRIPE_WEBHOOK_SECRET: webhookSecret,
+      STRIPE_API_BASE: baseUrl,
+    },
     requests,
     sessions,
     paymentIntents,

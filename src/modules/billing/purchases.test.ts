@@ -302,14 +302,7 @@ describe("fulfilPurchase", async () => {
 describe("purchases (Stripe provider against the fake Stripe)", async () => {
   const fake = await startFakeStripe();
   afterAll(() => fake.close());
-  const app = await createTestApp({
-    env: {
-      TALLY_PAYMENT_PROVIDER: "stripe",
-      STRIPE_SECRET_KEY: fake.secretKey,
-      STRIPE_WEBHOOK_SECRET: fake.webhookSecret,
-      STRIPE_API_BASE: fake.url,
-    },
-  });
+  const app = await createTestApp({ env: fake.env });
   const orgId = await app.createOrg({ name: "Stripe Org" });
   const pkg = (
     await app.call("POST", "/v1/credit-packages", {

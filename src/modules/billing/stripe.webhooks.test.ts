@@ -11,14 +11,7 @@ type Json = Record<string, any>;
 describe("Stripe webhooks against the fake Stripe", async () => {
   const fake = await startFakeStripe();
   afterAll(() => fake.close());
-  const app = await createTestApp({
-    env: {
-      TALLY_PAYMENT_PROVIDER: "stripe",
-      STRIPE_SECRET_KEY: fake.secretKey,
-      STRIPE_WEBHOOK_SECRET: fake.webhookSecret,
-      STRIPE_API_BASE: fake.url,
-    },
-  });
+  const app = await createTestApp({ env: fake.env });
   const ctx = app.runtime.ctx;
   const orgId = await app.createOrg({ name: "Stripe Org" });
   const pkg = (

@@ -104,10 +104,7 @@ export class LedgerCache {
       this.paused.delete(orgId);
       this.paused.set(orgId, now.getTime() + ms);
     }
-    for (const orgId of this.paused.keys()) {
-      if (this.paused.size <= this.limits.maxOrgs) break;
-      this.paused.delete(orgId);
-    }
+    trimOldest(this.paused, this.limits.maxOrgs);
   }
 
   /**
@@ -124,14 +121,19 @@ export class LedgerCache {
       return run >= this.limits.staleInARow;
     });
     if (runOut.length > 0) this.pause(runOut, now, this.limits.stalePauseMs);
-    for (const orgId of this.staleRuns.keys()) {
-      if (this.staleRuns.size <= this.limits.maxOrgs) break;
-      this.staleRuns.delete(orgId);
-    }
+    trimOldest(this.staleRuns, this.limits.maxOrgs);
   }
 
   /** An optimistic write for these organisations went through: their stale runs end. */
   written(orgIds: readonly string[]): void {
     for (const orgId of orgIds) this.staleRuns.delete(orgId);
+  }
+}
+
+/** Drops a map's oldest entries (insertion order) beyond `max`. */
+function trimOldest<K, V>(map: Map<K, V>, max: number): void {
+  for (const key of map.keys()) {
+    if (map.size <= max) break;
+    map.delete(key);
   }
 }

@@ -182,24 +182,24 @@ export function registerLedgerRoutes(
     },
     async (request) => {
       const org = requestOrg(request);
-      const [row] = await execute<{
-        balance: string | null;
-        reserved: string;
-        debt: string;
-        last_sequence: string;
-        head_hash: string;
-        updated_at: Date | null;
-        in_alert: boolean;
-        auto_topup: AutoTopupFlag;
-      }>(
+      // Always one row; the balance columns are null when the organisation has none yet.
+      const rows = await execute<
+        { [K in keyof service.BalanceRow]: service.BalanceRow[K] | null } & {
+          in_alert: boolean;
+          auto_topup: AutoTopupFlag;
+        }
+      >(
         ctx.db,
         q`select b.balance, b.reserved, b.debt, b.last_sequence, b.head_hash, b.updated_at,
             ${flags.inAlert(org.id)} as in_alert, ${flags.autoTopup(org.id)} as auto_topup
           from (select 1) as one left join org_balances as b on b.org_id = ${org.id}`,
       );
-      const b = service.balanceView(org.id, row!.balance === null ? undefined : (row as never));
-      const topup = row!.auto_topup;
-      const low = b.available <= 0n || row!.in_alert;
+      const { in_alert, auto_topup, ...found } = rows[0]!;
+      const b = service.balanceView(
+        org.id,
+        found.balance === null ? undefined : (found as service.BalanceRow),
+      );
+      const low = b.available <= 0n || in_alert;
       return {
         org_id: org.id,
         balance: formatCredits(b.balance),
@@ -208,7 +208,7 @@ export function registerLedgerRoutes(
         overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
         debt: formatCredits(b.debt),
         low_balance: low,
-        auto_topup: topup,
+        auto_topup,
         updated_at: b.updated_at?.toISOString() ?? null,
         last_sequence: Number(b.last_sequence),
       };

@@ -32,20 +32,18 @@ export async function getBalance(db: Db, orgId: string): Promise<BalanceView> {
   return balanceView(orgId, await repo.findBalance(db, orgId));
 }
 
-/** The view of an `org_balances` row (numbers as text), or of none: nothing ever moved. */
-export function balanceView(
-  orgId: string,
-  row:
-    | {
-        balance: string;
-        reserved: string;
-        debt: string;
-        last_sequence: string;
-        head_hash: string;
-        updated_at: Date | null;
-      }
-    | undefined,
-): BalanceView {
+/** What a balance view is made of: an `org_balances` row, numbers as text. */
+export interface BalanceRow {
+  balance: string;
+  reserved: string;
+  debt: string;
+  last_sequence: string;
+  head_hash: string;
+  updated_at: Date | null;
+}
+
+/** The view of an `org_balances` row, or of none: nothing ever moved. */
+export function balanceView(orgId: string, row: BalanceRow | undefined): BalanceView {
   if (!row) {
     return {
       org_id: orgId,

@@ -16,7 +16,13 @@ import type { Db } from "../../db/index.js";
 import type { Actor } from "../orgs/auth.js";
 import { type Credits, creditsFromDb, creditsToDb, minCredits, parseCredits } from "./credits.js";
 import { entryHash, GENESIS_HASH, type HashedEntry } from "./hash.js";
-import type { BlockSource, BlockStatus, EntryType, OrgBalancesTable } from "./ledger.tables.js";
+import type {
+  BlockSource,
+  BlockStatus,
+  CreditBlocksTable,
+  EntryType,
+  OrgBalancesTable,
+} from "./ledger.tables.js";
 
 /**
  * Posting: the one way credits move. Every module (usage, purchases, refunds, adjustments,
@@ -533,50 +539,25 @@ async function lockBalances(
     .execute();
 }
 
-interface BlockJson {
-  org_id: string;
-  id: string;
-  source: BlockSource;
-  original: string;
-  remaining: string;
-  unit_cost: string;
-  priority: number;
-  effective_at: string;
-  expires_at: string | null;
-  status: BlockStatus;
-  purchase_id: string | null;
-  created_at: string;
-  updated_at: string;
-}
+type BlockRow = Selectable<CreditBlocksTable>;
+type Instant = "effective_at" | "expires_at" | "created_at" | "updated_at";
+
+/** A block row as `json_build_object` sends it: instants as ISO text. */
+type BlockJson = Omit<BlockRow, Instant> & {
+  [K in Instant]: BlockRow[K] extends Date ? string : string | null;
+};
 
 function blockFromJson(j: BlockJson): Block {
-  return {
+  return blockFromRow({
     ...j,
-    original: creditsFromDb(j.original),
-    remaining: creditsFromDb(j.remaining),
-    unit_cost: creditsFromDb(j.unit_cost),
     effective_at: new Date(j.effective_at),
     expires_at: j.expires_at === null ? null : new Date(j.expires_at),
     created_at: new Date(j.created_at),
     updated_at: new Date(j.updated_at),
-  };
+  });
 }
 
-export function blockFromRow(r: {
-  org_id: string;
-  id: string;
-  source: BlockSource;
-  original: string;
-  remaining: string;
-  unit_cost: string;
-  priority: number;
-  effective_at: Date;
-  expires_at: Date | null;
-  status: BlockStatus;
-  purchase_id: string | null;
-  created_at: Date;
-  updated_at: Date;
-}): Block {
+function blockFromRow(r: BlockRow): Block {
   return {
     ...r,
     original: creditsFromDb(r.original),
