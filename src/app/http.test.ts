@@ -6,6 +6,7 @@ import {
   type App,
   decodeCursor,
   encodeCursor,
+  findUnstorableText,
   installErrorHandling,
   installValidation,
   MAX_JSON_DEPTH,
@@ -145,6 +146,26 @@ describe("http plumbing", async () => {
     ]) {
       expect(parseInstant(text), text).toBeNull();
     }
+  });
+
+  it("names the first unstorable body text (value or key) by its JSON pointer", () => {
+    expect(findUnstorableText({ a: ["ok", { b: "x\u0000y" }] })).toEqual({
+      pointer: "/a/1/b",
+      kind: "unstorable",
+    });
+    expect(findUnstorableText({ a: { "k\ud800": 1 } })).toEqual({
+      pointer: "/a/k\ud800",
+      kind: "unstorable",
+    });
+    expect(findUnstorableText("\udc00")).toEqual({ pointer: "/", kind: "unstorable" });
+    expect(findUnstorableText({ a: ["ok", { b: "fine 😀" }], c: 1, d: null })).toBeNull();
+    let deep: unknown = "x";
+    for (let i = 0; i < MAX_JSON_DEPTH; i++) deep = [deep];
+    expect(findUnstorableText(deep)).toBeNull();
+    expect(findUnstorableText([deep])).toEqual({
+      pointer: `/${Array(MAX_JSON_DEPTH).fill(0).join("/")}`,
+      kind: "too_deep",
+    });
   });
 
   it("refuses JSON nested deeper than the limit", async () => {
