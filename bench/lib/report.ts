@@ -39,18 +39,32 @@ function targetValue(t: Target): string {
   return fmt(t.value, t.unit);
 }
 
-/** What PostgreSQL alone needs per event, and the ceiling that puts on this machine. */
-export function floorLine(r: Results): string | null {
-  const floor = r.scenarios.pg_floor;
-  if (!floor) return null;
-  const cpu = floor.runs
-    .map((x) => Number(x.extra?.backendCpuPerEventUs))
+/** Median of a floor scenario's CPU per event (`field` of its runs' extra), µs. */
+function medianCpu(r: Results, key: string, field: string): number | null {
+  const cpu = (r.scenarios[key]?.runs ?? [])
+    .map((x) => Number(x.extra?.[field]))
     .filter((v) => Number.isFinite(v) && v > 0)
     .sort((a, b) => a - b);
-  if (cpu.length === 0) return null;
-  const us = cpu[Math.floor(cpu.length / 2)]!;
-  const ceiling = (r.machine.cpus * 1e6) / us;
-  return `PostgreSQL alone spends ${fmt(us)} µs of CPU per event writing the event and ledger rows (server-side INSERT…SELECT, median backend CPU), so even with no HTTP, JSON, hashing or driver work at all, ${r.machine.cpus} cores cannot write more than about ${fmt(ceiling)} events/s with this schema.`;
+  return cpu.length === 0 ? null : cpu[Math.floor(cpu.length / 2)]!;
+}
+
+/** What the database alone needs per event, and the ceiling that puts on this machine. */
+export function floorLine(r: Results): string | null {
+  const lines: string[] = [];
+  const us = medianCpu(r, "pg_floor", "backendCpuPerEventUs");
+  if (us !== null) {
+    const ceiling = (r.machine.cpus * 1e6) / us;
+    lines.push(
+      `PostgreSQL alone spends ${fmt(us)} µs of CPU per event writing the event and ledger rows (server-side INSERT…SELECT, median backend CPU), so even with no HTTP, JSON, hashing or driver work at all, ${r.machine.cpus} cores cannot write more than about ${fmt(ceiling)} events/s with this schema.`,
+    );
+  }
+  const lite = medianCpu(r, "pglite_floor", "cpuPerEventUs");
+  if (lite !== null) {
+    lines.push(
+      `PGlite alone spends ${fmt(lite)} µs of CPU per event for the same rows, on the one thread it shares with the server, so Tally on PGlite cannot ingest more than about ${fmt(1e6 / lite)} events/s on any number of cores, before any of its own work.`,
+    );
+  }
+  return lines.length > 0 ? lines.join("\n\n") : null;
 }
 
 export function markdown(r: Results): string {
