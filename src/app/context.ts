@@ -17,6 +17,8 @@ export const systemClock: Clock = { now: () => new Date() };
 export interface AppContext {
   readonly config: Config;
   readonly db: Db;
+  /** The ingest engine's autocommit flushes only (`Database.flushDb`). */
+  readonly flushDb: Db;
   readonly dbKind: "postgres" | "pglite";
   readonly clock: Clock;
   readonly ids: IdGenerator;

@@ -118,6 +118,7 @@ export async function createRuntime(
     const ctx: AppContext = {
       config,
       db: database.db,
+      flushDb: database.flushDb,
       dbKind: database.kind,
       clock: options.clock ?? systemClock,
       ids: options.ids ?? createIdGenerator(),

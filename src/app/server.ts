@@ -3,7 +3,7 @@ import swaggerUi from "@fastify/swagger-ui";
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
 import Fastify, { type RouteOptions } from "fastify";
-import { isReady } from "../db/index.js";
+import { FLUSH_CONNECTIONS, isReady } from "../db/index.js";
 import { registerAlertRoutes } from "../modules/alerts/alerts.routes.js";
 import { registerBillingRoutes } from "../modules/billing/billing.routes.js";
 import { registerLedgerRoutes } from "../modules/ledger/ledger.routes.js";
@@ -145,7 +145,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
     // One full batch request per flush: two flushes of 1,000 events keep Tally and PostgreSQL
     // busier than one of 2,000 (batch ingest +15 %, bench/results).
     maxBatchEvents: 1000,
-    maxConcurrentFlushes: ctx.dbKind === "pglite" ? 1 : 2,
+    maxConcurrentFlushes: ctx.dbKind === "pglite" ? 1 : FLUSH_CONNECTIONS,
   });
   app.addHook("onClose", () => ingest.drain());
   registerUsageRoutes(app, ctx, ingest);

@@ -43,6 +43,7 @@ async function withContext<T>(fn: (ctx: AppContext) => Promise<T>): Promise<T> {
     const ctx: AppContext = {
       config,
       db: database.db,
+      flushDb: database.flushDb,
       dbKind: database.kind,
       clock: systemClock,
       ids: createIdGenerator(),

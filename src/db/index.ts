@@ -13,6 +13,12 @@ export type Db = Kysely<DB>;
 
 export interface Database {
   readonly db: Db;
+  /**
+   * For the ingest engine's one-statement autocommit flushes, and nothing else: PostgreSQL
+   * connections of their own (as many as flushes run at once) on which a prepared statement
+   * always uses its generic plan. PGlite: `db`.
+   */
+  readonly flushDb: Db;
   readonly kind: "postgres" | "pglite";
   /** The embedded instance (PGlite only): dumps, direct access in tests. */
   readonly pglite?: PGlite;
@@ -49,6 +55,10 @@ const PGLITE_PARSERS = {
   [pgliteTypes.DATE]: asText,
 };
 
+/** PostgreSQL connections for the ingest engine's autocommit flushes (its flushes in flight). */
+export const FLUSH_CONNECTIONS = 2;
+export const FLUSH_APPLICATION_NAME = "tally ingest flush";
+
 export interface OpenOptions {
   /** `postgres://…`; null → embedded PGlite. */
   url: string | null;
@@ -79,17 +89,35 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
     pool.on("connect", (client) => {
       client.on("error", () => {});
       prepareMarked(client);
-      // The prepared statements are the engine's flushes: array parameters whose sizes vary,
-      // which a custom plan would re-plan on every execution (measured: 15 % of PostgreSQL's
-      // CPU per event, bench/results). Their best plan does not depend on the values. Other
-      // statements run unnamed and are planned with their values as before.
-      client.query("set plan_cache_mode = force_generic_plan").catch(() => {});
     });
     const db = new Kysely<DB>({ dialect: hookedDialect(new PostgresDialect({ pool })) });
+    // The flush statement's parameters are arrays, one per column: planned with their values,
+    // it was planned again on every execution, its estimated cost always below the generic
+    // plan's (which assumes 10 rows per array) — 15–25 % of PostgreSQL's CPU per event
+    // (bench/results). Its generic plan is the same index lookups and nested loops. The setting
+    // is per connection and would apply to every statement with parameters (some need their
+    // values to be planned: an ON CONFLICT on a partial index), hence connections of its own.
+    const flushPool = new pg.Pool({
+      connectionString: options.url,
+      // How these connections show in pg_stat_activity.
+      application_name: FLUSH_APPLICATION_NAME,
+      max: FLUSH_CONNECTIONS,
+      connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+    });
+    flushPool.on("error", () => {});
+    flushPool.on("connect", (client) => {
+      client.on("error", () => {});
+      prepareMarked(client);
+      client.query("set plan_cache_mode = force_generic_plan").catch(() => {});
+    });
+    const flushDb = new Kysely<DB>({
+      dialect: hookedDialect(new PostgresDialect({ pool: flushPool })),
+    });
     const url = options.url;
     const listeners = new Set<() => Promise<void>>();
     return {
       db,
+      flushDb,
       kind: "postgres",
       async listen(channel, handlers) {
         const stop = listenPostgres(url, channel, handlers);
@@ -101,7 +129,7 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
       },
       async close() {
         await Promise.all([...listeners].map((stop) => stop()));
-        await db.destroy();
+        await Promise.all([db.destroy(), flushDb.destroy()]);
       },
     };
   }
@@ -123,6 +151,7 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
     const db = new Kysely<DB>({ dialect: hookedDialect(new PGliteDialect(pglite)) });
     return {
       db,
+      flushDb: db,
       kind: "pglite",
       pglite,
       async listen(channel, handlers) {

@@ -217,7 +217,7 @@ export class IngestEngine {
     const restored = this.ledgers.open(this.ctx, orgIds, now);
     if (restored) {
       try {
-        const outcomes = await writeBatch(this.ctx.db, this.ctx, requests, {
+        const outcomes = await writeBatch(this.ctx.flushDb, this.ctx, requests, {
           lookUpStored: false,
           restored,
         });

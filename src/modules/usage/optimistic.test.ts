@@ -4,6 +4,7 @@ import { describe, expect, it, vi } from "vitest";
 import { createTestApp, TestClock, twoInstances, waitFor } from "../../../test/support/app.js";
 import { onPostgres } from "../../../test/support/db.js";
 import type { Runtime } from "../../app/runtime.js";
+import { type Db, FLUSH_APPLICATION_NAME } from "../../db/index.js";
 import * as alertsRepo from "../alerts/alerts.repo.js";
 import { type Credits, parseCredits } from "../ledger/credits.js";
 import { GENESIS_HASH } from "../ledger/hash.js";
@@ -587,14 +588,16 @@ describe("optimistic ingest", async () => {
     await ingest(key, [usage(1)]);
 
     // The optimistic statement fails for a reason of its own: the locking path writes the flush.
-    const executeQuery = ctx.db.executeQuery.bind(ctx.db);
+    const executeQuery = ctx.flushDb.executeQuery.bind(ctx.flushDb);
     let failed = 0;
-    const spy = vi.spyOn(ctx.db, "executeQuery").mockImplementation(((query: CompiledQuery) => {
+    const spy = vi.spyOn(ctx.flushDb, "executeQuery").mockImplementation(((
+      query: CompiledQuery,
+    ) => {
       if (query.sql.includes("tally_guard") && failed++ === 0) {
         return Promise.reject(new Error("connection lost"));
       }
       return executeQuery(query);
-    }) as typeof ctx.db.executeQuery);
+    }) as typeof ctx.flushDb.executeQuery);
     const e = usage(2);
     let error: Awaited<ReturnType<typeof ingestCounted>>;
     try {
@@ -1013,5 +1016,46 @@ describe.runIf(onPostgres)("optimistic ingest racing a change of alert settings"
     expect(low).toHaveLength(1);
     const report = await verifyLedger(ctx.db, orgId);
     expect(report.ok, report.problems.join("; ")).toBe(true);
+  });
+});
+
+/**
+ * PostgreSQL: the one-statement flushes run on connections of their own, where a prepared
+ * statement always uses its generic plan; every other statement keeps being planned with its
+ * values (an ON CONFLICT on a partial index, as auto-topup's, can only be matched that way).
+ */
+describe.runIf(onPostgres)("the flush's own PostgreSQL connections", async () => {
+  const app = await createTestApp();
+  const ctx = app.runtime.ctx;
+  const planMode = async (db: Db) =>
+    (await sql<{ mode: string }>`select current_setting('plan_cache_mode') as mode`.execute(db))
+      .rows[0]!.mode;
+
+  it("plan prepared statements generically there, and only there", async () => {
+    expect(await planMode(ctx.flushDb)).toBe("force_generic_plan");
+    expect(await planMode(ctx.db)).toBe("auto");
+  });
+
+  it("carry the optimistic flushes", async () => {
+    const orgId = await app.createOrg();
+    const funded = await app.call("POST", `/v1/organizations/${orgId}/adjustments`, {
+      body: { amount: "+10", reason: "test" },
+    });
+    expect(funded.statusCode, funded.body).toBe(201);
+    const key = await app.orgKey(orgId, "ingest");
+    const send = (id: string) =>
+      app.call("POST", "/v1/usage-events", {
+        key,
+        body: { events: [{ id, type: "ai_tokens", model: "gpt-4o", tokens: { input: 4000 } }] },
+      });
+    expect((await send("own-1")).statusCode).toBe(200); // the locking path remembers the ledger
+    const { result, delta } = await counted(ctx.metrics.registry, () => send("own-2"));
+    expect(result.statusCode, result.body).toBe(200);
+    expect(delta).toEqual({ written: 1 });
+    const { rows } = await sql<{ query: string }>`select query from pg_stat_activity
+      where datname = current_database() and application_name = ${FLUSH_APPLICATION_NAME}`.execute(
+      ctx.db,
+    );
+    expect(rows.some((r) => r.query.startsWith('with "ledger:lock"'))).toBe(true);
   });
 });
