@@ -74,7 +74,7 @@ class PGliteConnection implements DatabaseConnection {
   release: (() => void) | undefined;
   constructor(private readonly pglite: PGlite | PGliteTransaction) {}
   async executeQuery<R>(query: CompiledQuery): Promise<QueryResult<R>> {
-    const result = await this.pglite.query<R>(query.sql, query.parameters as unknown[]);
+    const result = await this.pglite.query<R>(query.sql, query.parameters.map(parameter));
     return {
       rows: result.rows,
       numAffectedRows:
@@ -85,4 +85,16 @@ class PGliteConnection implements DatabaseConnection {
   async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
     throw new Error("streamQuery is not supported on PGlite; page with keyset cursors instead");
   }
+}
+
+/**
+ * PGlite sends a `Date` as its `toISOString()`, which writes a year past 9999 in the expanded
+ * form (`+010000-01-01T…`) that PostgreSQL cannot read; such an instant is a bound computed by
+ * Tally (the end of December 9999), never a stored one. node-postgres writes the year as is.
+ */
+function parameter(value: unknown): unknown {
+  if (value instanceof Date && value.getUTCFullYear() > 9999) {
+    return value.toISOString().replace(/^\+0*/, "");
+  }
+  return value;
 }

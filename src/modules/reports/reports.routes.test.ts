@@ -728,6 +728,18 @@ describe("reports", async () => {
     expect(last12[11]).toEqual(nov);
   });
 
+  it("answers for the last year it accepts: December 9999 ends in year 10000", async () => {
+    const orgId = await app.createOrg();
+    for (const path of [
+      `/v1/organizations/${orgId}/ledger-summaries?year=9999`,
+      `/v1/organizations/${orgId}/ledger-summaries?year=9999&month=12`,
+      `/v1/organizations/${orgId}/usage-summaries?year=9999&month=12`,
+    ]) {
+      const data = (await ok(path)).data as Json[];
+      expect(data.at(-1)!.period).toBe("9999-12");
+    }
+  });
+
   it("refuses invalid filters with 400", async () => {
     const orgId = await app.createOrg();
     const bad = [
