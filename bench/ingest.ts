@@ -2,7 +2,7 @@
  * One ingest scenario, measured quickly — the loop for working on the engine (the full,
  * recorded comparison is `npm run bench`):
  *
- *   npx tsx bench/ingest.ts [hot|batch|zipf] [--duration S] [--reps N] [--pglite]
+ *   npx tsx bench/ingest.ts [hot|batch|zipf] [--duration S] [--reps N] [--connections C] [--pglite]
  *   BENCH_NODE_FLAGS="--max-semi-space-size=4" npx tsx bench/ingest.ts batch   (V8 flags)
  *
  * Starts Tally on a fresh database, runs the load `reps` times and prints events/s, the CPU
@@ -57,6 +57,7 @@ async function main() {
     } else {
       throw new Error(`unknown scenario ${scenario}`);
     }
+    connections = option("connections", connections);
     for (let rep = 0; rep <= reps; rep++) {
       const m0 = await flushMetrics(server.url);
       const pg0 = pglite ? null : await postgresCpu(dbName);

@@ -1,5 +1,6 @@
 import { CompiledQuery } from "kysely";
 import { type Db, PREPARED } from "./index.js";
+import { isoString } from "./instant.js";
 
 /**
  * Set-based writes for the hot path. Rows travel as one array parameter per column and come
@@ -106,7 +107,7 @@ function arrayLiteral(rows: readonly (readonly Cell[])[], i: number): string {
     if (v === null) out += "NULL";
     else if (typeof v === "string") {
       out += NEEDS_ESCAPE.test(v) ? `"${v.replace(/[\\"]/g, "\\$&")}"` : `"${v}"`;
-    } else if (v instanceof Date) out += v.toISOString();
+    } else if (v instanceof Date) out += isoString(v);
     else out += String(v); // bigint, number, boolean (true/false)
   }
   return `${out}}`;

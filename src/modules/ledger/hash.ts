@@ -1,4 +1,5 @@
 import { hash } from "node:crypto";
+import { isoString } from "../../db/instant.js";
 import { type Credits, formatCredits } from "./credits.js";
 import type { EntryType } from "./ledger.tables.js";
 
@@ -54,7 +55,7 @@ export function canonicalEntry(e: HashedEntry): string {
     e.description,
     e.reference_type,
     e.reference_id,
-    e.created_at.toISOString(),
+    isoString(e.created_at),
   ]);
 }
 

@@ -12,6 +12,7 @@ import {
 } from "../../db/bulk.js";
 import { withoutCommitHook } from "../../db/commit-hooks.js";
 import type { Db } from "../../db/index.js";
+import { isoString } from "../../db/instant.js";
 import {
   type Credits,
   creditsFromDb,
@@ -795,7 +796,7 @@ function upsertRollups(accepted: readonly Accepted[]): WriteStep[] {
   >();
   for (const a of accepted) {
     const e = a.event;
-    const iso = e.timestamp.toISOString();
+    const iso = isoString(e.timestamp);
     const period = `${iso.slice(0, 7)}-01`;
     const k = `${e.orgId}\u0000${period}\u0000${e.type}\u0000${e.model ?? ""}\u0000${e.operation ?? ""}\u0000${e.userId ?? ""}\u0000${e.resource ?? ""}\u0000${e.meter ?? ""}`;
     let row = monthly.get(k);
