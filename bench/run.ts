@@ -70,7 +70,10 @@ const settings = {
   balanceProbeRate: 50,
   pgbenchClients: 8,
   pgbenchScales: quick ? "1" : "1,10",
+  /** V8/Node flags for the Tally servers (BENCH_NODE_FLAGS), e.g. heap tuning; none by default. */
+  tallyNodeFlags: process.env.BENCH_NODE_FLAGS?.trim() ?? "",
 };
+const tallyFlags = settings.tallyNodeFlags.split(" ").filter(Boolean);
 
 const startedAt = Date.now();
 const tag = `b${Date.now().toString(36)}`;
@@ -337,7 +340,7 @@ async function main(): Promise<number> {
   const pgbenchUrl = pgbench ? await createDb(dbNames.pgbench) : null;
   log("starting Tally (PostgreSQL), the bare Fastify route and the naive implementation");
   const [tally, bare, naive] = await Promise.all([
-    startTally("tally", { databaseUrl: tallyUrl }),
+    startTally("tally", { databaseUrl: tallyUrl }, tallyFlags),
     startBaseline("bare-fastify", "bench/baselines/bare-fastify.ts"),
     startBaseline("naive-ingest", "bench/baselines/naive-ingest.ts", { DATABASE_URL: naiveUrl }),
   ]);
@@ -811,7 +814,7 @@ async function startPglite(): Promise<{ server: Server; dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), "tally-bench-pglite-"));
   tempDirs.push(dir);
   log("starting Tally (PGlite)");
-  const server = await startTally("tally-pglite", { dataDir: join(dir, "data") });
+  const server = await startTally("tally-pglite", { dataDir: join(dir, "data") }, tallyFlags);
   return { server, dir };
 }
 

@@ -78,7 +78,7 @@ export function markdown(r: Results): string {
   lines.push(`> ${r.machine.note}`);
   lines.push("");
   lines.push(
-    `Settings: ${r.settings.reps} measured repetitions of ${r.settings.durationSec} s after a ${r.settings.warmupSec} s warm-up; load generator autocannon (in the bench process, pipelining 1); Tally and the baselines run as separate Node processes; PostgreSQL with durable commits.`,
+    `Settings: ${r.settings.reps} measured repetitions of ${r.settings.durationSec} s after a ${r.settings.warmupSec} s warm-up; load generator autocannon (in the bench process, pipelining 1); Tally and the baselines run as separate Node processes; PostgreSQL with durable commits.${r.settings.tallyNodeFlags ? ` **Tally ran with \`${r.settings.tallyNodeFlags}\`** (BENCH_NODE_FLAGS), not as \`npm start\` runs it.` : ""}`,
   );
   lines.push("");
   lines.push("## Targets");
@@ -250,8 +250,10 @@ export function writeReports(r: Results): string[] {
   const base = resultBase(r.date);
   writeFileSync(`${base}.json`, `${JSON.stringify(r, null, 2)}\n`);
   writeFileSync(`${base}.md`, markdown(r));
-  writeFileSync(join(RESULTS_DIR, "latest.svg"), svgChart(r));
   const rel = relative(ROOT, `${base}.md`);
+  // A run with tuned Node flags is recorded, but the README shows Tally as `npm start` runs it.
+  if (r.settings.tallyNodeFlags) return [relative(ROOT, `${base}.json`), rel];
+  writeFileSync(join(RESULTS_DIR, "latest.svg"), svgChart(r));
   updateReadme(readmeTable(r, rel));
   return [relative(ROOT, `${base}.json`), rel, "bench/results/latest.svg", "README.md"];
 }
