@@ -252,19 +252,33 @@ async function resolveOrgs(
 
 /** SHA-256 of the event with sorted keys, leaving out what a client may let default. */
 export function payloadHash(event: UsageEventInput): string {
-  const { org_id: _org, timestamp: _ts, ...rest } = event;
-  return hash("sha256", stableStringify(rest), "hex");
+  return hash("sha256", stableJson(event, DEFAULTABLE), "hex");
 }
 
-function stableStringify(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(stableStringify).join(",")}]`;
-  if (value && typeof value === "object") {
-    const keys = Object.keys(value).sort();
-    return `{${keys
-      .map((k) => `${JSON.stringify(k)}:${stableStringify((value as Record<string, unknown>)[k])}`)
-      .join(",")}}`;
+const DEFAULTABLE: ReadonlySet<string> = new Set(["org_id", "timestamp"]);
+
+/**
+ * JSON with every object's keys sorted (by UTF-16 code units), `undefined` written as `null`;
+ * the top level's `omit` keys left out. Stored payload hashes depend on this exact text.
+ */
+export function stableJson(value: unknown, omit?: ReadonlySet<string>): string {
+  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
+  if (Array.isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) {
+      if (i > 0) out += ",";
+      out += stableJson(value[i]);
+    }
+    return `${out}]`;
   }
-  return JSON.stringify(value) ?? "null";
+  const keys = Object.keys(value).sort();
+  let out = "{";
+  for (const k of keys) {
+    if (omit?.has(k)) continue;
+    if (out.length > 1) out += ",";
+    out += `${JSON.stringify(k)}:${stableJson((value as Record<string, unknown>)[k])}`;
+  }
+  return `${out}}`;
 }
 
 /** Same id seen again: a duplicate only if the event as submitted is the same. */
