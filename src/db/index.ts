@@ -74,46 +74,20 @@ export interface OpenOptions {
 
 export async function openDatabase(options: OpenOptions): Promise<Database> {
   if (options.url) {
-    const pool = new pg.Pool({
-      connectionString: options.url,
-      max: options.poolSize ?? 10,
-      // Unreachable database (or no free client for this long): fail the request with a 503
-      // instead of waiting forever.
-      connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
-    });
-    // A client whose connection dies (database restart, pg_terminate_backend) emits 'error'.
-    // An idle client's error goes to the pool's listener; a checked-out client has no listener
-    // of its own, and an unhandled 'error' event is an uncaught exception that ends the process.
-    // The query in flight fails by itself, and the pool drops the dead client on release.
-    pool.on("error", () => {});
-    pool.on("connect", (client) => {
-      client.on("error", () => {});
-      prepareMarked(client);
-    });
-    const db = new Kysely<DB>({ dialect: hookedDialect(new PostgresDialect({ pool })) });
+    const { url, connectTimeoutMs } = options;
+    const db = postgresDb(url, { max: options.poolSize ?? 10, connectTimeoutMs });
     // The flush statement's parameters are arrays, one per column: planned with their values,
     // it was planned again on every execution, its estimated cost always below the generic
     // plan's (which assumes 10 rows per array) — 15–25 % of PostgreSQL's CPU per event
     // (bench/results). Its generic plan is the same index lookups and nested loops. The setting
     // is per connection and would apply to every statement with parameters (some need their
     // values to be planned: an ON CONFLICT on a partial index), hence connections of its own.
-    const flushPool = new pg.Pool({
-      connectionString: options.url,
-      // How these connections show in pg_stat_activity.
-      application_name: FLUSH_APPLICATION_NAME,
+    const flushDb = postgresDb(url, {
       max: FLUSH_CONNECTIONS,
-      connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+      connectTimeoutMs,
+      applicationName: FLUSH_APPLICATION_NAME,
+      setup: "set plan_cache_mode = force_generic_plan",
     });
-    flushPool.on("error", () => {});
-    flushPool.on("connect", (client) => {
-      client.on("error", () => {});
-      prepareMarked(client);
-      client.query("set plan_cache_mode = force_generic_plan").catch(() => {});
-    });
-    const flushDb = new Kysely<DB>({
-      dialect: hookedDialect(new PostgresDialect({ pool: flushPool })),
-    });
-    const url = options.url;
     const listeners = new Set<() => Promise<void>>();
     return {
       db,
@@ -169,6 +143,34 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
     unlock();
     throw error;
   }
+}
+
+/** A Kysely instance over a pool of PostgreSQL connections. */
+function postgresDb(
+  url: string,
+  pool: { max: number; connectTimeoutMs?: number; applicationName?: string; setup?: string },
+): Db {
+  const connections = new pg.Pool({
+    connectionString: url,
+    max: pool.max,
+    // How the connections show in pg_stat_activity (the pool's own, when given).
+    application_name: pool.applicationName,
+    // Unreachable database (or no free client for this long): fail the request with a 503
+    // instead of waiting forever.
+    connectionTimeoutMillis: pool.connectTimeoutMs ?? 10_000,
+  });
+  // A client whose connection dies (database restart, pg_terminate_backend) emits 'error'.
+  // An idle client's error goes to the pool's listener; a checked-out client has no listener
+  // of its own, and an unhandled 'error' event is an uncaught exception that ends the process.
+  // The query in flight fails by itself, and the pool drops the dead client on release.
+  connections.on("error", () => {});
+  connections.on("connect", (client) => {
+    client.on("error", () => {});
+    prepareMarked(client);
+    // Queued before the client's first query; a failure shows in that query.
+    if (pool.setup) client.query(pool.setup).catch(() => {});
+  });
+  return new Kysely<DB>({ dialect: hookedDialect(new PostgresDialect({ pool: connections })) });
 }
 
 /**
