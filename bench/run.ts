@@ -14,7 +14,7 @@
  * creates is dropped at the end. Any broken invariant exits non-zero.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
@@ -68,6 +68,7 @@ const settings = {
   batchConnections: 8,
   batchOrgs: quick ? 2 : 8,
   balanceProbeRate: 50,
+  summaryEvents: quick ? 20_000 : 10_000_000,
   pgbenchClients: 8,
   pgbenchScales: quick ? "1" : "1,10",
   /** V8/Node flags for the Tally servers (BENCH_NODE_FLAGS), e.g. heap tuning; none by default. */
@@ -587,6 +588,10 @@ async function main(): Promise<number> {
     await tallyDb.end();
   }
 
+  // ---- monthly summary of an organisation with 10M events (bench/summary.ts, its own
+  // database), last: loading the events would disturb anything running beside it.
+  await monthlySummary();
+
   // ---- targets.
   const med = (k: string) => scenarios[k]?.summary.median ?? Number.NaN;
   const targets: Target[] = [];
@@ -651,6 +656,15 @@ async function main(): Promise<number> {
     basis: "median",
   });
   target({
+    key: "summary_p95",
+    label: `Monthly summary p95 at ${settings.summaryEvents.toLocaleString("en-US")} events`,
+    value: med("summary_p95"),
+    target: 20,
+    comparator: "<=",
+    unit: "ms",
+    basis: "p95 through the service and through HTTP, the slower of the two",
+  });
+  target({
     key: "rss",
     label: "Server peak RSS (PostgreSQL mode)",
     value: med("rss_pg"),
@@ -692,6 +706,75 @@ async function main(): Promise<number> {
     `${invariants.length - failed.length}/${invariants.length} invariants hold; ${results.totalSeconds} s`,
   );
   return failed.length === 0 ? 0 : 1;
+}
+
+/**
+ * `bench/summary.ts` in a child process: the month's summary of one organisation with
+ * `settings.summaryEvents` events, from the rollups (service and HTTP) and as a GROUP BY over
+ * the raw events. Its own detailed report goes to bench/results/summary-*.md (full runs).
+ */
+async function monthlySummary(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "tally-bench-summary-"));
+  tempDirs.push(dir);
+  const out = join(dir, "summary.json");
+  const args = ["--import", "tsx", "bench/summary.ts", "--events", String(settings.summaryEvents)];
+  args.push("--json-out", out);
+  if (quick)
+    args.push("--iterations", "20", "--raw-iterations", "1", "--other-orgs", "2", "--quick");
+  log(
+    `monthly summary: ${settings.summaryEvents.toLocaleString("en-US")} events (bench/summary.ts)`,
+  );
+  await new Promise<void>((resolve, reject) => {
+    execFile(
+      process.execPath,
+      args,
+      { cwd: ROOT, env: { ...process.env, DATABASE_URL: adminUrl() }, maxBuffer: 16 << 20 },
+      (error, _stdout, stderr) =>
+        error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(),
+    );
+  });
+  const r = JSON.parse(readFileSync(out, "utf8")) as {
+    results: {
+      service_rollups: { p50_ms: number; p95_ms: number };
+      http_inject_rollups: { p50_ms: number; p95_ms: number };
+      group_by_raw_events: { p50_ms: number };
+    };
+    data: { load_seconds: number; total_cost: string; usage_events: number };
+  };
+  const {
+    service_rollups: service,
+    http_inject_rollups: http,
+    group_by_raw_events: raw,
+  } = r.results;
+  // bench/summary.ts fails unless the rollups' summary equals the GROUP BY over the events.
+  invariant(
+    "Monthly summary: rollups = GROUP BY over the raw events",
+    true,
+    `total ${r.data.total_cost} credits over ${r.data.usage_events.toLocaleString("en-US")} events, both ways`,
+  );
+  record(
+    "summary_p95",
+    `Monthly usage summary p95, one organisation with ${settings.summaryEvents.toLocaleString("en-US")} events (from the rollups; the slower of service and HTTP)`,
+    "ms",
+    [
+      {
+        value: Math.max(service.p95_ms, http.p95_ms),
+        extra: {
+          serviceP50Ms: service.p50_ms,
+          serviceP95Ms: service.p95_ms,
+          httpP50Ms: http.p50_ms,
+          httpP95Ms: http.p95_ms,
+          loadSeconds: r.data.load_seconds,
+        },
+      },
+    ],
+  );
+  record(
+    "summary_raw_p50",
+    "The same summary as a GROUP BY over the raw usage_events, p50 (the baseline)",
+    "ms",
+    [{ value: raw.p50_ms }],
+  );
 }
 
 /**

@@ -6,18 +6,17 @@
  *
  *   npx tsx bench/summary.ts [--events 10000000] [--users 200] [--month 2026-10]
  *                            [--iterations 200] [--raw-iterations 5] [--keep]
+ *                            [--json-out FILE] [--quick]
  *
  * DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) names the server; the
  * benchmark creates its own database there and drops it afterwards (unless --keep). Events and
  * rollups are synthesised with SQL: events by generate_series, rollups and daily rows by
  * INSERT … SELECT … GROUP BY over those events, so they match exactly. Results go to
- * bench/results/summary-<date>[-<events>].json and .md.
- *
- * Self-contained on purpose: it does not use the general bench harness in bench/lib.
+ * bench/results/summary-[<events>-]<date>[-<n>].json and .md (not with --quick), and to
+ * --json-out: `npm run bench` runs this script last and reports its p95 against the target.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
-import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { sql } from "kysely";
 import pg from "pg";
@@ -31,6 +30,7 @@ import {
   periodBounds,
   usageSummaries,
 } from "../src/modules/reports/reports.service.js";
+import { resultBase } from "./lib/report.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -42,6 +42,10 @@ const { values: args } = parseArgs({
     chunk: { type: "string", default: "1000000" },
     "other-orgs": { type: "string", default: "50" },
     keep: { type: "boolean", default: false },
+    /** Also write the result as JSON here (`npm run bench` reads it). */
+    "json-out": { type: "string" },
+    /** Write no bench/results files (`npm run bench -- --quick`). */
+    quick: { type: "boolean", default: false },
   },
 });
 const EVENTS = Number(args.events);
@@ -373,15 +377,15 @@ async function main() {
       rollup_query_plan: plan,
     };
 
-    const dir = join(import.meta.dirname, "results");
-    mkdirSync(dir, { recursive: true });
-    const base = join(
-      dir,
-      `summary-${started.toISOString().slice(0, 10)}${EVENTS === 10_000_000 ? "" : `-${EVENTS}`}`,
-    );
-    writeFileSync(`${base}.json`, `${JSON.stringify(result, null, 2)}\n`);
-    writeFileSync(`${base}.md`, markdown(result));
-    log(`wrote ${base}.json and .md`);
+    const json = `${JSON.stringify(result, null, 2)}\n`;
+    if (args["json-out"]) writeFileSync(args["json-out"], json);
+    if (!args.quick) {
+      const prefix = EVENTS === 10_000_000 ? "summary-" : `summary-${EVENTS}-`;
+      const base = resultBase(started.toISOString(), prefix);
+      writeFileSync(`${base}.json`, json);
+      writeFileSync(`${base}.md`, markdown(result));
+      log(`wrote ${base}.json and .md`);
+    }
     await runtime.app.close();
   } finally {
     await database.close();
