@@ -173,17 +173,20 @@ describe("customer portal", () => {
     expect(Number(await daily.getAttribute("data-points"))).toBeGreaterThan(20);
     expect(await daily.getAttribute("data-series")).toBe("2");
     expect(await daily.locator(".uplot canvas").count()).toBe(1);
-    const box = await daily.locator(".uplot canvas").boundingBox();
-    expect(box?.width).toBeGreaterThan(200);
+    // The chart may be drawn again as the page settles (its canvas replaced): poll, not one look.
+    const canvas = daily.locator(".uplot canvas");
+    await expect.poll(async () => (await canvas.boundingBox())?.width ?? 0).toBeGreaterThan(200);
     // Something was drawn: the bars leave coloured pixels on the canvas.
-    const painted = await daily.locator(".uplot canvas").evaluate((canvas: HTMLCanvasElement) => {
-      const ctx = canvas.getContext("2d")!;
-      const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
-      let n = 0;
-      for (let i = 0; i < data.length; i += 4) if (data[i + 3]! > 0 && data[i + 2]! > data[i]!) n++;
-      return n;
-    });
-    expect(painted).toBeGreaterThan(100);
+    const painted = () =>
+      canvas.evaluate((c: HTMLCanvasElement) => {
+        const ctx = c.getContext("2d")!;
+        const { data } = ctx.getImageData(0, 0, c.width, c.height);
+        let n = 0;
+        for (let i = 0; i < data.length; i += 4)
+          if (data[i + 3]! > 0 && data[i + 2]! > data[i]!) n++;
+        return n;
+      });
+    await expect.poll(painted).toBeGreaterThan(100);
 
     const monthly = page.locator("figure.chart", { hasText: "Monthly cost by type" });
     await expect.poll(() => monthly.locator(".uplot canvas").count()).toBe(1);
