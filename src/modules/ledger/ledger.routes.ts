@@ -160,7 +160,7 @@ export const defaultBalanceFlags: BalanceFlags = {
   autoTopup: () => q`'off'`,
 };
 
-type AutoTopupFlag = "off" | "idle" | "in_flight" | "disabled";
+type AutoTopupFlag = BalanceDto["auto_topup"];
 
 export function registerLedgerRoutes(
   app: App,
