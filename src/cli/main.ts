@@ -3,6 +3,7 @@ import { ConfigError, loadConfig } from "../app/config.js";
 import type { AppContext } from "../app/context.js";
 import { systemClock } from "../app/context.js";
 import { csvLine } from "../app/csv.js";
+import { limitHeapGrowth } from "../app/heap.js";
 import { CLIENT_ID_PATTERN, createIdGenerator } from "../app/ids.js";
 import { createMetrics } from "../app/metrics.js";
 import { DataDirLockedError, migrateToLatest, openDatabase } from "../db/index.js";
@@ -72,6 +73,7 @@ export function buildCli(): Command {
     .description("Start the HTTP API, dashboard and background workers")
     .action(async () => {
       const config = loadConfig();
+      limitHeapGrowth();
       const { createRuntime } = await runtimeModule();
       const runtime = await createRuntime(config, { print: out });
       const url = await runtime.listen();
