@@ -28,6 +28,7 @@ import {
 } from "./http.js";
 import { installIdempotency } from "./idempotency.js";
 import { installRateLimit, RATE_LIMIT_EXEMPT } from "./rate-limit.js";
+import { installSecurityHeaders } from "./security-headers.js";
 
 export const BODY_LIMIT = 4 * 1024 * 1024;
 
@@ -126,6 +127,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
     done();
   });
 
+  installSecurityHeaders(app, ctx);
   // Before authentication: a throttled request costs no database work.
   await installRateLimit(app, ctx.config.rateLimit);
   installAuth(app, ctx, options.sessions);

@@ -367,10 +367,35 @@ describe("web app and headers", () => {
     expect(asset.headers["cache-control"]).toContain("immutable");
   });
 
-  it("puts the usual headers on API responses too", async () => {
+  it("puts the headers that matter for JSON on API responses, and the page headers elsewhere", async () => {
     const res = await app.call("GET", "/v1/organizations");
+    expect(res.statusCode).toBe(200);
     expect(res.headers["x-content-type-options"]).toBe("nosniff");
     expect(res.headers["referrer-policy"]).toBe("no-referrer");
+    expect(res.headers["x-frame-options"]).toBe("SAMEORIGIN");
+    expect(res.headers["cross-origin-resource-policy"]).toBe("same-origin");
+    expect(res.headers["content-security-policy"]).toBe(
+      "default-src 'none';frame-ancestors 'none'",
+    );
+    // Page-only headers stay off the API's answers (and its errors)…
+    const missing = await app.call("GET", "/v1/organizations/org_nope/balance");
+    expect(missing.statusCode).toBe(404);
+    // Refusals by authentication (an earlier hook than the routes) carry them too.
+    const anonymous = await app.call("GET", "/v1/organizations", { key: null });
+    expect(anonymous.statusCode).toBe(401);
+    for (const r of [res, missing, anonymous]) {
+      expect(r.headers["x-content-type-options"]).toBe("nosniff");
+      expect(r.headers["cross-origin-opener-policy"]).toBeUndefined();
+      expect(r.headers["x-dns-prefetch-control"]).toBeUndefined();
+      expect(r.headers["origin-agent-cluster"]).toBeUndefined();
+    }
+    // …and stay on everything else.
+    for (const url of ["/dashboard", "/readyz", "/no-such-page"]) {
+      const other = await app.call("GET", url, { key: null });
+      expect(other.headers["cross-origin-opener-policy"], url).toBe("same-origin");
+      expect(other.headers["x-dns-prefetch-control"], url).toBe("off");
+      expect(String(other.headers["content-security-policy"]), url).toContain("default-src 'self'");
+    }
   });
 
   it("marks cookies Secure (__Host- prefixed) and sends HSTS when served over https", async () => {
@@ -385,6 +410,9 @@ describe("web app and headers", () => {
     expect(cookie).not.toContain("Domain");
     expect(res.headers["strict-transport-security"]).toContain("max-age=");
     expect(res.headers["content-security-policy"]).toContain("upgrade-insecure-requests");
+    const api = await tls.call("GET", "/v1/organizations");
+    expect(api.statusCode).toBe(200);
+    expect(api.headers["strict-transport-security"]).toContain("max-age=");
     const session = await tls.call("GET", "/web/session", {
       key: null,
       headers: { cookie: cookie.split(";")[0]! },

@@ -5,7 +5,6 @@ import { fastifyCookie } from "@fastify/cookie";
 import fastifyStatic from "@fastify/static";
 import { Type } from "@sinclair/typebox";
 import type { FastifyReply, FastifyRequest } from "fastify";
-import helmet, { type HelmetOptions } from "helmet";
 import type { AppContext } from "../../app/context.js";
 import { AppError, ErrorEnvelopeSchema, unwrap } from "../../app/errors.js";
 import { type App, Timestamp } from "../../app/http.js";
@@ -25,25 +24,6 @@ export function sessionCookieName(ctx: AppContext): string {
 }
 const UNSAFE_METHODS = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 const publicAccess = { access: { public: true } } as const;
-
-/** The headers helmet sets with these options (it sets the same ones on every response). */
-function helmetHeaders(options: HelmetOptions): Record<string, string> {
-  const headers: Record<string, string> = {};
-  const response = {
-    setHeader: (name: string, value: string) => {
-      headers[name.toLowerCase()] = String(value);
-    },
-    removeHeader: (name: string) => {
-      delete headers[name.toLowerCase()];
-    },
-  };
-  let failed: unknown = null;
-  helmet(options)({} as never, response as never, (error?: unknown) => {
-    failed = error ?? null;
-  });
-  if (failed) throw failed;
-  return headers;
-}
 
 function sessionToken(request: FastifyRequest, cookieName: string): string | null {
   const header = request.headers.cookie;
@@ -107,48 +87,13 @@ const errors = {
 
 /**
  * Browser sessions for the operator console (`/dashboard`, platform keys) and the customer portal
- * (`/portal`, one-time links), security headers, and the built web app.
+ * (`/portal`, one-time links), and the built web app. (Security headers: `app/security-headers`.)
  */
 export function registerWebRoutes(app: App, ctx: AppContext): void {
   const secure = ctx.config.publicUrl.startsWith("https:");
   const cookieName = sessionCookieName(ctx);
 
-  const directives = {
-    "default-src": ["'self'"],
-    "base-uri": ["'self'"],
-    "connect-src": ["'self'"],
-    "font-src": ["'self'"],
-    "form-action": ["'self'"],
-    "frame-ancestors": ["'none'"],
-    "img-src": ["'self'", "data:"],
-    "object-src": ["'none'"],
-    "script-src": ["'self'"],
-    "script-src-attr": ["'none'"],
-    "style-src": ["'self'"],
-    ...(secure ? { "upgrade-insecure-requests": [] } : {}),
-  };
   app.register(fastifyCookie);
-  // Security headers on every response: helmet's, computed once. (@fastify/helmet rebuilt the
-  // middleware and re-parsed the policy for every request, a measurable share of a usage
-  // event's CPU; the headers never vary.)
-  const securityHeaders = helmetHeaders({
-    contentSecurityPolicy: { useDefaults: false, directives },
-    // HSTS only means something over https; on a plain-http install it would mislead.
-    strictTransportSecurity: secure ? { maxAge: 180 * 24 * 60 * 60 } : false,
-  });
-  // Swagger UI (/docs) sets some styles inline; it gets that and nothing else.
-  const docsPolicy = Object.entries({ ...directives, "style-src": ["'self'", "'unsafe-inline'"] })
-    .map(([k, v]) => [k, ...v].join(" "))
-    .join(";");
-  // Hooks on every request are synchronous where they can be: an async hook costs a promise and
-  // a microtask turn per request on the usage hot path.
-  app.addHook("onRequest", (request, reply, done) => {
-    reply.headers(securityHeaders);
-    if (request.url === "/docs" || request.url.startsWith("/docs/")) {
-      reply.header("content-security-policy", docsPolicy);
-    }
-    done();
-  });
 
   function setSessionCookie(reply: FastifyReply, started: service.StartedSession): void {
     const maxAge = Math.floor(
