@@ -3,6 +3,7 @@
  * recorded comparison is `npm run bench`):
  *
  *   npx tsx bench/ingest.ts [hot|batch|zipf] [--duration S] [--reps N] [--connections C] [--pglite]
+ *                                            [--probe R]   (balance GETs at R/s alongside, hot only)
  *   BENCH_NODE_FLAGS="--max-semi-space-size=4" npx tsx bench/ingest.ts batch   (V8 flags)
  *
  * Starts Tally on a fresh database, runs the load `reps` times and prints events/s, the CPU
@@ -11,7 +12,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runLoad } from "./lib/load.js";
+import { runLoad, runProbe } from "./lib/load.js";
 import { createDatabase, dropDatabase, postgresCpu, postgresCpuDelta } from "./lib/pg.js";
 import { ADMIN_KEY, startTally } from "./lib/servers.js";
 import { batchEvents, createOrgs, flushMetrics, singleEvents, TallyApi } from "./lib/tally.js";
@@ -26,6 +27,7 @@ const option = (name: string, fallback: number) => {
 const durationSec = option("duration", 5);
 const reps = option("reps", 2);
 const pglite = argv.includes("--pglite");
+const probeRate = option("probe", 0);
 
 async function main() {
   const dbName = `bench_ingest_${process.pid}`;
@@ -42,9 +44,15 @@ async function main() {
     let headers = platform;
     let connections = 64;
     let makeBody: ReturnType<typeof singleEvents>;
+    let probe: (() => ReturnType<typeof runProbe>) | null = null;
     if (scenario === "hot") {
       const org = await api.createFundedOrg(`${tag}-hot`);
       headers = { ...platform, authorization: `Bearer ${await api.createKey(org, "ingest")}` };
+      if (probeRate > 0) {
+        const url = `${server.url}/v1/organizations/${org}/balance`;
+        const key = await api.createKey(org, "read");
+        probe = () => runProbe(url, key, probeRate, durationSec);
+      }
       makeBody = singleEvents(tag);
     } else if (scenario === "zipf") {
       const orgs = await createOrgs(api, `${tag}-z`, 1000);
@@ -63,6 +71,7 @@ async function main() {
       const pg0 = pglite ? null : await postgresCpu(dbName);
       const cpu0 = server.cpuSeconds();
       const t0 = process.hrtime.bigint();
+      const probed = rep > 0 ? probe?.() : undefined;
       const r = await runLoad({
         url: server.url,
         path: "/v1/usage-events",
@@ -86,6 +95,12 @@ async function main() {
           `p99 ${r.latencyMs.p99} ms, peak RSS ${round(server.peakRssMb() ?? 0)} MB, statuses ${JSON.stringify(r.statuses)}, ` +
           `optimistic ${JSON.stringify(m1.optimistic)}`,
       );
+      if (probed) {
+        const p = await probed;
+        log(
+          `  balance GET: p50 ${p.p50} ms, p90 ${p.p90} ms, p99 ${p.p99} ms, max ${p.max} ms (${p.count})`,
+        );
+      }
     }
   } finally {
     await server.stop();

@@ -19,7 +19,13 @@ import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
-import { type Body, type LoadResult, retryUntilAcknowledged, runLoad } from "./lib/load.js";
+import {
+  type Body,
+  type LoadResult,
+  retryUntilAcknowledged,
+  runLoad,
+  runProbe,
+} from "./lib/load.js";
 import {
   adminUrl,
   createDatabase,
@@ -871,25 +877,6 @@ async function postgresFloor(pool: pg.Pool, orgId: string, n: number, run: numbe
   } finally {
     client.release();
   }
-}
-
-function runProbe(url: string, key: string, rate: number, seconds: number) {
-  const args = ["--import", "tsx", "bench/lib/probe.ts", url, key, String(rate), String(seconds)];
-  return new Promise<ProbeResult>((resolve, reject) => {
-    execFile(process.execPath, args, { cwd: ROOT }, (error, stdout, stderr) => {
-      if (error) reject(new Error(`${error.message}\n${stderr}`));
-      else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!) as ProbeResult);
-    });
-  });
-}
-
-interface ProbeResult {
-  count: number;
-  statuses: Record<string, number>;
-  p50: number;
-  p90: number;
-  p99: number;
-  max: number;
 }
 
 /** Batch ingest on embedded PGlite: a server of its own on a fresh data directory. */

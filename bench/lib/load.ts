@@ -1,4 +1,6 @@
+import { execFile } from "node:child_process";
 import autocannon from "autocannon";
+import { ROOT } from "./servers.js";
 import { percentile, sleep } from "./util.js";
 
 /** A request body and how many usage events it carries. */
@@ -166,4 +168,29 @@ export async function retryUntilAcknowledged(
   };
   await Promise.all(Array.from({ length: 8 }, worker));
   return { events, duplicates, failures };
+}
+
+export interface ProbeResult {
+  count: number;
+  statuses: Record<string, number>;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+
+/** GET `url` at `rate` requests/s for `seconds` from a process of its own (`probe.ts`). */
+export function runProbe(
+  url: string,
+  key: string,
+  rate: number,
+  seconds: number,
+): Promise<ProbeResult> {
+  const args = ["--import", "tsx", "bench/lib/probe.ts", url, key, String(rate), String(seconds)];
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, args, { cwd: ROOT }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`${error.message}\n${stderr}`));
+      else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!) as ProbeResult);
+    });
+  });
 }
