@@ -12,7 +12,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runLoad, runProbe } from "./lib/load.js";
+import { type ProbeResult, runLoad, runProbe } from "./lib/load.js";
 import { createDatabase, dropDatabase, postgresCpu, postgresCpuDelta } from "./lib/pg.js";
 import { ADMIN_KEY, startTally } from "./lib/servers.js";
 import { batchEvents, createOrgs, flushMetrics, singleEvents, TallyApi } from "./lib/tally.js";
@@ -44,14 +44,20 @@ async function main() {
     let headers = platform;
     let connections = 64;
     let makeBody: ReturnType<typeof singleEvents>;
-    let probe: (() => ReturnType<typeof runProbe>) | null = null;
+    let probe: (() => Promise<[ProbeResult, ProbeResult]>) | null = null;
     if (scenario === "hot") {
       const org = await api.createFundedOrg(`${tag}-hot`);
       headers = { ...platform, authorization: `Bearer ${await api.createKey(org, "ingest")}` };
       if (probeRate > 0) {
         const url = `${server.url}/v1/organizations/${org}/balance`;
         const key = await api.createKey(org, "read");
-        probe = () => runProbe(url, key, probeRate, durationSec);
+        // The same probe on /healthz (no authentication, no database): what any request waits
+        // for on this machine under that load.
+        probe = () =>
+          Promise.all([
+            runProbe(url, key, probeRate, durationSec),
+            runProbe(`${server.url}/healthz`, key, probeRate, durationSec),
+          ]);
       }
       makeBody = singleEvents(tag);
     } else if (scenario === "zipf") {
@@ -96,10 +102,15 @@ async function main() {
           `optimistic ${JSON.stringify(m1.optimistic)}`,
       );
       if (probed) {
-        const p = await probed;
-        log(
-          `  balance GET: p50 ${p.p50} ms, p90 ${p.p90} ms, p99 ${p.p99} ms, max ${p.max} ms (${p.count})`,
-        );
+        const [balance, health] = await probed;
+        for (const [name, p] of [
+          ["balance GET", balance],
+          ["GET /healthz", health],
+        ] as const) {
+          log(
+            `  ${name}: p50 ${p.p50} ms, p90 ${p.p90} ms, p99 ${p.p99} ms, max ${p.max} ms (${p.count})`,
+          );
+        }
       }
     }
   } finally {
