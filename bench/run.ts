@@ -532,6 +532,7 @@ async function main(): Promise<number> {
     {
       const p50: RunDetail[] = [];
       const p99: RunDetail[] = [];
+      const healthP99: RunDetail[] = [];
       const ingestDuring: RunDetail[] = [];
       for (let i = 1; i <= reps; i++) {
         const probe = runProbe(
@@ -540,22 +541,41 @@ async function main(): Promise<number> {
           settings.balanceProbeRate,
           dur,
         );
+        // The same probe on a route with no authentication and no database: what any request
+        // waits for on this machine under that load (the event loop, a free core).
+        const control = runProbe(`${tally.url}/healthz`, readKey, settings.balanceProbeRate, dur);
         const label = `Tally balance-under-load round ${i}`;
-        const [ingest, latency] = await Promise.all([hotRun(label, dur), probe]);
+        const [ingest, latency, health] = await Promise.all([hotRun(label, dur), probe, control]);
         await checkCounts(query, label, ingest.expected);
         hotExpected.push(ingest.expected);
         ingestDuring.push(ingest.detail);
         const extra = { probes: latency.count, max: latency.max, p90: latency.p90 };
         p50.push({ value: latency.p50, extra });
         p99.push({ value: latency.p99, extra });
-        invariant(
-          `${label}: balance probes answered 200`,
-          Object.keys(latency.statuses).every((s) => s === "200") && latency.count > 0,
-          `statuses ${JSON.stringify(latency.statuses)}`,
-        );
+        healthP99.push({
+          value: health.p99,
+          extra: { probes: health.count, p50: health.p50, p90: health.p90, max: health.max },
+        });
+        for (const [what, r] of [
+          ["balance", latency],
+          ["/healthz", health],
+        ] as const) {
+          invariant(
+            `${label}: ${what} probes answered 200`,
+            Object.keys(r.statuses).every((s) => s === "200") && r.count > 0,
+            `statuses ${JSON.stringify(r.statuses)}`,
+          );
+        }
       }
       record("balance_p50", "Balance GET p50 while hot-org ingest runs", "ms", p50);
       record("balance_p99", "Balance GET p99 while hot-org ingest runs", "ms", p99);
+      record(
+        "healthz_p99",
+        "GET /healthz p99 at the same time (no authentication, no database)",
+        "ms",
+        healthP99,
+        "A second probe at the same rate, on a route that only answers: the wait any request has on this machine while the hot organisation ingests, before any work of its own.",
+      );
       record(
         "tally_hot_during_probe",
         "Hot-org ingest during the balance probe",

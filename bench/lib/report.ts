@@ -48,7 +48,7 @@ function medianCpu(r: Results, key: string, field: string): number | null {
   return cpu.length === 0 ? null : cpu[Math.floor(cpu.length / 2)]!;
 }
 
-/** What the database alone needs per event, and the ceiling that puts on this machine. */
+/** What this machine allows: the database's CPU per event (the ceiling it puts on ingest) and the wait of a request that does no work under load. */
 export function floorLine(r: Results): string | null {
   const lines: string[] = [];
   const us = medianCpu(r, "pg_floor", "backendCpuPerEventUs");
@@ -62,6 +62,13 @@ export function floorLine(r: Results): string | null {
   if (lite !== null) {
     lines.push(
       `PGlite alone spends ${fmt(lite)} µs of CPU per event for the same rows, on the one thread it shares with the server, so Tally on PGlite cannot ingest more than about ${fmt(1e6 / lite)} events/s on any number of cores, before any of its own work.`,
+    );
+  }
+  const health = r.scenarios.healthz_p99?.summary.median;
+  const balance = r.scenarios.balance_p99?.summary.median;
+  if (health !== undefined && balance !== undefined) {
+    lines.push(
+      `While the hot organisation ingests, a GET of /healthz — no authentication, no database, nothing but the answer — has a p99 of ${fmt(health, "ms")} on this machine, against ${fmt(balance, "ms")} for the balance: that much of the balance read's p99 is waiting for the event loop and a core, before any of its own work.`,
     );
   }
   return lines.length > 0 ? lines.join("\n\n") : null;
