@@ -4,6 +4,7 @@
  *
  *   npx tsx bench/ingest.ts [hot|batch|zipf] [--duration S] [--reps N] [--connections C] [--pglite]
  *                                            [--probe R]   (balance GETs at R/s alongside, hot only)
+ *   npx tsx bench/ingest.ts hot --group-commit   (bench/baselines/group-commit.ts instead of Tally)
  *   BENCH_NODE_FLAGS="--max-semi-space-size=4" npx tsx bench/ingest.ts batch   (V8 flags)
  *
  * Starts Tally on a fresh database, runs the load `reps` times and prints events/s, the CPU
@@ -14,7 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ProbeResult, runLoad, runProbe } from "./lib/load.js";
 import { createDatabase, dropDatabase, postgresCpu, postgresCpuDelta } from "./lib/pg.js";
-import { ADMIN_KEY, startTally } from "./lib/servers.js";
+import { ADMIN_KEY, startBaseline, startTally } from "./lib/servers.js";
 import { batchEvents, createOrgs, flushMetrics, singleEvents, TallyApi } from "./lib/tally.js";
 import { log, prng, round, zipfSampler } from "./lib/util.js";
 
@@ -28,24 +29,38 @@ const durationSec = option("duration", 5);
 const reps = option("reps", 2);
 const pglite = argv.includes("--pglite");
 const probeRate = option("probe", 0);
+const groupCommit = argv.includes("--group-commit");
+if (groupCommit && (scenario !== "hot" || pglite || probeRate > 0)) {
+  throw new Error(
+    "--group-commit is a baseline for the hot scenario on PostgreSQL, without --probe",
+  );
+}
 
 async function main() {
   const dbName = `bench_ingest_${process.pid}`;
   const dataDir = pglite ? mkdtempSync(join(tmpdir(), "tally-bench-ingest-")) : null;
-  const server = await startTally(
-    "tally",
-    dataDir ? { dataDir } : { databaseUrl: await createDatabase(dbName) },
-    (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean),
-  );
+  const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean);
+  const server = groupCommit
+    ? await startBaseline("group-commit", "bench/baselines/group-commit.ts", {
+        DATABASE_URL: await createDatabase(dbName),
+      })
+    : await startTally(
+        "tally",
+        dataDir ? { dataDir } : { databaseUrl: await createDatabase(dbName) },
+        nodeFlags,
+      );
   try {
     const api = new TallyApi(server.url);
     const tag = `i${Date.now().toString(36)}`;
     const platform = { "content-type": "application/json", authorization: `Bearer ${ADMIN_KEY}` };
-    let headers = platform;
+    let headers: Record<string, string> = platform;
     let connections = 64;
     let makeBody: ReturnType<typeof singleEvents>;
     let probe: (() => Promise<[ProbeResult, ProbeResult]>) | null = null;
-    if (scenario === "hot") {
+    if (groupCommit) {
+      headers = { "content-type": "application/json" };
+      makeBody = singleEvents(tag);
+    } else if (scenario === "hot") {
       const org = await api.createFundedOrg(`${tag}-hot`);
       headers = { ...platform, authorization: `Bearer ${await api.createKey(org, "ingest")}` };
       if (probeRate > 0) {
