@@ -31,6 +31,7 @@ import {
 } from "./lib/load.js";
 import {
   adminUrl,
+  checkpoint,
   createDatabase,
   dropDatabase,
   pgbenchInit,
@@ -259,6 +260,7 @@ interface IngestRun {
  * acknowledged. Returns the run's details and what the database must now hold.
  */
 async function ingestRun(run: IngestRun): Promise<{ detail: RunDetail; expected: Expected }> {
+  await checkpoint(log);
   const m0 = await flushMetrics(run.server.url);
   const pg0 = run.database ? await postgresCpu(run.database) : null;
   const cpu0 = {
@@ -317,6 +319,7 @@ async function ingestRun(run: IngestRun): Promise<{ detail: RunDetail; expected:
 }
 
 async function httpRun(server: Server, label: string, makeBody: (n: number) => Body, sec: number) {
+  await checkpoint(log);
   const r = await runLoad({
     url: server.url,
     path: "/v1/usage-events",
@@ -453,6 +456,7 @@ async function main(): Promise<number> {
       log(`round ${round_}/${reps}`);
       if (pgbench) {
         for (const [scale, url] of pgbenchDbs) {
+          await checkpoint(log);
           const r = await pgbenchRun(pgbench, url, settings.pgbenchClients, dur);
           pgbenchCommand = r.command;
           pgbenchRuns.get(scale)!.push({ value: r.tps });
@@ -606,6 +610,7 @@ async function main(): Promise<number> {
       const healthP99: RunDetail[] = [];
       const ingestDuring: RunDetail[] = [];
       for (let i = 1; i <= reps; i++) {
+        await checkpoint(log); // before the probes start (hotRun's own then has nothing to write)
         const probe = runProbe(
           `${tally.url}/v1/organizations/${hot}/balance`,
           readKey,

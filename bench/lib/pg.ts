@@ -39,6 +39,24 @@ export async function dropDatabase(name: string): Promise<void> {
   await withClient(adminUrl(), (c) => c.query(`drop database if exists ${name} with (force)`));
 }
 
+let checkpointRefused = false;
+
+/**
+ * A CHECKPOINT before a measured run, so that every run starts the same way: no checkpoint
+ * already under way, and one only if the run itself writes about half of `max_wal_size`
+ * (WAL-triggered checkpoints otherwise fall on some runs and not others). Needs superuser or
+ * `pg_checkpoint`; without it the runs go on as they are, once said.
+ */
+export async function checkpoint(log: (line: string) => void): Promise<void> {
+  if (checkpointRefused) return;
+  try {
+    await withClient(adminUrl(), (c) => c.query("checkpoint"));
+  } catch (error) {
+    checkpointRefused = true;
+    log(`no CHECKPOINT before the runs (${(error as Error).message})`);
+  }
+}
+
 export async function serverInfo(): Promise<{ version: string; settings: Record<string, string> }> {
   return withClient(adminUrl(), async (c) => {
     const version = (await c.query<{ v: string }>("select current_setting('server_version') as v"))
