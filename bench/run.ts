@@ -471,20 +471,19 @@ async function main(): Promise<number> {
         await httpRun(naive, "naive warm-up", singleEvents(`${tag}-nw`), warm);
       naiveRuns.push(await httpRun(naive, "naive", singleEvents(`${tag}-n${round_}`), dur));
       log(`  naive: ${round(naiveRuns.at(-1)!.value)} rps`);
-      for (const [i, label] of [
-        [0, "group commit warm-up"],
-        [round_, "group commit"],
-      ] as const) {
-        if (i === 0 && (round_ > 1 || warm === 0)) continue;
-        const r = await httpRun(
+      const acked = (r: RunDetail) => r.statuses?.["200"] ?? 0;
+      if (round_ === 1 && warm > 0) {
+        const w = await httpRun(
           groupCommit,
-          label,
-          singleEvents(`${tag}-g${i}`),
-          i === 0 ? warm : dur,
+          "group commit warm-up",
+          singleEvents(`${tag}-gw`),
+          warm,
         );
-        groupCommitAcked += r.statuses["200"] ?? 0;
-        if (i > 0) groupCommitRuns.push(r);
+        groupCommitAcked += acked(w);
       }
+      const g = await httpRun(groupCommit, "group commit", singleEvents(`${tag}-g${round_}`), dur);
+      groupCommitAcked += acked(g);
+      groupCommitRuns.push(g);
       log(`  minimal group commit: ${round(groupCommitRuns.at(-1)!.value)} events/s`);
       if (round_ === 1 && warm > 0) {
         const w = await hotRun("Tally hot org warm-up", warm);
