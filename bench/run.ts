@@ -471,7 +471,6 @@ async function main(): Promise<number> {
         await httpRun(naive, "naive warm-up", singleEvents(`${tag}-nw`), warm);
       naiveRuns.push(await httpRun(naive, "naive", singleEvents(`${tag}-n${round_}`), dur));
       log(`  naive: ${round(naiveRuns.at(-1)!.value)} rps`);
-      const acked = (r: RunDetail) => r.statuses?.["200"] ?? 0;
       if (round_ === 1 && warm > 0) {
         const w = await httpRun(
           groupCommit,
@@ -479,10 +478,10 @@ async function main(): Promise<number> {
           singleEvents(`${tag}-gw`),
           warm,
         );
-        groupCommitAcked += acked(w);
+        groupCommitAcked += w.statuses["200"] ?? 0;
       }
       const g = await httpRun(groupCommit, "group commit", singleEvents(`${tag}-g${round_}`), dur);
-      groupCommitAcked += acked(g);
+      groupCommitAcked += g.statuses["200"] ?? 0;
       groupCommitRuns.push(g);
       log(`  minimal group commit: ${round(groupCommitRuns.at(-1)!.value)} events/s`);
       if (round_ === 1 && warm > 0) {

@@ -4,6 +4,7 @@
  * with no validation, authentication, pricing or database. Started by `bench/run.ts`.
  */
 import Fastify from "fastify";
+import { serve } from "./serve.js";
 
 const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
 
@@ -27,6 +28,4 @@ app.post("/v1/usage-events", async (request) => {
   };
 });
 
-await app.listen({ port: Number(process.env.PORT ?? 8090), host: process.env.HOST ?? "127.0.0.1" });
-process.once("SIGINT", () => void app.close().then(() => process.exit(0)));
-process.once("SIGTERM", () => void app.close().then(() => process.exit(0)));
+await serve(app, 8090);

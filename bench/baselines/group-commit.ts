@@ -19,6 +19,7 @@ import pg from "pg";
 import { migrateToLatest, openDatabase } from "../../src/db/index.js";
 import { formatCredits } from "../../src/modules/ledger/credits.js";
 import { entryHash, GENESIS_HASH } from "../../src/modules/ledger/hash.js";
+import { serve } from "./serve.js";
 
 const ORG = "org_hot";
 const BLOCK = "blk_hot";
@@ -332,11 +333,4 @@ app.post("/v1/usage-events", async (request) => {
   return { data: await Promise.all(events.map(submit)) };
 });
 
-await app.listen({ port: Number(process.env.PORT ?? 8092), host: process.env.HOST ?? "127.0.0.1" });
-const stop = () =>
-  void app
-    .close()
-    .then(() => pool.end())
-    .then(() => process.exit(0));
-process.once("SIGINT", stop);
-process.once("SIGTERM", stop);
+await serve(app, 8092, () => pool.end());

@@ -8,6 +8,7 @@
 import { randomUUID } from "node:crypto";
 import Fastify from "fastify";
 import pg from "pg";
+import { serve } from "./serve.js";
 
 pg.types.setTypeParser(1700, (v: string) => v);
 pg.types.setTypeParser(20, (v: string) => v);
@@ -230,11 +231,4 @@ app.post(
   },
 );
 
-await app.listen({ port: Number(process.env.PORT ?? 8091), host: process.env.HOST ?? "127.0.0.1" });
-const stop = () =>
-  void app
-    .close()
-    .then(() => pool.end())
-    .then(() => process.exit(0));
-process.once("SIGINT", stop);
-process.once("SIGTERM", stop);
+await serve(app, 8091, () => pool.end());
