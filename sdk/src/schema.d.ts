@@ -693,7 +693,10 @@ export interface paths {
                     /** @description Name, external id or id. */
                     search?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -870,6 +873,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -878,6 +925,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -1123,6 +1172,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -1142,7 +1235,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -1318,6 +1414,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -1329,7 +1469,10 @@ export interface paths {
         patch: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -1570,6 +1713,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         trace?: never;
@@ -1590,7 +1777,10 @@ export interface paths {
                     /** @description `next_cursor` of the previous page. */
                     cursor?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -1759,6 +1949,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -1767,6 +2001,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -1996,6 +2232,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -2015,7 +2295,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -2181,6 +2464,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -2189,7 +2516,10 @@ export interface paths {
         delete: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -2382,6 +2712,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         options?: never;
@@ -2390,7 +2764,10 @@ export interface paths {
         patch: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -2613,6 +2990,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         trace?: never;
@@ -2633,7 +3054,10 @@ export interface paths {
                     /** @description `next_cursor` of the previous page. */
                     cursor?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -2808,6 +3232,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -2819,6 +3287,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -3046,6 +3516,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -3068,7 +3582,10 @@ export interface paths {
         delete: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -3261,6 +3778,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         options?: never;
@@ -3282,6 +3843,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -3505,6 +4068,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -3527,6 +4134,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -3742,6 +4351,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -3761,7 +4414,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -3808,9 +4464,10 @@ export interface paths {
                             auto_topup: "off" | "idle" | "in_flight" | "disabled";
                             /**
                              * Format: date-time
+                             * @description When the balance last changed (before the organisation's first entry: its creation).
                              * @example 2026-11-24T10:00:00Z
                              */
-                            updated_at: string | null;
+                            updated_at: string;
                             /** @description Sequence of the newest ledger entry. */
                             last_sequence: number;
                         };
@@ -3948,6 +4605,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -3975,7 +4676,10 @@ export interface paths {
                     cursor?: string;
                     status?: "active" | "pending_payment" | "depleted" | "expired" | "voided";
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -4163,6 +4867,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -4187,6 +4935,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -4302,6 +5052,28 @@ export interface paths {
                 };
                 /** @description No, unknown or revoked API key (`unauthenticated`). */
                 401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description A debit larger than the credits held (`insufficient_credits`). */
+                402: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -4454,6 +5226,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -4491,7 +5307,10 @@ export interface paths {
                     to?: string;
                     reference_id?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -4695,6 +5514,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -4730,7 +5593,10 @@ export interface paths {
                     to?: string;
                     reference_id?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -4880,6 +5746,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -4901,7 +5811,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -5102,6 +6015,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -5123,7 +6080,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -5279,6 +6239,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -5300,7 +6304,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -5479,6 +6486,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         /**
@@ -5488,7 +6539,10 @@ export interface paths {
         put: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -5726,6 +6780,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         post?: never;
@@ -5746,7 +6844,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -5927,6 +7028,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         /**
@@ -5936,7 +7081,10 @@ export interface paths {
         put: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -6187,6 +7335,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         post?: never;
@@ -6212,7 +7404,10 @@ export interface paths {
                     /** @description `next_cursor` of the previous page. */
                     cursor?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -6391,6 +7586,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -6422,7 +7661,10 @@ export interface paths {
                     /** @description Only this organisation's endpoints. */
                     org_id?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -6595,6 +7837,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -6606,6 +7892,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -6840,6 +8128,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -6859,7 +8191,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `whe_…` id. */
                     id: string;
@@ -7031,6 +8366,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -7042,7 +8421,10 @@ export interface paths {
         delete: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `whe_…` id. */
                     id: string;
@@ -7234,6 +8616,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         options?: never;
@@ -7258,6 +8684,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -7476,6 +8904,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -7500,7 +8972,10 @@ export interface paths {
                     /** @description `next_cursor` of the previous page. */
                     cursor?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `whe_…` id. */
                     id: string;
@@ -7676,6 +9151,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -7706,7 +9225,10 @@ export interface paths {
                      */
                     at?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -7920,6 +9442,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         /**
@@ -7929,7 +9495,10 @@ export interface paths {
         put: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -8283,6 +9852,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         post?: never;
@@ -8311,7 +9924,10 @@ export interface paths {
                     /** @description `next_cursor` of the previous page. */
                     cursor?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -8476,6 +10092,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -8497,7 +10157,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     version: number;
                 };
@@ -8713,6 +10376,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -8744,7 +10451,10 @@ export interface paths {
                     /** @description Only active / inactive ones. */
                     active?: boolean;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -8946,6 +10656,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -8954,6 +10708,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -9234,6 +10990,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -9253,7 +11053,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     id: string;
                 };
@@ -9453,6 +11256,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -9467,7 +11314,10 @@ export interface paths {
         patch: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     id: string;
                 };
@@ -9743,6 +11593,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         trace?: never;
@@ -9765,7 +11659,10 @@ export interface paths {
                     /** @description pending → paid | failed | expired; paid → refunded | partially_refunded. */
                     status?: "pending" | "paid" | "failed" | "expired" | "refunded" | "partially_refunded";
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -9979,6 +11876,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -9990,6 +11931,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -10270,6 +12213,28 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description The payment processor is unreachable (`service_unavailable`). */
                 503: {
                     headers: {
@@ -10311,7 +12276,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -10522,6 +12490,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -10549,6 +12561,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -10841,6 +12855,28 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
                 /** @description The payment processor is unreachable (`service_unavailable`). */
                 503: {
                     headers: {
@@ -10888,6 +12924,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -11229,6 +13267,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -11267,7 +13349,10 @@ export interface paths {
                      */
                     to?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -11462,6 +13547,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -11489,7 +13618,10 @@ export interface paths {
                     cursor?: string;
                     status?: "held" | "settled" | "released" | "expired";
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -11674,6 +13806,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -11682,6 +13858,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -11790,13 +13968,26 @@ export interface paths {
                         };
                     };
                 };
-                /** @description `insufficient_credits` */
+                /** @description Not enough available credits (`insufficient_credits`). */
                 402: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": unknown;
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
                     };
                 };
                 /** @description The key's role does not allow this (`forbidden`, `plan_not_eligible`). */
@@ -11931,6 +14122,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -11953,6 +14188,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -12279,6 +14516,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -12301,6 +14582,8 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
                     /** @description Replays the first response for 24 h. */
                     "idempotency-key"?: string;
                 };
@@ -12529,6 +14812,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -12548,7 +14875,10 @@ export interface paths {
         get: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -12730,6 +15060,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -12759,7 +15133,10 @@ export interface paths {
                     /** @description Month 1–12; needs `year`. Without `month`: every month of the year. */
                     month?: number;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -13015,6 +15392,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -13044,7 +15465,10 @@ export interface paths {
                     /** @description Month 1–12; needs `year`. Without `month`: every month of the year. */
                     month?: number;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -13194,6 +15618,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -13225,7 +15693,10 @@ export interface paths {
                     /** @description Within each period: `cost` (largest first, the default) or `org` (by name). */
                     sort?: "cost" | "org";
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -13408,6 +15879,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -13439,7 +15954,10 @@ export interface paths {
                     /** @description Within each period: `cost` (largest first, the default) or `org` (by name). */
                     sort?: "cost" | "org";
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -13586,6 +16104,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -13615,7 +16177,10 @@ export interface paths {
                     /** @example 2026-11-30 */
                     to?: string;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -13786,6 +16351,50 @@ export interface paths {
                         };
                     };
                 };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
             };
         };
         put?: never;
@@ -13815,7 +16424,10 @@ export interface paths {
                     /** @description Month 1–12; needs `year`. Without `month`: every month of the year. */
                     month?: number;
                 };
-                header?: never;
+                header?: {
+                    /** @description The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`. */
+                    "on-behalf-of"?: string;
+                };
                 path: {
                     /** @description `org_…` id or `ext:<external_id>`. */
                     org_id: string;
@@ -14006,6 +16618,50 @@ export interface paths {
                 };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The database is unavailable (`service_unavailable`); retry shortly, idempotently. */
+                503: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -14240,6 +16896,28 @@ export interface paths {
                 };
                 /** @description Rate limited (`rate_limited`). */
                 429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description A fault of the service (`internal`); never an answer to bad input. */
+                500: {
                     headers: {
                         [name: string]: unknown;
                     };

@@ -4,6 +4,7 @@ import * as alerts from "../modules/alerts/alerts.service.js";
 import type { BalanceFlags } from "../modules/ledger/ledger.routes.js";
 import type { BalanceChange, BalanceObserver } from "../modules/ledger/posting.js";
 import * as topup from "../modules/topup/topup.service.js";
+import * as usage from "../modules/usage/usage.service.js";
 import type { AppContext } from "./context.js";
 
 type Watched = { org_id: string; module: string };
@@ -43,8 +44,9 @@ async function react(
   }
 }
 
-/** The `low_balance` and `auto_topup` fields of `GET …/balance`. */
+/** The `low_balance`, `auto_topup` and `reserved` fields of `GET …/balance`. */
 export const balanceFlags: BalanceFlags = {
   inAlert: alerts.inAlertExpression,
   autoTopup: topup.autoTopupExpression,
+  overdueHolds: usage.overdueHoldsExpression,
 };

@@ -116,3 +116,7 @@ export function unwrap<T>(result: Result<T>): T {
   if (result.ok) return result.value;
   throw new AppError(result.code, result.message, result.details);
 }
+
+/** The answer when a write fails because a value is too large for its column (`isOutOfRange`). */
+export const OUT_OF_RANGE =
+  "An amount is beyond what Tally stores: credits, balances and their monthly totals must stay below 10^26 in absolute value.";

@@ -89,6 +89,30 @@ describe("http plumbing", async () => {
     );
   });
 
+  it("takes query integers only as plain decimal integers", async () => {
+    for (const limit of ["0x10", "0b11", "1e1", "1.0", "%205", "+5"]) {
+      const res = await app.inject({ method: "GET", url: `/things/x?limit=${limit}` });
+      expect(res.statusCode, limit).toBe(400);
+      expect(res.json().error.details).toEqual([
+        { field: "query.limit", message: "must be a decimal integer" },
+      ]);
+    }
+    expect((await app.inject({ method: "GET", url: "/things/x?limit=007" })).json().limit).toBe(7);
+  });
+
+  it("lists what is wrong with a body that is not JSON", async () => {
+    const res = await app.inject({
+      method: "POST",
+      url: "/things",
+      headers: { "content-type": "application/json" },
+      payload: '{"kind":',
+    });
+    expect(res.statusCode).toBe(400);
+    const details = res.json().error.details;
+    expect(details).toHaveLength(1);
+    expect(details[0].message).toEqual(expect.any(String));
+  });
+
   it("names body problems by JSON pointer, one per union, without coercion", async () => {
     const res = await app.inject({
       method: "POST",

@@ -12,8 +12,15 @@ import type {
   RawRequestDefaultExpression,
   RawServerDefault,
 } from "fastify";
-import { isDatabaseUnavailable } from "../db/index.js";
-import { AppError, ERRORS, type ErrorCode, type ErrorDetail, errorBody } from "./errors.js";
+import { isDatabaseUnavailable, isOutOfRange } from "../db/index.js";
+import {
+  AppError,
+  ERRORS,
+  type ErrorCode,
+  type ErrorDetail,
+  errorBody,
+  OUT_OF_RANGE,
+} from "./errors.js";
 import { CLIENT_ID_PATTERN } from "./ids.js";
 
 export type App = FastifyInstance<
@@ -261,6 +268,28 @@ function refuseText(problem: TextProblem, field: string): AppError {
       ]);
 }
 
+/**
+ * Query integers must be written as plain decimal integers: the validator's type coercion
+ * (`+value`) would also take `0x10`, `1e1`, `1.0` or ` 5`.
+ */
+function looseIntegers(schema: unknown, query: unknown): AppError | undefined {
+  const properties = (schema as { properties?: Record<string, { type?: unknown }> } | undefined)
+    ?.properties;
+  if (!properties || typeof query !== "object" || query === null) return undefined;
+  const details: ErrorDetail[] = [];
+  for (const [name, value] of Object.entries(query)) {
+    if (properties[name]?.type !== "integer") continue;
+    for (const v of [value].flat()) {
+      if (typeof v === "string" && !/^-?\d+$/.test(v)) {
+        details.push({ field: `query.${name}`, message: "must be a decimal integer" });
+      }
+    }
+  }
+  return details.length > 0
+    ? new AppError("invalid_request", "Invalid query string.", details)
+    : undefined;
+}
+
 export function installValidation(app: App): void {
   // Path and query text reach the database before validation (authentication resolves
   // `{org_id}` in onRequest), so they are checked first of all.
@@ -275,7 +304,7 @@ export function installValidation(app: App): void {
         return;
       }
     }
-    done();
+    done(looseIntegers(request.routeOptions.schema?.querystring, request.query));
   });
   app.addHook("preValidation", (request, _reply, done) => {
     const problem =
@@ -397,14 +426,19 @@ export function installErrorHandling(app: App): void {
     }
     const mapped = fe.code ? FASTIFY_CODES[fe.code] : undefined;
     if (mapped) {
-      return sendError(reply, request, mapped, mappedMessage(fe, mapped));
+      return sendError(reply, request, mapped, mappedMessage(fe, mapped), parseProblem(fe, mapped));
     }
     if (
       fe instanceof SyntaxError ||
       (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500)
     ) {
       // Body parser errors (malformed JSON, __proto__ keys) and other client errors.
-      return sendError(reply, request, "invalid_request", fe.message);
+      return sendError(reply, request, "invalid_request", fe.message, [{ message: fe.message }]);
+    }
+    if (isOutOfRange(error)) {
+      return sendError(reply, request, "invalid_request", OUT_OF_RANGE, [
+        { message: OUT_OF_RANGE },
+      ]);
     }
     if (isDatabaseUnavailable(error)) {
       // Not a bug of this request: the database is restarting or unreachable. Nothing was
@@ -448,6 +482,13 @@ export const ROUTER_OPTIONS = {
     ]);
   },
 };
+
+/** What the body parser found wrong (the JSON parser's own words), as the one detail. */
+function parseProblem(error: FastifyError, code: ErrorCode): ErrorDetail[] {
+  if (code !== "invalid_request") return [];
+  const cause = error.cause instanceof Error ? error.cause.message : null;
+  return [{ message: cause ?? error.message }];
+}
 
 function mappedMessage(error: FastifyError, code: ErrorCode): string {
   switch (code) {

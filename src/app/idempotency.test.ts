@@ -50,6 +50,22 @@ describe("Idempotency-Key", async () => {
     expect(await orgsNamed(name)).toBe(1);
   });
 
+  it("the same body with its keys in another order is the same body", async () => {
+    const name = unique("Reordered");
+    const first = await app.call("POST", "/v1/organizations", {
+      rawBody: JSON.stringify({ name, metadata: { a: "1", b: "2" } }),
+      headers: { "idempotency-key": "k-reordered" },
+    });
+    expect(first.statusCode).toBe(201);
+    const second = await app.call("POST", "/v1/organizations", {
+      rawBody: JSON.stringify({ metadata: { b: "2", a: "1" }, name }),
+      headers: { "idempotency-key": "k-reordered" },
+    });
+    expect(second.headers["idempotent-replayed"]).toBe("true");
+    expect(second.json()).toEqual(first.json());
+    expect(await orgsNamed(name)).toBe(1);
+  });
+
   it("without a key, each POST runs", async () => {
     const name = unique("NoKey");
     await app.call("POST", "/v1/organizations", { body: { name } });

@@ -9,6 +9,7 @@ import { sessionCookieName } from "../modules/web/web.routes.js";
 import type { AppContext } from "./context.js";
 import { AppError } from "./errors.js";
 import type { App } from "./http.js";
+import { stableJson } from "./stable-json.js";
 
 /**
  * `Idempotency-Key` for every POST: the first response (status and body) is stored for 24 h and
@@ -133,11 +134,14 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     if (!secret) return false;
     const sealKey = sealKeyFor(secret, key);
     const scope = request.principal.id;
-    const requestHash = createHash("sha256")
-      .update(`${request.method} ${request.url}\n${JSON.stringify(request.body ?? null)}`)
-      .digest("hex");
+    // The same body is the same JSON value: key order and whitespace do not matter.
+    const fingerprint = (json: string) =>
+      createHash("sha256").update(`${request.method} ${request.url}\n${json}`).digest("hex");
+    const requestHash = fingerprint(stableJson(request.body ?? null));
+    // Keys claimed before fingerprints sorted the keys (kept 24 h): compared as they were.
+    const legacyHash = fingerprint(JSON.stringify(request.body ?? null));
 
-    const outcome = await claim(ctx.db, ctx.clock.now(), scope, key, requestHash);
+    const outcome = await claim(ctx.db, ctx.clock.now(), scope, key, [requestHash, legacyHash]);
     switch (outcome.kind) {
       case "claimed":
         request.idempotency = { scope, key, replayed: false, sealKey };
@@ -239,12 +243,13 @@ async function claim(
   now: Date,
   scope: string,
   key: string,
-  requestHash: string,
+  /** The request's fingerprint, then the fingerprints an earlier version gave it. */
+  fingerprints: [string, ...string[]],
 ): Promise<ClaimOutcome> {
   const row = {
     scope,
     key,
-    request_hash: requestHash,
+    request_hash: fingerprints[0],
     status: "in_progress" as const,
     response_status: null,
     response_body: null,
@@ -273,7 +278,7 @@ async function claim(
         eb.and([
           eb("status", "=", "in_progress"),
           eb("locked_until", "<=", now),
-          eb("request_hash", "=", requestHash),
+          eb("request_hash", "in", fingerprints),
           eb("effect_committed", "=", false),
         ]),
       ]),
@@ -287,8 +292,8 @@ async function claim(
     .where("scope", "=", scope)
     .where("key", "=", key)
     .executeTakeFirst();
-  if (!existing) return claim(db, now, scope, key, requestHash);
-  if (existing.request_hash !== requestHash) return { kind: "conflict" };
+  if (!existing) return claim(db, now, scope, key, fingerprints);
+  if (!fingerprints.includes(existing.request_hash)) return { kind: "conflict" };
   if (existing.status === "in_progress") {
     return { kind: "in_progress", lost: existing.effect_committed && existing.locked_until <= now };
   }

@@ -1,7 +1,7 @@
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
-import { Type } from "@sinclair/typebox";
+import { type TSchema, Type } from "@sinclair/typebox";
 import Fastify, { type RouteOptions } from "fastify";
 import { FLUSH_CONNECTIONS, isReady } from "../db/index.js";
 import { registerAlertRoutes } from "../modules/alerts/alerts.routes.js";
@@ -43,6 +43,8 @@ const ERROR_RESPONSES: Record<number, string> = {
   404: "Unknown id, or an id of another organisation (`not_found`).",
   409: "Conflict (`idempotency_conflict`, `idempotency_in_progress`, `invalid_state`, …).",
   429: "Rate limited (`rate_limited`).",
+  500: "A fault of the service (`internal`); never an answer to bad input.",
+  503: "The database is unavailable (`service_unavailable`); retry shortly, idempotently.",
 };
 const BODY_METHODS = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
@@ -88,14 +90,22 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
       response[status] ??= { ...ErrorEnvelopeSchema, description };
     }
     route.schema.response = response;
-    if (!v1) return;
-    if (route.method === "POST" || (Array.isArray(route.method) && route.method.includes("POST"))) {
-      route.schema.headers ??= Type.Object({
-        "idempotency-key": Type.Optional(
-          Type.String({ maxLength: 255, description: "Replays the first response for 24 h." }),
-        ),
-      });
+    if (!v1 || route.schema.headers) return;
+    const headers: Record<string, TSchema> = {};
+    if (route.config?.access) {
+      headers["on-behalf-of"] = Type.Optional(
+        Type.String({
+          description:
+            "The platform user acting (a user of the organisation), recorded on ledger entries as `user_id`.",
+        }),
+      );
     }
+    if ([route.method].flat().includes("POST")) {
+      headers["idempotency-key"] = Type.Optional(
+        Type.String({ maxLength: 255, description: "Replays the first response for 24 h." }),
+      );
+    }
+    if (Object.keys(headers).length > 0) route.schema.headers = Type.Object(headers);
   });
 
   await app.register(swagger, {

@@ -384,6 +384,14 @@ const NETWORK_ERRORS = new Set([
  * request failed without effect or with its outcome unknown (a lost COMMIT acknowledgement):
  * the client should retry, idempotently.
  */
+/**
+ * A value too large for its column (SQLSTATE 22003, e.g. a sum of credits reaching 10^26): the
+ * input's magnitudes are to blame, and the statement changed nothing.
+ */
+export function isOutOfRange(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === "22003";
+}
+
 export function isDatabaseUnavailable(error: unknown): boolean {
   for (let e = error, depth = 0; e && typeof e === "object" && depth < 5; depth++) {
     const { code, message, errors, cause } = e as {

@@ -91,7 +91,9 @@ export async function createTestApp(
       if (opts.rawBody !== undefined) payload = opts.rawBody;
       else if (opts.body !== undefined) payload = JSON.stringify(opts.body);
       if (payload !== undefined) headers["content-type"] ??= "application/json";
-      return runtime.app.inject({ method, url, headers, payload }) as never;
+      const res = await runtime.app.inject({ method, url, headers, payload });
+      assertDocumented(runtime, method, url, res.statusCode);
+      return res as never;
     },
     async createOrg(body = {}) {
       const res = await app.call("POST", "/v1/organizations", {
@@ -157,4 +159,43 @@ export async function twoInstances(
     );
   }
   return runtimes as [Runtime, Runtime];
+}
+
+type Operation = { method: string; pattern: RegExp; params: number; statuses: Set<string> };
+const operations = new WeakMap<Runtime, Operation[]>();
+
+/**
+ * Every answer a test receives must be one its operation documents in `/openapi.json`: the
+ * document has to describe every route exactly, errors included.
+ */
+function assertDocumented(runtime: Runtime, method: string, url: string, status: number): void {
+  let ops = operations.get(runtime);
+  if (!ops) {
+    const doc = runtime.app.swagger() as {
+      paths: Record<string, Record<string, { responses?: Record<string, unknown> }>>;
+    };
+    ops = [];
+    for (const [path, methods] of Object.entries(doc.paths)) {
+      const source = path.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{[^}]+\}/g, "[^/]+");
+      for (const [m, op] of Object.entries(methods)) {
+        ops.push({
+          method: m.toUpperCase(),
+          pattern: new RegExp(`^${source}$`),
+          params: (path.match(/\{/g) ?? []).length,
+          statuses: new Set(Object.keys(op.responses ?? {})),
+        });
+      }
+    }
+    // A literal path wins over a template that also matches (`/transactions.csv`).
+    ops.sort((a, b) => a.params - b.params);
+    operations.set(runtime, ops);
+  }
+  const path = url.split("?")[0]!;
+  const op = ops.find((o) => o.method === method && o.pattern.test(path));
+  if (!op) return; // unknown routes, the web pages
+  const s = String(status);
+  if (op.statuses.has(s) || op.statuses.has(`${s[0]}XX`) || op.statuses.has("default")) return;
+  throw new Error(
+    `${method} ${path} answered ${status}, which /openapi.json does not document for it (${[...op.statuses].join(", ")})`,
+  );
 }

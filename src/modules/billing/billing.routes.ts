@@ -33,7 +33,7 @@ import { registerStripeWebhookRoutes } from "./stripe.webhooks.js";
 // ---- schemas --------------------------------------------------------------------------------
 
 const UnsignedCredits = (description: string) =>
-  Type.String({ pattern: "^\\+?\\d{1,26}(\\.\\d{1,12})?$", description, examples: ["1000"] });
+  Type.String({ pattern: "^\\+?\\d{1,15}(\\.\\d{1,12})?$", description, examples: ["1000"] });
 
 const Price = Type.String({
   pattern: "^\\d{1,15}(\\.\\d{1,12})?$",

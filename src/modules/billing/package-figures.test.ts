@@ -72,8 +72,8 @@ describe("package figures", () => {
     expect(packageFigures(p, null).bonusPercent).toBe("50.00");
   });
 
-  it("savings are negative only for a package priced above every active one", () => {
-    expect(packageFigures(pkg("100", "0", 1000n), reference).savingsPercent).toBe("-100.00");
+  it("a package priced above every active one (an inactive one) saves 0, not a negative", () => {
+    expect(packageFigures(pkg("100", "0", 1000n), reference).savingsPercent).toBe("0.00");
     expect(packageFigures(base, null).savingsPercent).toBe("0.00");
   });
 

@@ -75,13 +75,13 @@ function ratioToFixed(r: Ratio, digits: number): string {
 /**
  * Figures of one package. `reference` is the highest price per credit among the active packages
  * of its currency (null when there are none: savings 0). A package priced above the reference
- * (possible only for an inactive one) shows negative savings.
+ * (possible only for an inactive one) saves nothing: 0, never a negative saving.
  */
 export function packageFigures(p: PackageAmounts, reference: Ratio | null): PackageFigures {
   const ppc = pricePerCredit(p);
   // (1 − ppc/ref) × 100 = (ref.num·ppc.den − ppc.num·ref.den) × 100 / (ref.num·ppc.den)
   const savings =
-    reference !== null && reference.num > 0n
+    reference !== null && reference.num > 0n && ppc.num * reference.den < reference.num * ppc.den
       ? ratioToFixed(
           {
             num: (reference.num * ppc.den - ppc.num * reference.den) * 100n,

@@ -141,8 +141,8 @@ describe("credit packages", async () => {
     expect(asPlatform.json().data.map((p: { id: string }) => p.id)).toContain(id);
     const one = await app.call("GET", `/v1/credit-packages/${id}`);
     expect(one.statusCode).toBe(200);
-    // Priced above every active package: negative savings.
-    expect(one.json().savings_percent).toBe("-22.45");
+    // Priced above every active package: it saves nothing (never a negative saving).
+    expect(one.json().savings_percent).toBe("0.00");
 
     await app.call("PATCH", `/v1/credit-packages/${id}`, {
       body: { name: "Starter", active: true },

@@ -104,7 +104,7 @@ describe("ledger routes", async () => {
         debt: "0",
         low_balance: true,
         auto_topup: "off",
-        updated_at: null,
+        updated_at: app.clock.now().toISOString(),
         last_sequence: 0,
       });
       expect(await transactions(orgId)).toEqual([]);

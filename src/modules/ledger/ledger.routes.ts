@@ -1,7 +1,7 @@
 import { type Static, Type } from "@sinclair/typebox";
 import type { AppContext } from "../../app/context.js";
 import { csvStream } from "../../app/csv.js";
-import { AppError, unwrap } from "../../app/errors.js";
+import { AppError, ErrorEnvelopeSchema, unwrap } from "../../app/errors.js";
 import {
   type App,
   Credits,
@@ -41,7 +41,9 @@ export const BalanceSchema = Type.Object(
       Type.Literal("in_flight"),
       Type.Literal("disabled"),
     ]),
-    updated_at: Type.Union([Timestamp(), Type.Null()]),
+    updated_at: Timestamp(
+      "When the balance last changed (before the organisation's first entry: its creation).",
+    ),
     last_sequence: Type.Integer({ description: "Sequence of the newest ledger entry." }),
   },
   { title: "Balance" },
@@ -153,11 +155,14 @@ export interface BalanceFlags {
   inAlert(orgId: string): Sql;
   /** Text: `off`, `idle`, `in_flight` or `disabled`. */
   autoTopup(orgId: string): Sql;
+  /** Numeric: credits still counted as reserved by holds past their expiry at `now`. */
+  overdueHolds(orgId: string, now: Date): Sql;
 }
 
 export const defaultBalanceFlags: BalanceFlags = {
   inAlert: () => q`false`,
   autoTopup: () => q`'off'`,
+  overdueHolds: () => q`0`,
 };
 
 type AutoTopupFlag = BalanceDto["auto_topup"];
@@ -190,7 +195,9 @@ export function registerLedgerRoutes(
         }
       >(
         ctx.db,
-        q`select b.balance, b.reserved, b.debt, b.last_sequence, b.head_hash, b.updated_at,
+        // A hold past its expiry is released already, though the sweeper may not have run yet.
+        q`select b.balance, b.debt, b.last_sequence, b.head_hash, b.updated_at,
+            b.reserved - ${flags.overdueHolds(org.id, ctx.clock.now())} as reserved,
             ${flags.inAlert(org.id)} as in_alert, ${flags.autoTopup(org.id)} as auto_topup
           from (select 1) as one left join org_balances as b on b.org_id = ${org.id}`,
       );
@@ -209,7 +216,7 @@ export function registerLedgerRoutes(
         debt: formatCredits(b.debt),
         low_balance: low,
         auto_topup,
-        updated_at: b.updated_at?.toISOString() ?? null,
+        updated_at: (b.updated_at ?? org.created_at).toISOString(),
         last_sequence: Number(b.last_sequence),
       };
     },
@@ -271,7 +278,7 @@ export function registerLedgerRoutes(
         body: Type.Object(
           {
             amount: Type.String({
-              pattern: "^[+-]\\d{1,26}(\\.\\d{1,12})?$",
+              pattern: "^[+-]\\d{1,15}(\\.\\d{1,12})?$",
               description: "Signed credits: `+100` adds a block, `-20` draws in burn order.",
               examples: ["+100", "-20"],
             }),
@@ -288,7 +295,13 @@ export function registerLedgerRoutes(
           },
           { additionalProperties: false },
         ),
-        response: { 201: LedgerEntrySchema },
+        response: {
+          201: LedgerEntrySchema,
+          402: {
+            ...ErrorEnvelopeSchema,
+            description: "A debit larger than the credits held (`insufficient_credits`).",
+          },
+        },
       },
       config: access(ROLES.admin),
     },

@@ -244,7 +244,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         params: OrgParams,
         response: { 200: OrganizationSchema },
       },
-      config: { access: { roles: ROLES.readBalance, org: true } },
+      config: { access: { roles: ROLES.read, org: true } },
     },
     async (request) => organizationDto(ctx, requestOrg(request)),
   );
@@ -259,10 +259,22 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         body: UpdateOrganizationBody,
         response: { 200: OrganizationSchema },
       },
-      config: { access: { roles: ROLES.platform, org: true } },
+      // An organisation's admin may rename it and edit its metadata; its plan and overdraft
+      // limit are commercial terms that only the platform sets.
+      config: { access: { roles: ROLES.admin, org: true } },
     },
     async (request) => {
       const b = request.body;
+      if (requestPrincipal(request).orgId !== null) {
+        const terms = (["plan", "overdraft_limit"] as const).filter((f) => b[f] !== undefined);
+        if (terms.length > 0) {
+          throw new AppError(
+            "forbidden",
+            "Only a platform key may change an organisation's plan or overdraft limit.",
+            terms.map((f) => ({ field: `/${f}`, message: "platform keys only" })),
+          );
+        }
+      }
       const updated = await repo.updateOrg(ctx.db, requestOrg(request).id, {
         name: b.name,
         plan: b.plan,
@@ -429,7 +441,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         querystring: Type.Object(ListQuery, { additionalProperties: false }),
         response: { 200: Page(ApiKeySchema) },
       },
-      config: { access: { roles: ROLES.admin, org: true } },
+      config: { access: { roles: ROLES.read, org: true } },
     },
     async (request) => {
       const limit = request.query.limit ?? 50;

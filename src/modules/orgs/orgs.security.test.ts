@@ -58,6 +58,38 @@ describe("orgs security", async () => {
     expect((await app.call("GET", `/v1/organizations/${own}`)).json().plan).toBe("professional");
   });
 
+  it("an org admin renames its organisation but cannot change its plan or overdraft limit", async () => {
+    const renamed = await app.call("PATCH", `/v1/organizations/${own}`, {
+      key: keys.admin,
+      body: { name: "Renamed by its admin", metadata: { team: "ops" } },
+    });
+    expect(renamed.statusCode).toBe(200);
+    expect(renamed.json()).toMatchObject({
+      name: "Renamed by its admin",
+      metadata: { team: "ops" },
+    });
+    for (const body of [
+      { overdraft_limit: "1000" },
+      { plan: "enterprise" },
+      { name: "Sneaky", overdraft_limit: "5" },
+    ]) {
+      const res = await app.call("PATCH", `/v1/organizations/${own}`, { key: keys.admin, body });
+      expect(res.statusCode).toBe(403);
+      expect(res.json().error.code).toBe("forbidden");
+    }
+    const org = (await app.call("GET", `/v1/organizations/${own}`)).json();
+    expect(org).toMatchObject({
+      name: "Renamed by its admin",
+      plan: "professional",
+      overdraft_limit: "0",
+    });
+    const byPlatform = await app.call("PATCH", `/v1/organizations/${own}`, {
+      body: { overdraft_limit: "10" },
+    });
+    expect(byPlatform.json().overdraft_limit).toBe("10");
+    await app.call("PATCH", `/v1/organizations/${own}`, { body: { overdraft_limit: "0" } });
+  });
+
   it("an org key cannot reach a foreign organisation's user or key through its own org path", async () => {
     const theirs = await fixtures(foreign);
     const admin = keys.admin;

@@ -1,6 +1,6 @@
 import { Counter, Histogram } from "prom-client";
 import type { AppContext } from "../../app/context.js";
-import type { ErrorCode, ErrorDetail } from "../../app/errors.js";
+import { type ErrorCode, type ErrorDetail, OUT_OF_RANGE } from "../../app/errors.js";
 import {
   type Column,
   failedGuard,
@@ -11,7 +11,7 @@ import {
   type WriteStep,
 } from "../../db/bulk.js";
 import { withoutCommitHook } from "../../db/commit-hooks.js";
-import type { Db } from "../../db/index.js";
+import { type Db, isOutOfRange } from "../../db/index.js";
 import { isoString } from "../../db/instant.js";
 import {
   type Credits,
@@ -208,7 +208,33 @@ export class IngestEngine {
     if (this.queue.length > 0) this.schedule();
   }
 
+  /**
+   * A flush refused because a value is out of range (a cost, balance or monthly total reaching
+   * 10^26) is refused for one request's magnitudes: each request is then written alone, so the
+   * requests that merely shared the flush still succeed.
+   */
   private async write(batch: Pending[]): Promise<IngestOutcome[]> {
+    try {
+      return await this.writeOnce(batch);
+    } catch (error) {
+      if (!isOutOfRange(error)) throw error;
+      if (batch.length === 1) {
+        return [
+          {
+            ok: false,
+            code: "invalid_request",
+            message: OUT_OF_RANGE,
+            details: [{ message: OUT_OF_RANGE }],
+          },
+        ];
+      }
+      const outcomes: IngestOutcome[] = [];
+      for (const p of batch) outcomes.push(...(await this.write([p])));
+      return outcomes;
+    }
+  }
+
+  private async writeOnce(batch: Pending[]): Promise<IngestOutcome[]> {
     const requests = batch.map((p) => p.request);
     const orgIds = [...new Set(batch.flatMap((p) => p.orgs))];
     // First assume every event is new (the common case: one statement fewer); if one was not,

@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { payloadHash, stableJson } from "./prepare.js";
+import { stableJson } from "../../app/stable-json.js";
+import { payloadHash } from "./prepare.js";
 import type { UsageEventInput } from "./usage.schemas.js";
 
 /** The format stored payload hashes were computed with: it must never change. */

@@ -1,7 +1,8 @@
 import { hash } from "node:crypto";
 import type { AppContext } from "../../app/context.js";
 import { AppError, type ErrorCode, type ErrorDetail } from "../../app/errors.js";
-import { type Credits, parseScaled6, type Scaled6 } from "../ledger/credits.js";
+import { stableJson } from "../../app/stable-json.js";
+import { type Credits, formatScaled, parseScaled6, type Scaled6 } from "../ledger/credits.js";
 import type { Principal } from "../orgs/auth.js";
 import { isCreditsEligible } from "../orgs/orgs.service.js";
 import {
@@ -299,34 +300,28 @@ async function resolveOrgs(
 
 /** SHA-256 of the event with sorted keys, leaving out what a client may let default. */
 export function payloadHash(event: UsageEventInput): string {
-  return hash("sha256", stableJson(event, DEFAULTABLE), "hex");
+  return hash("sha256", stableJson(asCompared(event), DEFAULTABLE), "hex");
+}
+
+/**
+ * The event as duplicates compare it: a token bucket of 0 is the bucket left out (its default),
+ * and a quantity is its value (`"1.0"` and `"+1"` are `"1"`). An event already in that form is
+ * returned as it is, so its hash is the one stored before this rule.
+ */
+function asCompared(event: UsageEventInput): UsageEventInput {
+  let e = event;
+  const tokens = e.tokens;
+  if (tokens && Object.values(tokens).includes(0)) {
+    e = { ...e, tokens: Object.fromEntries(Object.entries(tokens).filter(([, n]) => n !== 0)) };
+  }
+  if (e.quantity !== undefined) {
+    const quantity = formatScaled(parseScaled6(e.quantity), 6);
+    if (quantity !== e.quantity) e = { ...e, quantity };
+  }
+  return e;
 }
 
 const DEFAULTABLE: ReadonlySet<string> = new Set(["org_id", "timestamp"]);
-
-/**
- * JSON with every object's keys sorted (by UTF-16 code units), `undefined` written as `null`;
- * the top level's `omit` keys left out. Stored payload hashes depend on this exact text.
- */
-export function stableJson(value: unknown, omit?: ReadonlySet<string>): string {
-  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
-  if (Array.isArray(value)) {
-    let out = "[";
-    for (let i = 0; i < value.length; i++) {
-      if (i > 0) out += ",";
-      out += stableJson(value[i]);
-    }
-    return `${out}]`;
-  }
-  const keys = Object.keys(value).sort();
-  let out = "{";
-  for (const k of keys) {
-    if (omit?.has(k)) continue;
-    if (out.length > 1) out += ",";
-    out += `${JSON.stringify(k)}:${stableJson((value as Record<string, unknown>)[k])}`;
-  }
-  return `${out}}`;
-}
 
 /** Same id seen again: a duplicate only if the event as submitted is the same. */
 export function sameSubmission(

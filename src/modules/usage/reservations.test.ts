@@ -356,16 +356,27 @@ describe("reservations", async () => {
     // Not due yet.
     app.clock.set(new Date(NOW + 59_999));
     expect(await expireReservations(ctx)).toBe(0);
-    // Due but not swept yet: a settle is refused already.
+    // Due but not swept yet: over already. Settling is refused, its credits are not reserved,
+    // and it shows (and lists) as expired.
     app.clock.set(new Date(NOW + 60_000));
     try {
       expectError(await settle(orgId, soon.id, [usage(1)], key), 409, "invalid_state");
-      expect(await balance(orgId)).toMatchObject({ balance: "10", reserved: "5" });
+      expect(await balance(orgId)).toMatchObject({ balance: "10", reserved: "1", available: "9" });
+      expect(await getReservation(orgId, soon.id)).toMatchObject({
+        status: "expired",
+        closed_at: at(NOW + 60_000),
+      });
+      const listed = async (status: string) =>
+        (await ok(app.call("GET", url(orgId, `reservations?status=${status}`)))).data.map(
+          (r: { id: string }) => r.id,
+        );
+      expect(await listed("held")).toEqual([later.id]);
+      expect(await listed("expired")).toEqual([soon.id]);
       app.clock.set(new Date(NOW + 61_000));
       expect(await expireReservations(ctx)).toBe(1);
       expect(await getReservation(orgId, soon.id)).toMatchObject({
         status: "expired",
-        closed_at: at(NOW + 61_000),
+        closed_at: at(NOW + 60_000),
       });
       expect(await getReservation(orgId, later.id)).toMatchObject({ status: "held" });
       expect(await balance(orgId)).toMatchObject({ balance: "10", reserved: "1", available: "9" });
@@ -374,6 +385,36 @@ describe("reservations", async () => {
       expect(await expireReservations(ctx)).toBe(0);
       const list = await ok(app.call("GET", url(orgId, "reservations?status=expired")));
       expect(list.data.map((r: { id: string }) => r.id)).toEqual([soon.id]);
+    } finally {
+      app.clock.set(new Date(NOW));
+    }
+  });
+
+  it("expiry before the sweeper: a new hold may use the credits; releasing it by hand is 409", async () => {
+    const { orgId, key } = await setup("20");
+    const first = await ok(reserve(orgId, { amount: "10", expires_in_seconds: 60 }, key), 201);
+    const second = await ok(reserve(orgId, { amount: "6", expires_in_seconds: 120 }, key), 201);
+    expect(await balance(orgId)).toMatchObject({ reserved: "16", available: "4" });
+    app.clock.set(new Date(NOW + 60_000));
+    try {
+      // Admission expires the overdue holds first, under the organisation's lock.
+      const next = await ok(reserve(orgId, { amount: "10", expires_in_seconds: 600 }, key), 201);
+      expect(await getReservation(orgId, first.id)).toMatchObject({
+        status: "expired",
+        closed_at: at(NOW + 60_000),
+      });
+      expect(await balance(orgId)).toMatchObject({ reserved: "16", available: "4" });
+      expect(await expireReservations(ctx)).toBe(0);
+      // Released by hand after its expiry: refused, as a settle would be; it stays expired.
+      app.clock.set(new Date(NOW + 120_000));
+      expectError(await release(orgId, second.id, key), 409, "invalid_state");
+      expect(await getReservation(orgId, second.id)).toMatchObject({
+        status: "expired",
+        closed_at: at(NOW + 120_000),
+      });
+      expect(await expireReservations(ctx)).toBe(0);
+      expect(await getReservation(orgId, next.id)).toMatchObject({ status: "held" });
+      expect(await balance(orgId)).toMatchObject({ reserved: "10", available: "10" });
     } finally {
       app.clock.set(new Date(NOW));
     }

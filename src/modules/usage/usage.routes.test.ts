@@ -568,6 +568,42 @@ describe("usage events routes", async () => {
       expect(usage).toHaveLength(1);
     });
 
+    it("token buckets of 0 and quantities are compared by value", async () => {
+      const { key } = await setup("10");
+      const tokens = { id: evtId(), type: "ai_tokens", model: "gpt-4o", tokens: { input: 100 } };
+      const first = (await ok(ingest(tokens, key))).data[0];
+      for (const retry of [
+        { input: 100, cached_input: 0, cache_write: 0, output: 0 },
+        { output: 0, input: 100 },
+      ]) {
+        const again = (await ok(ingest({ ...tokens, tokens: retry }, key))).data[0];
+        expect(again).toEqual({ ...first, status: "duplicate" });
+      }
+      expectError(
+        await ingest({ ...tokens, tokens: { input: 100, cached_input: 1 } }, key),
+        409,
+        "event_conflict",
+      );
+      // Sent with explicit zeros first, retried without them.
+      const zeros = { ...tokens, id: evtId(), tokens: { input: 7, output: 0 } };
+      const z1 = (await ok(ingest(zeros, key))).data[0];
+      const z2 = (await ok(ingest({ ...zeros, tokens: { input: 7 } }, key))).data[0];
+      expect(z2).toEqual({ ...z1, status: "duplicate" });
+
+      const compute = {
+        id: evtId(),
+        type: "compute",
+        meter: "compute.vcpu_seconds",
+        quantity: "1",
+      };
+      const c1 = (await ok(ingest(compute, key))).data[0];
+      for (const quantity of ["1.0", "+1", "01.000000"]) {
+        const again = (await ok(ingest({ ...compute, quantity }, key))).data[0];
+        expect(again).toEqual({ ...c1, status: "duplicate" });
+      }
+      expectError(await ingest({ ...compute, quantity: "1.000001" }, key), 409, "event_conflict");
+    });
+
     it("a defaulted timestamp is not compared", async () => {
       const { orgId, key } = await setup("10");
       const explicit = tokensEvent({ timestamp: yesterday(5) });
@@ -1063,6 +1099,95 @@ describe("usage events routes", async () => {
       );
       // ssd: 20 GB × 1 h × 0.0003; gb: 10 GB × 1 h × 0.0001
       expect(next.data.map((r: { cost: string }) => r.cost)).toEqual(["0.006", "0.001"]);
+    });
+  });
+
+  describe("amounts beyond what the ledger stores", () => {
+    it("a request whose costs would reach 10^26 is refused with 400 and changes nothing; requests sharing its flush succeed", async () => {
+      const current = await ok(app.call("GET", "/v1/prices"));
+      await ok(
+        app.call("PUT", "/v1/prices", {
+          body: {
+            effective_from: "2026-10-01T00:00:00Z",
+            models: current.models,
+            meters: [
+              ...current.meters.map(({ aggregation: _a, ...m }: Record<string, string>) => m),
+              { meter: "compute.huge", type: "compute", unit: "x", rate: "999999999999.999999" },
+              {
+                meter: "storage.huge",
+                type: "storage",
+                unit: "GB-hour",
+                rate: "999999999999.999999",
+              },
+            ],
+          },
+        }),
+      );
+      const { orgId, key } = await setup("100");
+      const before = await snapshot(orgId);
+      // Each event costs about 10^24 credits; 150 of them overflow the balance.
+      const huge = () => ({
+        id: evtId("huge"),
+        type: "compute",
+        meter: "compute.huge",
+        quantity: "999999999999.999999",
+      });
+      const events = Array.from({ length: 150 }, huge);
+      const refused = await ingest({ events }, key);
+      expect(expectError(refused, 400, "invalid_request")[0]!.message).toMatch(/10\^26/);
+      expect(await snapshot(orgId)).toEqual(before);
+
+      // Concurrent with innocent requests (whether or not they share its flush): only it fails.
+      const innocent = await setup("100");
+      const results = await Promise.all([
+        ingest({ events: Array.from({ length: 150 }, huge) }, key),
+        ...Array.from({ length: 5 }, () => ingest(tokensEvent(), innocent.key)),
+      ]);
+      expectError(results[0]!, 400, "invalid_request");
+      for (const r of results.slice(1)) expect(r.statusCode, r.body).toBe(200);
+      expect(await snapshot(orgId)).toEqual(before);
+      expect((await stored(innocent.orgId)).length).toBe(5);
+      expect(await verifyLedger(ctx.db, innocent.orgId)).toMatchObject({ ok: true });
+
+      // A storage gauge whose interval would cost too much: 400, and the gauge keeps working.
+      const reading = (quantity: string, ms: number) => ({
+        id: evtId("huge-gauge"),
+        type: "storage",
+        meter: "storage.huge",
+        resource: "vol-1",
+        quantity,
+        timestamp: at(ms),
+      });
+      // 10^12 GB for 816 hours at 10^12 credits per GB-hour.
+      await ok(ingest(reading("999999999999.999999", NOW - 34 * DAY), key));
+      expectError(await ingest(reading("1", NOW), key), 400, "invalid_request");
+      expect(await snapshot(orgId)).toMatchObject({ balance: before.balance });
+      // An earlier reading (out of order) bills nothing and is accepted.
+      await ok(ingest(reading("1", NOW - 34 * DAY - HOUR), key));
+    });
+
+    it("package credits and adjustments are bounded to 15 integer digits", async () => {
+      const { orgId } = await setup("0");
+      expectError(
+        await app.call("POST", url(orgId, "adjustments"), {
+          body: { amount: "+1000000000000000", reason: "too much" },
+        }),
+        400,
+        "invalid_request",
+      );
+      await ok(
+        app.call("POST", url(orgId, "adjustments"), {
+          body: { amount: "+999999999999999.999999999999", reason: "the most" },
+        }),
+        201,
+      );
+      expectError(
+        await app.call("POST", "/v1/credit-packages", {
+          body: { name: "Galaxy", credits: "1000000000000000", price: "1.00" },
+        }),
+        400,
+        "invalid_request",
+      );
     });
   });
 });

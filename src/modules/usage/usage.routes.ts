@@ -75,17 +75,19 @@ function ingestResponse(outcome: IngestOutcome) {
   };
 }
 
-function reservationDto(r: service.Reservation) {
+/** A hold past its expiry shows as `expired` at once, before the sweeper marks it. */
+function reservationDto(r: service.Reservation, now: Date) {
+  const overdue = service.isOverdue(r, now);
   return {
     id: r.id,
     org_id: r.org_id,
     amount: formatCredits(creditsFromDb(r.amount)),
-    status: r.status,
+    status: overdue ? "expired" : r.status,
     description: r.description,
     expires_at: r.expires_at.toISOString(),
     settled_cost: r.settled_cost === null ? null : formatCredits(creditsFromDb(r.settled_cost)),
     created_at: r.created_at.toISOString(),
-    closed_at: r.closed_at?.toISOString() ?? null,
+    closed_at: (overdue ? r.expires_at : r.closed_at)?.toISOString() ?? null,
   };
 }
 
@@ -239,7 +241,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         body: Type.Object(
           {
             amount: Type.String({
-              pattern: "^\\+?\\d{1,26}(\\.\\d{1,12})?$",
+              pattern: "^\\+?\\d{1,15}(\\.\\d{1,12})?$",
               description: "Credits to hold (> 0).",
               examples: ["25"],
             }),
@@ -250,7 +252,13 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
           },
           { additionalProperties: false },
         ),
-        response: { 201: ReservationSchema, 402: { description: "`insufficient_credits`" } },
+        response: {
+          201: ReservationSchema,
+          402: {
+            ...ErrorEnvelopeSchema,
+            description: "Not enough available credits (`insufficient_credits`).",
+          },
+        },
       },
       config: { access: { roles: ROLES.ingest, org: true, credits: true } },
     },
@@ -272,7 +280,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
           principal: requestPrincipal(request),
         }),
       );
-      return reply.code(201).send(reservationDto(reservation));
+      return reply.code(201).send(reservationDto(reservation, ctx.clock.now()));
     },
   );
 
@@ -312,7 +320,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         .where("org_id", "=", org.id)
         .where("id", "=", request.params.reservation_id)
         .executeTakeFirstOrThrow();
-      return { ...body, reservation: reservationDto(reservation) };
+      return { ...body, reservation: reservationDto(reservation, ctx.clock.now()) };
     },
   );
 
@@ -335,7 +343,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
           request.params.reservation_id,
         ),
       );
-      return reservationDto(r);
+      return reservationDto(r, ctx.clock.now());
     },
   );
 
@@ -372,10 +380,26 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         .where("org_id", "=", requestOrg(request).id)
         .orderBy("id", "desc")
         .limit(limit + 1);
-      if (request.query.status) q = q.where("status", "=", request.query.status);
+      const now = ctx.clock.now();
+      const status = request.query.status;
+      // As shown: a hold past its expiry is `expired`, not `held`.
+      if (status === "held") q = q.where("status", "=", "held").where("expires_at", ">", now);
+      else if (status === "expired") {
+        q = q.where((eb) =>
+          eb.or([
+            eb("status", "=", "expired"),
+            eb.and([eb("status", "=", "held"), eb("expires_at", "<=", now)]),
+          ]),
+        );
+      } else if (status) q = q.where("status", "=", status);
       if (request.query.cursor)
         q = q.where("id", "<", String(decodeCursor(request.query.cursor, 1)[0]));
-      return pageOf(await q.execute(), limit, reservationDto, (r) => encodeCursor([r.id]));
+      return pageOf(
+        await q.execute(),
+        limit,
+        (r) => reservationDto(r, now),
+        (r) => encodeCursor([r.id]),
+      );
     },
   );
 
@@ -398,7 +422,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         .where("id", "=", request.params.reservation_id)
         .executeTakeFirst();
       if (!r) throw new AppError("not_found", "Reservation not found.");
-      return reservationDto(r);
+      return reservationDto(r, ctx.clock.now());
     },
   );
 }

@@ -1,7 +1,10 @@
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
+import { q, type Sql } from "../../db/bulk.js";
+import type { Db } from "../../db/index.js";
 import { type Credits, creditsFromDb, creditsToDb } from "../ledger/credits.js";
 import { openLedgers, saveLedgers } from "../ledger/ledger.service.js";
+import type { OrgLedger } from "../ledger/posting.js";
 import type { Principal } from "../orgs/auth.js";
 import type { IngestEngine, IngestOutcome } from "./engine.js";
 import { prepareEvents } from "./prepare.js";
@@ -42,6 +45,7 @@ export async function createReservation(
   return ctx.db.transaction().execute(async (tx) => {
     // With blocks: credits past their expiry are expired first and never admit work.
     const ledger = (await openLedgers(tx, ctx, [input.orgId], { blocks: true })).get(input.orgId)!;
+    await expireOverdueHolds(tx, ledger);
     await saveLedgers(tx, [ledger]);
     if (ledger.available + input.overdraftLimit < input.amount) {
       return fail("insufficient_credits", "Not enough credits available to reserve this amount.");
@@ -105,17 +109,56 @@ export async function releaseReservation(
       .executeTakeFirst();
     if (!hold) return fail("not_found", "Reservation not found.");
     if (hold.status !== "held") return fail("invalid_state", `The reservation is ${hold.status}.`);
+    // Released by hand after its expiry: it expired first (as settling it would say), and is
+    // recorded so even though the answer is a refusal.
+    const expiredFirst = isOverdue(hold, ledger.now);
     ledger.release(creditsFromDb(hold.amount));
     const closed = await tx
       .updateTable("reservations")
-      .set({ status, closed_at: ledger.now })
+      // An expired hold closed when it expired, whenever that is noticed.
+      .set(
+        status === "expired" || expiredFirst
+          ? { status: "expired", closed_at: hold.expires_at }
+          : { status, closed_at: ledger.now },
+      )
       .where("org_id", "=", orgId)
       .where("id", "=", reservationId)
       .returningAll()
       .executeTakeFirstOrThrow();
     await saveLedgers(tx, [ledger]);
+    if (expiredFirst && status === "released") {
+      return fail("invalid_state", "The reservation is expired.");
+    }
     return ok(closed);
   });
+}
+
+/**
+ * Marks the organisation's holds past their expiry `expired` and releases them on its ledger
+ * (opened under its lock), before anything reads `available`.
+ */
+async function expireOverdueHolds(tx: Db, ledger: OrgLedger): Promise<void> {
+  const expired = await tx
+    .updateTable("reservations")
+    .set((eb) => ({ status: "expired", closed_at: eb.ref("expires_at") }))
+    .where("org_id", "=", ledger.orgId)
+    .where("status", "=", "held")
+    .where("expires_at", "<=", ledger.now)
+    .returning("amount")
+    .execute();
+  for (const r of expired) ledger.release(creditsFromDb(r.amount));
+}
+
+/** A hold past its expiry is over, whether or not the sweeper has marked it yet. */
+export function isOverdue(hold: Pick<Reservation, "status" | "expires_at">, now: Date): boolean {
+  return hold.status === "held" && hold.expires_at <= now;
+}
+
+/** SQL numeric: what `org_id`'s holds past their expiry at `now` still count in `reserved`. */
+export function overdueHoldsExpression(orgId: string, now: Date): Sql {
+  return q`coalesce((select sum(r.amount) from reservations as r
+    where r.org_id = ${orgId} and r.status = 'held'
+      and r.expires_at <= ${now.toISOString()}::timestamptz), 0)`;
 }
 
 /** Releases holds past their expiry; run periodically. */
