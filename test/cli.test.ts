@@ -1,4 +1,6 @@
 import { execFile } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
@@ -24,9 +26,19 @@ interface Outcome {
   stderr: string;
 }
 
-function tally(dataDir: string, args: string[]): Promise<Outcome> {
+function tally(
+  dataDir: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<Outcome> {
   return run(process.execPath, [join(ROOT, "bin/tally.mjs"), ...args], {
-    env: { ...process.env, TALLY_DATA_DIR: dataDir, DATABASE_URL: "", LOG_LEVEL: "silent" },
+    env: {
+      ...process.env,
+      TALLY_DATA_DIR: dataDir,
+      DATABASE_URL: "",
+      LOG_LEVEL: "silent",
+      ...env,
+    },
   }).then(
     (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
     (e: Outcome) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
@@ -249,4 +261,41 @@ describe("tally CLI: orgs, balance, keys", () => {
     expect(noOrg.code).toBe(2);
     expect(noOrg.stderr).toContain("No organisation ext:nope");
   }, 180_000);
+
+  it("a database, port or data directory that cannot be used is one line, not a stack trace", async () => {
+    const oneLine = (r: Outcome, code: number, pattern: RegExp) => {
+      expect(r.code, r.stderr).toBe(code);
+      expect(r.stderr).toMatch(pattern);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    };
+    const unreachable = await tally("/nonexistent-never-opened", ["migrate"], {
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/tally",
+    });
+    oneLine(unreachable, 1, /^Cannot reach the database: .*DATABASE_URL/);
+
+    const file = join(await pgliteDataDir(), "a-file");
+    writeFileSync(file, "");
+    oneLine(await tally(file, ["migrate"]), 1, /^Cannot use the data directory \(TALLY_DATA_DIR\)/);
+
+    oneLine(
+      await tally("/nonexistent-never-opened", ["report", "--org", "x", "--month", "0001-01"]),
+      2,
+      /^--month must be YYYY-MM from 1970-01 on/,
+    );
+
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = taken.address() as AddressInfo;
+      const r = await tally(await pgliteDataDir(), ["start"], {
+        PORT: String(port),
+        TALLY_DEMO: "false",
+      });
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toContain(`Cannot listen on 127.0.0.1:${port}: the port is already in use`);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      taken.close();
+    }
+  }, 120_000);
 });

@@ -97,7 +97,7 @@ export type FetchLike = (request: Request) => Promise<Response>;
 export interface TallyClientOptions {
   /** Where Tally listens, e.g. `https://billing.example.com`. */
   baseUrl: string;
-  /** A platform key or an organisation key (`key_…`). */
+  /** A platform key or an organisation key: the secret (`tally_…`), not the key's id. */
   apiKey: string;
   /** A fetch implementation (default: the global one). */
   fetch?: FetchLike;

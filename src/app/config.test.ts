@@ -89,6 +89,22 @@ describe("loadConfig", () => {
     });
   });
 
+  it("takes IP addresses and host names as HOST", () => {
+    for (const host of [
+      "0.0.0.0",
+      "::",
+      "::1",
+      "localhost",
+      "tally.internal",
+      "api-1.example.com",
+    ]) {
+      expect(loadConfig({ HOST: host }).host).toBe(host);
+    }
+    for (const host of ["bad host!", "-x.example", "a..b", "http://x"]) {
+      expect(problemsOf({ HOST: host }), host).toHaveLength(1);
+    }
+  });
+
   it("derives the public URL from HOST and PORT", () => {
     expect(loadConfig({ HOST: "tally.local", PORT: "3000" }).publicUrl).toBe(
       "http://tally.local:3000",
@@ -124,6 +140,7 @@ describe("loadConfig", () => {
   it("lists every problem of a bad environment at once", () => {
     const problems = problemsOf({
       PORT: "abc",
+      HOST: "bad host!",
       DATABASE_URL: "mysql://localhost/tally",
       TALLY_ADMIN_KEY: "short",
       TALLY_PUBLIC_URL: "ftp://example.com",
@@ -142,6 +159,7 @@ describe("loadConfig", () => {
     });
     const expected = [
       "PORT",
+      "HOST",
       "DATABASE_URL",
       "TALLY_ADMIN_KEY",
       "TALLY_PUBLIC_URL",

@@ -1,4 +1,9 @@
+import { isIP } from "node:net";
 import { isCurrency } from "../modules/ledger/money.js";
+
+/** A DNS name: dot-separated labels of letters, digits and inner hyphens. */
+const HOSTNAME =
+  /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 /**
  * The only reader of `process.env`. The environment is parsed once; every problem is collected and
@@ -82,6 +87,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 
   const port = int("PORT", 8080, 0, 65535);
   const host = str("HOST") ?? "127.0.0.1";
+  if (!isIP(host) && !HOSTNAME.test(host)) {
+    problems.push(`HOST must be an IP address or a host name (got "${host}")`);
+  }
   const databaseUrl = url("DATABASE_URL", ["postgres:", "postgresql:"]);
   const adminKey = str("TALLY_ADMIN_KEY");
   if (adminKey !== null && adminKey.length < 24) {

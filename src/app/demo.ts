@@ -67,7 +67,10 @@ export async function seedDemo(ctx: AppContext): Promise<DemoSeed> {
     name: "Demo Labs (demo data)",
     external_id: DEMO_EXTERNAL_ID,
     plan: ctx.config.creditPlans[0],
-    metadata: { demo: "true", note: "Seeded by TALLY_DEMO / `tally demo`; safe to delete." },
+    metadata: {
+      demo: "true",
+      note: "Demo data seeded by TALLY_DEMO / `tally demo`; start with TALLY_DEMO=false on a new data directory for an install without it.",
+    },
   });
   if (!created.ok) throw new Error(created.message);
   const org = created.value;

@@ -143,14 +143,16 @@ export async function createRuntime(
     registerTopupJobs(ctx);
     const generatedAdminKey = await bootstrapPlatformKey(ctx);
     const app = await buildServer(ctx, { sessions: createSessionAuthenticator(ctx) });
-    // TALLY_DEMO: explicit true seeds anywhere; unset seeds only an empty embedded database
-    // that this runtime opened itself (never PostgreSQL, never a database handed in by tests).
+    // TALLY_DEMO is for the embedded database only (API.md): explicit true seeds it; unset seeds
+    // only an empty one that this runtime opened itself (not one handed in by tests). On
+    // PostgreSQL it is ignored — a variable left set must never put demo packages on sale in
+    // production; `tally demo` seeds any database on purpose.
+    if (config.demo === true && database.kind === "postgres") {
+      print("TALLY_DEMO is ignored on PostgreSQL (seed demo data there with `tally demo`).");
+    }
     const seedDemoData =
-      config.demo === true ||
-      (config.demo === null &&
-        !options.database &&
-        database.kind === "pglite" &&
-        (await isEmpty(ctx)));
+      database.kind === "pglite" &&
+      (config.demo === true || (config.demo === null && !options.database && (await isEmpty(ctx))));
     let demo: DemoSeed | null = null;
     if (seedDemoData) {
       print("Seeding demo data (TALLY_DEMO)…");

@@ -6,7 +6,12 @@ import { csvLine } from "../app/csv.js";
 import { limitHeapGrowth } from "../app/heap.js";
 import { CLIENT_ID_PATTERN, createIdGenerator } from "../app/ids.js";
 import { createMetrics } from "../app/metrics.js";
-import { DataDirLockedError, migrateToLatest, openDatabase } from "../db/index.js";
+import {
+  DataDirLockedError,
+  isDatabaseUnavailable,
+  migrateToLatest,
+  openDatabase,
+} from "../db/index.js";
 import { creditsFromDb, formatCredits } from "../modules/ledger/credits.js";
 import { type BalanceView, getBalance, verifyLedger } from "../modules/ledger/ledger.service.js";
 import { RequestLookups } from "../modules/orgs/lookups.js";
@@ -499,8 +504,11 @@ Examples:
     .option("--json", "print JSON: {usage, ledger}, as the API's usage and ledger summaries")
     .action(async (opts: { org: string; month?: string; csv?: boolean; json?: boolean }) => {
       if (opts.csv && opts.json) throw new UsageError("Give at most one of --csv and --json.");
-      if (opts.month !== undefined && !/^\d{4}-(0[1-9]|1[0-2])$/.test(opts.month)) {
-        throw new UsageError("--month must be YYYY-MM, e.g. 2026-11.");
+      if (
+        opts.month !== undefined &&
+        !(/^\d{4}-(0[1-9]|1[0-2])$/.test(opts.month) && opts.month >= "1970-01")
+      ) {
+        throw new UsageError("--month must be YYYY-MM from 1970-01 on, e.g. 2026-11.");
       }
       await withContext(async (ctx) => {
         const org = await resolveOrganization(ctx.db, opts.org);
@@ -521,7 +529,51 @@ Examples:
 
 class UsageError extends Error {}
 
+/**
+ * One line for a failure of the surroundings — the database, the port, the data directory — which
+ * the operator fixes without a stack trace. Null for anything else (a fault of Tally's own).
+ */
+export function environmentProblem(error: unknown): string | null {
+  const e = error as {
+    code?: unknown;
+    syscall?: unknown;
+    path?: unknown;
+    address?: unknown;
+    port?: unknown;
+    message?: unknown;
+    errors?: { message?: unknown }[];
+  } | null;
+  if (!e || typeof e !== "object") return null;
+  const message =
+    (typeof e.message === "string" && e.message) ||
+    (Array.isArray(e.errors) && typeof e.errors[0]?.message === "string" && e.errors[0].message) ||
+    String(e.code ?? "unknown error");
+  if (e.syscall === "listen") {
+    return e.code === "EADDRINUSE"
+      ? `Cannot listen on ${e.address}:${e.port}: the port is already in use (set PORT).`
+      : `Cannot listen on ${e.address}:${e.port}: ${message} (check HOST and PORT).`;
+  }
+  if (
+    typeof e.path === "string" &&
+    ["EEXIST", "ENOTDIR", "EACCES", "EPERM", "EROFS"].includes(String(e.code))
+  ) {
+    return `Cannot use the data directory (TALLY_DATA_DIR): ${message}`;
+  }
+  if (e.code === "3D000" || e.code === "28P01" || e.code === "28000") {
+    return `The database refused the connection: ${message} (check DATABASE_URL).`;
+  }
+  if (isDatabaseUnavailable(error)) {
+    return `Cannot reach the database: ${message} (check DATABASE_URL and that PostgreSQL is running).`;
+  }
+  return null;
+}
+
 export async function runCli(argv: string[]): Promise<number> {
+  // `tally report … | head`: a closed pipe ends the output, not the process with a trace.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(0);
+    throw error;
+  });
   try {
     await buildCli().parseAsync(argv);
     return 0;
@@ -533,6 +585,11 @@ export async function runCli(argv: string[]): Promise<number> {
     ) {
       process.stderr.write(`${error.message}\n`);
       return 2;
+    }
+    const problem = environmentProblem(error);
+    if (problem) {
+      process.stderr.write(`${problem}\n`);
+      return 1;
     }
     throw error;
   }
