@@ -361,7 +361,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The browser session: who, until when, and its CSRF token */
+        /**
+         * The browser session: who, until when, and its CSRF token
+         * @description 204 when there is none (signed out, expired or revoked): an answer, not an error, so that a signed-out page load logs no failed request in the browser's console.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -409,27 +412,12 @@ export interface paths {
                         };
                     };
                 };
-                /** @description No live session, or an unknown key. */
-                401: {
+                /** @description No browser session; sign in. */
+                204: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content: {
-                        "application/json": {
-                            error: {
-                                /** @example invalid_request */
-                                code: string;
-                                message: string;
-                                request_id: string;
-                                details: ({
-                                    field?: string;
-                                    message: string;
-                                } & {
-                                    [key: string]: unknown;
-                                })[];
-                            };
-                        };
-                    };
+                    content?: never;
                 };
                 /** @description Rate limited (`rate_limited`). */
                 429: {

@@ -70,6 +70,23 @@ describe("operator console", () => {
     await expect.poll(() => other.getByText("That key is unknown or revoked.").count()).toBe(1);
   });
 
+  it("a signed-out visit to the console or the portal logs nothing in the browser console", async () => {
+    const context = await newContext(browser, url);
+    contexts.push(context);
+    const page = await context.newPage();
+    const logged: string[] = [];
+    page.on("console", (msg) => {
+      if (msg.type() === "error" || msg.type() === "warning") logged.push(msg.text());
+    });
+    for (const path of ["/dashboard", "/portal"]) {
+      await page.goto(path);
+      await page.waitForLoadState("networkidle");
+    }
+    await page.goto("/dashboard");
+    await page.getByLabel("Platform API key").waitFor();
+    expect(logged).toEqual([]);
+  });
+
   it("adjusts credits with a reason, shows it in the history and downloads the CSV", async () => {
     const { page } = await signedIn();
     // Organisations list: search, balance, low-balance and auto-topup status.

@@ -200,8 +200,14 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
       schema: {
         tags,
         summary: "The browser session: who, until when, and its CSRF token",
+        description:
+          "204 when there is none (signed out, expired or revoked): an answer, not an error, " +
+          "so that a signed-out page load logs no failed request in the browser's console.",
         security: [],
-        response: { 200: SessionSchema, 401: errors[401] },
+        response: {
+          200: SessionSchema,
+          204: Type.Null({ description: "No browser session; sign in." }),
+        },
       },
       config: publicAccess,
     },
@@ -211,7 +217,7 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
       reply.header("cache-control", "no-store");
       if (!token || !authenticated) {
         if (token) clearSessionCookie(reply);
-        throw new AppError("unauthenticated", "No browser session; sign in again.");
+        return reply.code(204).send(null);
       }
       return sessionDto(token, authenticated);
     },

@@ -30,7 +30,8 @@ export function SessionProvider({ children }: { children: ReactNode }) {
 
   const refresh = useCallback(async () => {
     try {
-      setSession(await api.get<Session>("/web/session"));
+      // 204 (no body): no session.
+      setSession((await api.get<Session | undefined>("/web/session")) ?? null);
       setError(null);
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) setSession(null);
