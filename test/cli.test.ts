@@ -275,7 +275,7 @@ describe("tally CLI: orgs, balance, keys", () => {
 
     const file = join(await pgliteDataDir(), "a-file");
     writeFileSync(file, "");
-    oneLine(await tally(file, ["migrate"]), 1, /^Cannot use the data directory \(TALLY_DATA_DIR\)/);
+    oneLine(await tally(file, ["migrate"]), 1, /^Cannot use the file system: .*TALLY_DATA_DIR/);
 
     oneLine(
       await tally("/nonexistent-never-opened", ["report", "--org", "x", "--month", "0001-01"]),

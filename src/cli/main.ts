@@ -533,7 +533,7 @@ class UsageError extends Error {}
  * One line for a failure of the surroundings — the database, the port, the data directory — which
  * the operator fixes without a stack trace. Null for anything else (a fault of Tally's own).
  */
-export function environmentProblem(error: unknown): string | null {
+function environmentProblem(error: unknown): string | null {
   const e = error as {
     code?: unknown;
     syscall?: unknown;
@@ -557,7 +557,7 @@ export function environmentProblem(error: unknown): string | null {
     typeof e.path === "string" &&
     ["EEXIST", "ENOTDIR", "EACCES", "EPERM", "EROFS"].includes(String(e.code))
   ) {
-    return `Cannot use the data directory (TALLY_DATA_DIR): ${message}`;
+    return `Cannot use the file system: ${message} (check TALLY_DATA_DIR).`;
   }
   if (e.code === "3D000" || e.code === "28P01" || e.code === "28000") {
     return `The database refused the connection: ${message} (check DATABASE_URL).`;
