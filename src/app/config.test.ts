@@ -97,6 +97,7 @@ describe("loadConfig", () => {
       "localhost",
       "tally.internal",
       "api-1.example.com",
+      "tally_api",
     ]) {
       expect(loadConfig({ HOST: host }).host).toBe(host);
     }

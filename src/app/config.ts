@@ -1,9 +1,12 @@
 import { isIP } from "node:net";
 import { isCurrency } from "../modules/ledger/money.js";
 
-/** A DNS name: dot-separated labels of letters, digits and inner hyphens. */
+/**
+ * A host name: dot-separated labels of letters, digits and inner hyphens — or underscores, which
+ * container names (`tally_api`) carry and resolvers accept.
+ */
 const HOSTNAME =
-  /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+  /^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$/;
 
 /**
  * The only reader of `process.env`. The environment is parsed once; every problem is collected and

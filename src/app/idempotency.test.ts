@@ -66,6 +66,33 @@ describe("Idempotency-Key", async () => {
     expect(await orgsNamed(name)).toBe(1);
   });
 
+  it("an answer stored under the former fingerprint (body text in its own key order) is replayed", async () => {
+    const name = unique("Former");
+    const body = { name, metadata: { z: "1", a: "2" } };
+    await db
+      .insertInto("idempotency_keys")
+      .values({
+        scope: (await app.runtime.ctx.lookups.apiKey(hashSecret(app.platformKey)))!.id,
+        key: "k-former",
+        request_hash: requestHash("/v1/organizations", body),
+        status: "done",
+        response_status: 201,
+        response_body: JSON.stringify({ stored: "answer" }),
+        response_type: "application/json; charset=utf-8",
+        created_at: app.clock.now(),
+        locked_until: app.clock.now(),
+        expires_at: new Date(app.clock.now().getTime() + RETENTION_MS),
+      })
+      .execute();
+    const replay = await app.call("POST", "/v1/organizations", {
+      rawBody: JSON.stringify(body),
+      headers: { "idempotency-key": "k-former" },
+    });
+    expect(replay.statusCode).toBe(201);
+    expect(replay.json()).toEqual({ stored: "answer" });
+    expect(await orgsNamed(name)).toBe(0);
+  });
+
   it("without a key, each POST runs", async () => {
     const name = unique("NoKey");
     await app.call("POST", "/v1/organizations", { body: { name } });

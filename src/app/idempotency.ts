@@ -138,10 +138,11 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     const fingerprint = (json: string) =>
       createHash("sha256").update(`${request.method} ${request.url}\n${json}`).digest("hex");
     const requestHash = fingerprint(stableJson(request.body ?? null));
-    // Keys claimed before fingerprints sorted the keys (kept 24 h): compared as they were.
-    const legacyHash = fingerprint(JSON.stringify(request.body ?? null));
+    // Keys claimed before fingerprints sorted the keys (kept 24 h) are compared as they were:
+    // worked out only when a stored fingerprint differs.
+    const legacyHash = () => fingerprint(JSON.stringify(request.body ?? null));
 
-    const outcome = await claim(ctx.db, ctx.clock.now(), scope, key, [requestHash, legacyHash]);
+    const outcome = await claim(ctx.db, ctx.clock.now(), scope, key, requestHash, legacyHash);
     switch (outcome.kind) {
       case "claimed":
         request.idempotency = { scope, key, replayed: false, sealKey };
@@ -243,13 +244,14 @@ async function claim(
   now: Date,
   scope: string,
   key: string,
-  /** The request's fingerprint, then the fingerprints an earlier version gave it. */
-  fingerprints: [string, ...string[]],
+  requestHash: string,
+  /** The fingerprint an earlier version gave the same request. */
+  legacyHash: () => string,
 ): Promise<ClaimOutcome> {
   const row = {
     scope,
     key,
-    request_hash: fingerprints[0],
+    request_hash: requestHash,
     status: "in_progress" as const,
     response_status: null,
     response_body: null,
@@ -278,7 +280,7 @@ async function claim(
         eb.and([
           eb("status", "=", "in_progress"),
           eb("locked_until", "<=", now),
-          eb("request_hash", "in", fingerprints),
+          eb("request_hash", "=", requestHash),
           eb("effect_committed", "=", false),
         ]),
       ]),
@@ -292,8 +294,10 @@ async function claim(
     .where("scope", "=", scope)
     .where("key", "=", key)
     .executeTakeFirst();
-  if (!existing) return claim(db, now, scope, key, fingerprints);
-  if (!fingerprints.includes(existing.request_hash)) return { kind: "conflict" };
+  if (!existing) return claim(db, now, scope, key, requestHash, legacyHash);
+  if (existing.request_hash !== requestHash && existing.request_hash !== legacyHash()) {
+    return { kind: "conflict" };
+  }
   if (existing.status === "in_progress") {
     return { kind: "in_progress", lost: existing.effect_committed && existing.locked_until <= now };
   }

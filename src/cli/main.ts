@@ -569,11 +569,6 @@ function environmentProblem(error: unknown): string | null {
 }
 
 export async function runCli(argv: string[]): Promise<number> {
-  // `tally report … | head`: a closed pipe ends the output, not the process with a trace.
-  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
-    if (error.code === "EPIPE") process.exit(0);
-    throw error;
-  });
   try {
     await buildCli().parseAsync(argv);
     return 0;
@@ -595,5 +590,10 @@ export async function runCli(argv: string[]): Promise<number> {
   }
 }
 
+// `tally report … | head`: a closed pipe ends the output, not the process with a trace.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code === "EPIPE") process.exit(0);
+  throw error;
+});
 const code = await runCli(process.argv);
 if (code !== 0) process.exit(code);

@@ -377,14 +377,6 @@ const NETWORK_ERRORS = new Set([
 ]);
 
 /**
- * True for errors that say the database cannot be reached or the connection was lost (server
- * restart, terminated backend, network), as opposed to errors of the query itself: SQLSTATE class
- * 08 (connection exception), 57P01–57P03 (shutdown, crash, not accepting connections yet), 53300
- * (too many connections), socket errors, and the drivers' own connection-loss errors. Such a
- * request failed without effect or with its outcome unknown (a lost COMMIT acknowledgement):
- * the client should retry, idempotently.
- */
-/**
  * A value too large for its column (SQLSTATE 22003, e.g. a sum of credits reaching 10^26): the
  * input's magnitudes are to blame, and the statement changed nothing.
  */
@@ -392,6 +384,14 @@ export function isOutOfRange(error: unknown): boolean {
   return (error as { code?: unknown } | null)?.code === "22003";
 }
 
+/**
+ * True for errors that say the database cannot be reached or the connection was lost (server
+ * restart, terminated backend, network), as opposed to errors of the query itself: SQLSTATE class
+ * 08 (connection exception), 57P01–57P03 (shutdown, crash, not accepting connections yet), 53300
+ * (too many connections), socket errors, and the drivers' own connection-loss errors. Such a
+ * request failed without effect or with its outcome unknown (a lost COMMIT acknowledgement):
+ * the client should retry, idempotently.
+ */
 export function isDatabaseUnavailable(error: unknown): boolean {
   for (let e = error, depth = 0; e && typeof e === "object" && depth < 5; depth++) {
     const { code, message, errors, cause } = e as {

@@ -12,6 +12,7 @@ import * as m0011 from "./0011_hot_path.js";
 import * as m0012 from "./0012_idempotency_effects.js";
 import * as m0013 from "./0013_ledger_versions.js";
 import * as m0014 from "./0014_price_notifications.js";
+import * as m0015 from "./0015_overdue_holds.js";
 
 /** Every migration, in order. Never edit one that has shipped: add the next. */
 export const migrations: Record<string, Migration> = {
@@ -28,4 +29,5 @@ export const migrations: Record<string, Migration> = {
   "0012_idempotency_effects": m0012,
   "0013_ledger_versions": m0013,
   "0014_price_notifications": m0014,
+  "0015_overdue_holds": m0015,
 };

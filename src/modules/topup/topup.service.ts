@@ -38,10 +38,10 @@ import * as repo from "./topup.repo.js";
  *   unique partial index `topup_attempts (org_id) where status = 'in_flight'` makes a second
  *   attempt in flight impossible, across any number of instances.
  * - **The trigger is armed** per crossing: starting an attempt disarms it; the balance coming
- *   back above the threshold, a successful topup, or a failed attempt that leaves auto-topup
- *   enabled (fewer than `max_failures` declines) re-arms it. So an authentication request or the
- *   monthly limit produce one attempt per downward crossing, not one per usage flush, and a
- *   declined card is tried again by the next write, up to `max_failures` declines in a row.
+ *   back above the threshold, a successful topup, or a decline that leaves auto-topup enabled
+ *   (fewer than `max_failures` declines) re-arms it. So an authentication request, a processor
+ *   fault or the monthly limit produce one attempt per downward crossing, not one per usage
+ *   flush, and a declined card is tried again by the next write, up to `max_failures` in a row.
  *   After `skipped_limit` the trigger also re-arms in the next month.
  * - **Charging** happens in the job (after commit), with the idempotency key
  *   `topup:<attempt id>`: a crash or retry at any point asks the processor again with the same
@@ -444,9 +444,11 @@ export async function markFailed(
     } else {
       settings = await repo.findSettings(tx, attempt.org_id);
     }
-    if (settings?.enabled && !settings.armed) {
-      // Still enabled (fewer than `max_failures` declines): the next write that leaves the
-      // balance at or below the threshold tries again.
+    if (input.countsAsFailure && settings?.enabled && !settings.armed) {
+      // A decline, with fewer than `max_failures` so far: the next write that leaves the balance
+      // at or below the threshold tries again. Failures that do not count (processor faults, a
+      // job that died with its outcome unknown, an authentication left to expire) wait for the
+      // next crossing, or they could repeat without limit.
       settings = await repo.updateSettings(tx, attempt.org_id, { armed: true, updated_at: now });
     }
     await notifyFailed(tx, ctx, failed, {

@@ -598,4 +598,32 @@ describe("auto-topup", async () => {
     expect(await h.purchases(orgId)).toHaveLength(1);
     expect((await h.balance(orgId)).balance).toBe("1250");
   });
+
+  it("a failure that does not count (a permanent processor error) waits for the next crossing", async () => {
+    const orgId = await h.orgWithCard(packageId);
+    await h.enable(orgId, { threshold: "100", package_id: packageId, max_failures: 3 });
+    provider.answer = (input) =>
+      input.orgId === orgId
+        ? Promise.reject(new PaymentProviderError("processor refused the request", false))
+        : null;
+    try {
+      await h.adjust(orgId, "-1150"); // 50
+      await runDueJobs(ctx);
+      expect((await h.attempts(orgId)).map((a) => a.status)).toEqual(["failed"]);
+      expect(await h.settings(orgId)).toMatchObject({ enabled: true, failure_count: 0 });
+      // Not re-armed: more low writes start nothing (no retry loop on an uncounted failure).
+      for (let i = 0; i < 3; i++) {
+        await h.adjust(orgId, "-1");
+        await runDueJobs(ctx);
+      }
+      expect(await h.attempts(orgId)).toHaveLength(1);
+    } finally {
+      provider.answer = undefined;
+    }
+    // Back above the threshold and down again: a new crossing, a new attempt.
+    await h.adjust(orgId, "+100");
+    await h.adjust(orgId, "-100");
+    await runDueJobs(ctx);
+    expect((await h.attempts(orgId)).map((a) => a.status)).toEqual(["succeeded", "failed"]);
+  });
 });

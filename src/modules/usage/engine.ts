@@ -210,8 +210,9 @@ export class IngestEngine {
 
   /**
    * A flush refused because a value is out of range (a cost, balance or monthly total reaching
-   * 10^26) is refused for one request's magnitudes: each request is then written alone, so the
-   * requests that merely shared the flush still succeed.
+   * 10^26) is refused for some request's magnitudes: the flush is split in halves and each half
+   * written again, down to the request at fault, so the requests that merely shared its flush
+   * still succeed — in a few more transactions, not one per request.
    */
   private async write(batch: Pending[]): Promise<IngestOutcome[]> {
     try {
@@ -228,9 +229,11 @@ export class IngestEngine {
           },
         ];
       }
-      const outcomes: IngestOutcome[] = [];
-      for (const p of batch) outcomes.push(...(await this.write([p])));
-      return outcomes;
+      const half = Math.ceil(batch.length / 2);
+      return [
+        ...(await this.write(batch.slice(0, half))),
+        ...(await this.write(batch.slice(half))),
+      ];
     }
   }
 

@@ -35,6 +35,11 @@ export interface PreparedEvent {
   metadata: Record<string, string> | null;
   /** Identity of the event as submitted, without the defaultable org_id and timestamp. */
   payloadHash: string;
+  /**
+   * For an event not in the form duplicates compare (a token bucket of 0, a quantity such as
+   * `"1.0"`): its hash as taken before that form, which events stored earlier carry.
+   */
+  legacyPayloadHash: string | null;
   priceVersion: number;
   unit: string;
   /** Cost in credits; storage readings are priced by the engine from the gauge state. */
@@ -55,6 +60,7 @@ type EventBase = Pick<
   | "resource"
   | "metadata"
   | "payloadHash"
+  | "legacyPayloadHash"
 >;
 
 /**
@@ -76,6 +82,7 @@ function preparedEvent(
     resource: base.resource,
     metadata: base.metadata,
     payloadHash: base.payloadHash,
+    legacyPayloadHash: base.legacyPayloadHash,
     model: priced.model,
     meter: priced.meter,
     quantity: priced.quantity,
@@ -145,7 +152,7 @@ export async function prepareEvents(
       operation: e.operation ?? null,
       resource: e.resource ?? null,
       metadata: e.metadata ?? null,
-      payloadHash: payloadHash(e),
+      ...payloadHashes(e),
     };
 
     if (e.type === "ai_tokens") {
@@ -300,13 +307,26 @@ async function resolveOrgs(
 
 /** SHA-256 of the event with sorted keys, leaving out what a client may let default. */
 export function payloadHash(event: UsageEventInput): string {
-  return hash("sha256", stableJson(asCompared(event), DEFAULTABLE), "hex");
+  return hashOf(asCompared(event));
+}
+
+function hashOf(event: UsageEventInput): string {
+  return hash("sha256", stableJson(event, DEFAULTABLE), "hex");
+}
+
+function payloadHashes(event: UsageEventInput) {
+  const compared = asCompared(event);
+  return {
+    payloadHash: hashOf(compared),
+    legacyPayloadHash: compared === event ? null : hashOf(event),
+  };
 }
 
 /**
  * The event as duplicates compare it: a token bucket of 0 is the bucket left out (its default),
  * and a quantity is its value (`"1.0"` and `"+1"` are `"1"`). An event already in that form is
- * returned as it is, so its hash is the one stored before this rule.
+ * returned as it is, so its hash is the one stored before this rule; for any other event the
+ * engine also accepts its former hash (`legacyPayloadHash`).
  */
 function asCompared(event: UsageEventInput): UsageEventInput {
   let e = event;
@@ -325,10 +345,15 @@ const DEFAULTABLE: ReadonlySet<string> = new Set(["org_id", "timestamp"]);
 
 /** Same id seen again: a duplicate only if the event as submitted is the same. */
 export function sameSubmission(
-  a: { payloadHash: string; timestamp: Date; timestampDefaulted: boolean },
+  a: {
+    payloadHash: string;
+    legacyPayloadHash?: string | null;
+    timestamp: Date;
+    timestampDefaulted: boolean;
+  },
   b: { payloadHash: string; timestamp: Date; timestampDefaulted: boolean },
 ): boolean {
-  if (a.payloadHash !== b.payloadHash) return false;
+  if (a.payloadHash !== b.payloadHash && a.legacyPayloadHash !== b.payloadHash) return false;
   return (
     a.timestampDefaulted || b.timestampDefaulted || a.timestamp.getTime() === b.timestamp.getTime()
   );

@@ -1,5 +1,7 @@
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
+import { stableJson } from "../../app/stable-json.js";
 import { parseCredits } from "../ledger/credits.js";
 import { verifyLedger } from "../ledger/ledger.service.js";
 
@@ -602,6 +604,26 @@ describe("usage events routes", async () => {
         expect(again).toEqual({ ...c1, status: "duplicate" });
       }
       expectError(await ingest({ ...compute, quantity: "1.000001" }, key), 409, "event_conflict");
+    });
+
+    it("an event stored before values were compared (its hash over the raw text) still matches its retry", async () => {
+      const { orgId, key } = await setup("10");
+      for (const event of [
+        { id: evtId(), type: "ai_tokens", model: "gpt-4o", tokens: { input: 9, output: 0 } },
+        { id: evtId(), type: "compute", meter: "compute.vcpu_seconds", quantity: "2.50" },
+      ]) {
+        const first = (await ok(ingest(event, key))).data[0];
+        // As an earlier version stored it: SHA-256 of the sorted JSON as submitted.
+        const raw = createHash("sha256").update(stableJson(event)).digest("hex");
+        await ctx.db
+          .updateTable("usage_events")
+          .set({ payload_hash: raw })
+          .where("org_id", "=", orgId)
+          .where("id", "=", event.id)
+          .execute();
+        const again = (await ok(ingest(event, key))).data[0];
+        expect(again).toEqual({ ...first, status: "duplicate" });
+      }
     });
 
     it("a defaulted timestamp is not compared", async () => {
