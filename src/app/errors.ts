@@ -117,6 +117,12 @@ export function unwrap<T>(result: Result<T>): T {
   throw new AppError(result.code, result.message, result.details);
 }
 
-/** The answer when a write fails because a value is too large for its column (`isOutOfRange`). */
-export const OUT_OF_RANGE =
+const outOfRange =
   "An amount is beyond what Tally stores: credits, balances and their monthly totals must stay below 10^26 in absolute value.";
+
+/** The answer when a write fails because a value is too large for its column (`isOutOfRange`). */
+export const OUT_OF_RANGE = {
+  code: "invalid_request",
+  message: outOfRange,
+  details: [{ message: outOfRange }],
+} as const satisfies { code: ErrorCode; message: string; details: readonly ErrorDetail[] };

@@ -436,9 +436,8 @@ export function installErrorHandling(app: App): void {
       return sendError(reply, request, "invalid_request", fe.message, [{ message: fe.message }]);
     }
     if (isOutOfRange(error)) {
-      return sendError(reply, request, "invalid_request", OUT_OF_RANGE, [
-        { message: OUT_OF_RANGE },
-      ]);
+      const { code, message, details } = OUT_OF_RANGE;
+      return sendError(reply, request, code, message, details);
     }
     if (isDatabaseUnavailable(error)) {
       // Not a bug of this request: the database is restarting or unreachable. Nothing was

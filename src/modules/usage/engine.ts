@@ -219,16 +219,8 @@ export class IngestEngine {
       return await this.writeOnce(batch);
     } catch (error) {
       if (!isOutOfRange(error)) throw error;
-      if (batch.length === 1) {
-        return [
-          {
-            ok: false,
-            code: "invalid_request",
-            message: OUT_OF_RANGE,
-            details: [{ message: OUT_OF_RANGE }],
-          },
-        ];
-      }
+      if (batch.length === 1)
+        return [{ ok: false, ...OUT_OF_RANGE, details: [...OUT_OF_RANGE.details] }];
       const half = Math.ceil(batch.length / 2);
       return [
         ...(await this.write(batch.slice(0, half))),

@@ -1,8 +1,10 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { stableJson } from "../../app/stable-json.js";
-import { payloadHash } from "./prepare.js";
+import { payloadHashes } from "./prepare.js";
 import type { UsageEventInput } from "./usage.schemas.js";
+
+const payloadHash = (e: UsageEventInput) => payloadHashes(e).payloadHash;
 
 /** The format stored payload hashes were computed with: it must never change. */
 function reference(value: unknown): string {

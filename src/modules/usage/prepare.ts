@@ -306,15 +306,12 @@ async function resolveOrgs(
 }
 
 /** SHA-256 of the event with sorted keys, leaving out what a client may let default. */
-export function payloadHash(event: UsageEventInput): string {
-  return hashOf(asCompared(event));
-}
-
 function hashOf(event: UsageEventInput): string {
   return hash("sha256", stableJson(event, DEFAULTABLE), "hex");
 }
 
-function payloadHashes(event: UsageEventInput) {
+/** The event's identity for duplicates (`PreparedEvent.payloadHash`, `legacyPayloadHash`). */
+export function payloadHashes(event: UsageEventInput) {
   const compared = asCompared(event);
   return {
     payloadHash: hashOf(compared),

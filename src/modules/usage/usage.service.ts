@@ -91,15 +91,16 @@ export async function settleReservation(
   });
 }
 
-/** Releases a held reservation (`released`, or `expired` when the sweeper does it). */
+/** Releases a held reservation. One past its expiry has expired instead: `409 invalid_state`. */
 export async function releaseReservation(
   ctx: AppContext,
   orgId: string,
   reservationId: string,
-  status: "released" | "expired" = "released",
 ): Promise<Result<Reservation, "not_found" | "invalid_state">> {
   return ctx.db.transaction().execute(async (tx) => {
     const ledger = (await openLedgers(tx, ctx, [orgId], { blocks: false })).get(orgId)!;
+    await expireOverdueHolds(tx, ledger);
+    await saveLedgers(tx, [ledger]);
     const hold = await tx
       .selectFrom("reservations")
       .selectAll()
@@ -109,35 +110,25 @@ export async function releaseReservation(
       .executeTakeFirst();
     if (!hold) return fail("not_found", "Reservation not found.");
     if (hold.status !== "held") return fail("invalid_state", `The reservation is ${hold.status}.`);
-    // Released by hand after its expiry: it expired first (as settling it would say), and is
-    // recorded so even though the answer is a refusal.
-    const expiredFirst = isOverdue(hold, ledger.now);
     ledger.release(creditsFromDb(hold.amount));
     const closed = await tx
       .updateTable("reservations")
-      // An expired hold closed when it expired, whenever that is noticed.
-      .set(
-        status === "expired" || expiredFirst
-          ? { status: "expired", closed_at: hold.expires_at }
-          : { status, closed_at: ledger.now },
-      )
+      .set({ status: "released", closed_at: ledger.now })
       .where("org_id", "=", orgId)
       .where("id", "=", reservationId)
       .returningAll()
       .executeTakeFirstOrThrow();
     await saveLedgers(tx, [ledger]);
-    if (expiredFirst && status === "released") {
-      return fail("invalid_state", "The reservation is expired.");
-    }
     return ok(closed);
   });
 }
 
 /**
- * Marks the organisation's holds past their expiry `expired` and releases them on its ledger
- * (opened under its lock), before anything reads `available`.
+ * THE expiry of holds: marks the organisation's holds past their expiry `expired` (closed when
+ * they expired) and releases them on its ledger, opened under its lock — by the sweeper, and
+ * before admission or a release reads them. Returns how many expired.
  */
-async function expireOverdueHolds(tx: Db, ledger: OrgLedger): Promise<void> {
+async function expireOverdueHolds(tx: Db, ledger: OrgLedger): Promise<number> {
   const expired = await tx
     .updateTable("reservations")
     .set((eb) => ({ status: "expired", closed_at: eb.ref("expires_at") }))
@@ -147,6 +138,7 @@ async function expireOverdueHolds(tx: Db, ledger: OrgLedger): Promise<void> {
     .returning("amount")
     .execute();
   for (const r of expired) ledger.release(creditsFromDb(r.amount));
+  return expired.length;
 }
 
 /** A hold past its expiry is over, whether or not the sweeper has marked it yet. */
@@ -161,19 +153,24 @@ export function overdueHoldsExpression(orgId: string, now: Date): Sql {
       and r.expires_at <= ${now.toISOString()}::timestamptz), 0)`;
 }
 
-/** Releases holds past their expiry; run periodically. */
+/** Releases holds past their expiry, organisation by organisation; run periodically. */
 export async function expireReservations(ctx: AppContext, limit = 500): Promise<number> {
   const due = await ctx.db
     .selectFrom("reservations")
-    .select(["org_id", "id"])
+    .select("org_id")
+    .distinct()
     .where("status", "=", "held")
     .where("expires_at", "<=", ctx.clock.now())
     .limit(limit)
     .execute();
   let n = 0;
-  for (const r of due) {
-    const result = await releaseReservation(ctx, r.org_id, r.id, "expired");
-    if (result.ok) n++;
+  for (const { org_id } of due) {
+    n += await ctx.db.transaction().execute(async (tx) => {
+      const ledger = (await openLedgers(tx, ctx, [org_id], { blocks: false })).get(org_id)!;
+      const expired = await expireOverdueHolds(tx, ledger);
+      await saveLedgers(tx, [ledger]);
+      return expired;
+    });
   }
   return n;
 }
