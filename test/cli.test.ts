@@ -10,6 +10,7 @@ import type { Database } from "../src/db/index.js";
 import { adjustCredits } from "../src/modules/ledger/ledger.service.js";
 import { insertUser } from "../src/modules/orgs/orgs.repo.js";
 import { createOrganization } from "../src/modules/orgs/orgs.service.js";
+import { createReservation } from "../src/modules/usage/usage.service.js";
 import { pgliteDataDir } from "./support/db.js";
 
 /**
@@ -51,7 +52,10 @@ async function json(dataDir: string, args: string[]) {
   return JSON.parse(r.stdout);
 }
 
-/** One organisation with 100.5 − 0.25 credits and a user, written through the services. */
+/**
+ * One organisation with 100.5 − 0.25 credits, a user and a 40-credit hold past its expiry that
+ * the sweeper has not marked yet (no workers here), written through the services.
+ */
 async function seed(database: Database) {
   const runtime = await createRuntime(loadConfig({ LOG_LEVEL: "silent", TALLY_DEMO: "false" }), {
     database: { ...database, close: async () => {} },
@@ -73,6 +77,27 @@ async function seed(database: Database) {
       userId: null,
     });
   }
+  const hold = await createReservation(ctx, {
+    orgId: org.value.id,
+    overdraftLimit: 0n,
+    amount: 40_000_000_000_000n,
+    expiresInSeconds: 60,
+    description: "overdue",
+    principal: {
+      kind: "operator",
+      id: "test",
+      role: "admin",
+      orgId: null,
+      actor: { type: "system", id: "test" },
+      userId: null,
+    },
+  });
+  if (!hold.ok) throw new Error("seed hold");
+  await ctx.db
+    .updateTable("reservations")
+    .set({ expires_at: new Date(Date.now() - 1000) })
+    .where("id", "=", hold.value.id)
+    .execute();
   const now = ctx.clock.now();
   await insertUser(ctx.db, {
     org_id: org.value.id,
@@ -171,6 +196,7 @@ describe("tally CLI: orgs, balance, keys", () => {
     expect(shownText.stdout).toMatch(/^balance:\s+100\.25$/m);
     expect(shownText.stdout).toMatch(/^\s+ada\s+ada@example\.com\s+Ada\s+admin$/m);
 
+    // The hold past its expiry is no longer reserved, as GET …/balance answers.
     const balance = await json(dir, ["balance", "ext:seeded"]);
     expect(balance).toEqual({
       org_id: shown.id,
@@ -179,9 +205,14 @@ describe("tally CLI: orgs, balance, keys", () => {
       available: "100.25",
       overdraft_limit: "0",
       debt: "0",
+      low_balance: false,
+      auto_topup: "off",
       last_sequence: 2,
       updated_at: expect.any(String),
     });
+    const balanceText = await tally(dir, ["balance", "ext:seeded"]);
+    expect(balanceText.stdout).toMatch(/^\s+reserved:\s+0$/m);
+    expect(balanceText.stdout).toMatch(/^\s+low balance:\s+no$/m);
 
     for (const args of [
       ["balance", "ext:nope"],

@@ -1,7 +1,7 @@
 import { q } from "../db/bulk.js";
 import type { Db } from "../db/index.js";
 import * as alerts from "../modules/alerts/alerts.service.js";
-import type { BalanceFlags } from "../modules/ledger/ledger.routes.js";
+import type { BalanceFlags } from "../modules/ledger/ledger.service.js";
 import type { BalanceChange, BalanceObserver } from "../modules/ledger/posting.js";
 import * as topup from "../modules/topup/topup.service.js";
 import * as usage from "../modules/usage/usage.service.js";

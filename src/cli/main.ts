@@ -13,7 +13,7 @@ import {
   openDatabase,
 } from "../db/index.js";
 import { creditsFromDb, formatCredits } from "../modules/ledger/credits.js";
-import { type BalanceView, getBalance, verifyLedger } from "../modules/ledger/ledger.service.js";
+import { readBalance, verifyLedger } from "../modules/ledger/ledger.service.js";
 import { RequestLookups } from "../modules/orgs/lookups.js";
 import * as orgsRepo from "../modules/orgs/orgs.repo.js";
 import {
@@ -169,16 +169,27 @@ export function buildCli(): Command {
 
   const noOrg = (ref: string) =>
     `No organisation ${ref}. Name one by its org_… id or ext:<external_id> (see \`tally orgs list\`).`;
-  const balanceJson = (b: BalanceView, org: Organization) => ({
-    org_id: org.id,
-    balance: formatCredits(b.balance),
-    reserved: formatCredits(b.reserved),
-    available: formatCredits(b.available),
-    overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
-    debt: formatCredits(b.debt),
-    last_sequence: Number(b.last_sequence),
-    updated_at: b.updated_at?.toISOString() ?? null,
-  });
+  /** The balance as `GET …/balance` answers it (holds past their expiry no longer reserved). */
+  const balanceJson = async (ctx: AppContext, org: Organization) => {
+    const { balanceFlags } = await import("../app/balance-reactions.js");
+    const {
+      view: b,
+      inAlert,
+      autoTopup,
+    } = await readBalance(ctx.db, org.id, balanceFlags, ctx.clock.now());
+    return {
+      org_id: org.id,
+      balance: formatCredits(b.balance),
+      reserved: formatCredits(b.reserved),
+      available: formatCredits(b.available),
+      overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
+      debt: formatCredits(b.debt),
+      low_balance: b.available <= 0n || inAlert,
+      auto_topup: autoTopup,
+      updated_at: (b.updated_at ?? org.created_at).toISOString(),
+      last_sequence: Number(b.last_sequence),
+    };
+  };
   const organizationJson = async (ctx: AppContext, org: Organization) =>
     (await import("../modules/orgs/orgs.routes.js")).organizationDto(ctx, org);
 
@@ -314,13 +325,13 @@ export function buildCli(): Command {
       await withContext(async (ctx) => {
         const found = await orgsRepo.listOrgs(ctx.db, { limit: opts.limit, search: opts.search });
         const page = found.slice(0, opts.limit);
-        const balances = await Promise.all(page.map((o) => getBalance(ctx.db, o.id)));
+        const balances = await Promise.all(page.map((o) => balanceJson(ctx, o)));
         if (opts.json) {
           const data = await Promise.all(
             page.map(async (o, i) => ({
               ...(await organizationJson(ctx, o)),
-              balance: formatCredits(balances[i]!.balance),
-              available: formatCredits(balances[i]!.available),
+              balance: balances[i]!.balance,
+              available: balances[i]!.available,
             })),
           );
           return out(JSON.stringify({ data, has_more: found.length > opts.limit }));
@@ -336,8 +347,8 @@ export function buildCli(): Command {
           o.external_id,
           o.name,
           o.plan,
-          formatCredits(balances[i]!.balance),
-          formatCredits(balances[i]!.available),
+          balances[i]!.balance,
+          balances[i]!.available,
         ]);
         for (const line of table(header, rows)) out(line);
         if (found.length > opts.limit) out(`… more: raise --limit or narrow with --search.`);
@@ -354,7 +365,7 @@ export function buildCli(): Command {
         const org = await resolveOrganization(ctx.db, ref);
         if (!org) throw new UsageError(noOrg(ref));
         const [b, userRows, apiKeys] = await Promise.all([
-          getBalance(ctx.db, org.id),
+          balanceJson(ctx, org),
           orgsRepo.listUsers(ctx.db, org.id, 1000),
           orgsRepo.listAllApiKeys(ctx.db, org.id),
         ]);
@@ -364,7 +375,7 @@ export function buildCli(): Command {
           return out(
             JSON.stringify({
               ...dto,
-              balance: balanceJson(b, org),
+              balance: b,
               users: users.map((u) => ({
                 id: u.id,
                 email: u.email,
@@ -384,11 +395,11 @@ export function buildCli(): Command {
           ["plan", `${org.plan} (credits billing ${dto.credits_enabled ? "on" : "off"})`],
           ["created", dto.created_at],
           ["metadata", Object.keys(dto.metadata).length ? JSON.stringify(dto.metadata) : null],
-          ["balance", formatCredits(b.balance)],
-          ["reserved", formatCredits(b.reserved)],
-          ["available", formatCredits(b.available)],
+          ["balance", b.balance],
+          ["reserved", b.reserved],
+          ["available", b.available],
           ["overdraft limit", dto.overdraft_limit],
-          ["ledger entries", Number(b.last_sequence)],
+          ["ledger entries", b.last_sequence],
           ["users", users.length],
           ["api keys", `${active.length} active, ${apiKeys.length - active.length} revoked`],
         ]))
@@ -407,13 +418,13 @@ export function buildCli(): Command {
     .argument("<org>", "organisation id or ext:<external_id>")
     .option(
       "--json",
-      "print JSON: {org_id, balance, reserved, available, overdraft_limit, debt, …}",
+      "print JSON: the balance as GET /v1/organizations/{org_id}/balance answers it",
     )
     .action(async (ref: string, opts: { json?: boolean }) => {
       await withContext(async (ctx) => {
         const org = await resolveOrganization(ctx.db, ref);
         if (!org) throw new UsageError(noOrg(ref));
-        const view = balanceJson(await getBalance(ctx.db, org.id), org);
+        const view = await balanceJson(ctx, org);
         if (opts.json) return out(JSON.stringify(view));
         out(`${org.name} (${org.id}${org.external_id ? `, ext:${org.external_id}` : ""})`);
         for (const line of fields([
@@ -422,6 +433,8 @@ export function buildCli(): Command {
           ["available", view.available],
           ["overdraft limit", view.overdraft_limit],
           ["debt", view.debt],
+          ["low balance", view.low_balance ? "yes" : "no"],
+          ["auto-topup", view.auto_topup],
           ["updated", view.updated_at],
         ]))
           out(`  ${line}`);

@@ -15,7 +15,6 @@ import {
   ROLES,
   Timestamp,
 } from "../../app/http.js";
-import { execute, q, type Sql } from "../../db/bulk.js";
 import { requestOrg, requestPrincipal } from "../orgs/auth.js";
 import { creditsFromDb, formatCredits, parseCredits } from "./credits.js";
 import * as repo from "./ledger.repo.js";
@@ -145,32 +144,10 @@ const TransactionFilters = {
   reference_id: Type.Optional(Type.String({ maxLength: 200 })),
 };
 
-/**
- * The `low_balance` and `auto_topup` fields, from the modules that own them (alerts, auto-topup):
- * SQL expressions read in the balance's own statement, so a balance GET is one query — one pool
- * connection and one answer to wait for, under load too.
- */
-export interface BalanceFlags {
-  /** Boolean: one of the organisation's alert thresholds is crossed (else: low at ≤ 0). */
-  inAlert(orgId: string): Sql;
-  /** Text: `off`, `idle`, `in_flight` or `disabled`. */
-  autoTopup(orgId: string): Sql;
-  /** Numeric: credits still counted as reserved by holds past their expiry at `now`. */
-  overdueHolds(orgId: string, now: Date): Sql;
-}
-
-export const defaultBalanceFlags: BalanceFlags = {
-  inAlert: () => q`false`,
-  autoTopup: () => q`'off'`,
-  overdueHolds: () => q`0`,
-};
-
-type AutoTopupFlag = BalanceDto["auto_topup"];
-
 export function registerLedgerRoutes(
   app: App,
   ctx: AppContext,
-  flags: BalanceFlags = defaultBalanceFlags,
+  flags: service.BalanceFlags = service.defaultBalanceFlags,
 ): void {
   const tags = ["ledger"];
 
@@ -187,26 +164,12 @@ export function registerLedgerRoutes(
     },
     async (request) => {
       const org = requestOrg(request);
-      // Always one row; the balance columns are null when the organisation has none yet.
-      const rows = await execute<
-        { [K in keyof service.BalanceRow]: service.BalanceRow[K] | null } & {
-          in_alert: boolean;
-          auto_topup: AutoTopupFlag;
-        }
-      >(
-        ctx.db,
-        // A hold past its expiry is released already, though the sweeper may not have run yet.
-        q`select b.balance, b.debt, b.last_sequence, b.head_hash, b.updated_at,
-            b.reserved - ${flags.overdueHolds(org.id, ctx.clock.now())} as reserved,
-            ${flags.inAlert(org.id)} as in_alert, ${flags.autoTopup(org.id)} as auto_topup
-          from (select 1) as one left join org_balances as b on b.org_id = ${org.id}`,
-      );
-      const { in_alert, auto_topup, ...found } = rows[0]!;
-      const b = service.balanceView(
-        org.id,
-        found.balance === null ? undefined : (found as service.BalanceRow),
-      );
-      const low = b.available <= 0n || in_alert;
+      const {
+        view: b,
+        inAlert,
+        autoTopup,
+      } = await service.readBalance(ctx.db, org.id, flags, ctx.clock.now());
+      const low = b.available <= 0n || inAlert;
       return {
         org_id: org.id,
         balance: formatCredits(b.balance),
@@ -215,7 +178,7 @@ export function registerLedgerRoutes(
         overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
         debt: formatCredits(b.debt),
         low_balance: low,
-        auto_topup,
+        auto_topup: autoTopup,
         updated_at: (b.updated_at ?? org.created_at).toISOString(),
         last_sequence: Number(b.last_sequence),
       };

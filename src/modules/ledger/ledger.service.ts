@@ -1,5 +1,6 @@
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
+import { execute, q, type Sql } from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import type { Actor } from "../orgs/auth.js";
 import { type Credits, creditsFromDb, formatCredits } from "./credits.js";
@@ -67,6 +68,59 @@ export function balanceView(orgId: string, row: BalanceRow | undefined): Balance
     last_sequence: BigInt(row.last_sequence),
     head_hash: row.head_hash,
     updated_at: row.updated_at,
+  };
+}
+
+/**
+ * The `low_balance` and `auto_topup` fields, and holds past their expiry, from the modules that
+ * own them (alerts, auto-topup, usage): SQL expressions read in the balance's own statement, so
+ * reading a balance is one query — one pool connection and one answer to wait for, under load too.
+ */
+export interface BalanceFlags {
+  /** Boolean: one of the organisation's alert thresholds is crossed (else: low at ≤ 0). */
+  inAlert(orgId: string): Sql;
+  /** Text: `off`, `idle`, `in_flight` or `disabled`. */
+  autoTopup(orgId: string): Sql;
+  /** Numeric: credits still counted as reserved by holds past their expiry at `now`. */
+  overdueHolds(orgId: string, now: Date): Sql;
+}
+
+export const defaultBalanceFlags: BalanceFlags = {
+  inAlert: () => q`false`,
+  autoTopup: () => q`'off'`,
+  overdueHolds: () => q`0`,
+};
+
+export type AutoTopupState = "off" | "idle" | "in_flight" | "disabled";
+
+/**
+ * The balance as `GET …/balance` and the CLI show it: a hold past its expiry no longer counts in
+ * `reserved`, though the sweeper may not have marked it yet.
+ */
+export async function readBalance(
+  db: Db,
+  orgId: string,
+  flags: BalanceFlags,
+  now: Date,
+): Promise<{ view: BalanceView; inAlert: boolean; autoTopup: AutoTopupState }> {
+  // Always one row; the balance columns are null when the organisation has none yet.
+  const rows = await execute<
+    { [K in keyof BalanceRow]: BalanceRow[K] | null } & {
+      in_alert: boolean;
+      auto_topup: AutoTopupState;
+    }
+  >(
+    db,
+    q`select b.balance, b.debt, b.last_sequence, b.head_hash, b.updated_at,
+        b.reserved - ${flags.overdueHolds(orgId, now)} as reserved,
+        ${flags.inAlert(orgId)} as in_alert, ${flags.autoTopup(orgId)} as auto_topup
+      from (select 1) as one left join org_balances as b on b.org_id = ${orgId}`,
+  );
+  const { in_alert, auto_topup, ...found } = rows[0]!;
+  return {
+    view: balanceView(orgId, found.balance === null ? undefined : (found as BalanceRow)),
+    inAlert: in_alert,
+    autoTopup: auto_topup,
   };
 }
 
