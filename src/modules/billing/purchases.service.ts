@@ -398,8 +398,11 @@ export function purchaseEventData(p: Purchase): Record<string, unknown> {
 }
 
 /**
- * A payment attempt was declined or an asynchronous payment failed: `pending` (or an earlier
- * `failed`) → `failed`, with a `purchase.failed` event for each recorded failure.
+ * A payment attempt was declined or an asynchronous payment failed: `pending` → `failed`, with a
+ * `purchase.failed` event for each recorded failure. A checkout purchase may fail again (the
+ * customer tries another card on the same page). An off-session purchase has one charge, so its
+ * failure is recorded once, however many reports of it arrive (the charge job and the
+ * processor's notification both report a decline).
  */
 export async function failPurchase(
   ctx: AppContext,
@@ -430,6 +433,7 @@ export async function failPurchaseInTx(
       updated_at: ctx.clock.now(),
     },
     ["pending", "failed"],
+    { failedAgain: "checkout" },
   );
   if (!row) return fail("invalid_state", "The purchase is no longer pending.");
   await emitEvent(tx, ctx, {

@@ -359,6 +359,55 @@ describe("Stripe webhooks against the fake Stripe", async () => {
       });
     });
 
+    it("one decline reported twice (job and notification) is one purchase.failed", async () => {
+      const { id, intent } = await topup();
+      const declined = {
+        ...intent,
+        status: "requires_payment_method",
+        last_payment_error: { code: "card_declined", message: "Your card was declined." },
+      };
+      const failedEvents = async () =>
+        (
+          await ctx.db
+            .selectFrom("events")
+            .select("data")
+            .where("type", "=", "purchase.failed")
+            .execute()
+        ).filter((e) => JSON.stringify(e.data).includes(id));
+      expect(
+        (await deliver(fake.event("payment_intent.payment_failed", declined))).json(),
+      ).toMatchObject({
+        outcome: "purchase_failed",
+      });
+      // Stripe's second delivery under a new event id, as after the charge job's own report.
+      expect(
+        (await deliver(fake.event("payment_intent.payment_failed", declined))).json(),
+      ).toMatchObject({
+        ignored: true,
+        outcome: "purchase_not_pending",
+      });
+      expect(await failedEvents()).toHaveLength(1);
+    });
+
+    it("authentication_required is not a decline: the purchase stays payable", async () => {
+      const { id, intent } = await topup();
+      const needsAuth = {
+        ...intent,
+        status: "requires_payment_method",
+        last_payment_error: {
+          code: "authentication_required",
+          decline_code: "authentication_required",
+          message: "This payment requires authentication.",
+        },
+      };
+      const res = await deliver(fake.event("payment_intent.payment_failed", needsAuth));
+      expect(res.json()).toMatchObject({ ignored: true, outcome: "authentication_required" });
+      expect(await purchase(id)).toMatchObject({ status: "pending", failure_code: null });
+      // The customer authenticates later: the payment succeeds and is granted.
+      const paid = await deliver(fake.event("payment_intent.succeeded", intent));
+      expect(paid.json()).toMatchObject({ outcome: "purchase_paid" });
+    });
+
     it("a PaymentIntent whose amount does not match the purchase grants nothing", async () => {
       const { id, intent } = await topup(100);
       const res = await deliver(fake.event("payment_intent.succeeded", intent));

@@ -242,6 +242,16 @@ async function planPaymentIntent(
   if (purchase.provider_payment_id !== null && purchase.provider_payment_id !== intent.id) {
     return { orgId, objectId, apply: async () => ignore("other_payment_of_purchase", orgId) };
   }
+  // Off-session, a card that wants 3-D Secure fails with `authentication_required`. The charge
+  // job got the same answer and asks the customer to authenticate (`action_required`); the
+  // purchase stays payable, so this is not a decline to count.
+  const error = intent.last_payment_error;
+  if (
+    type === "payment_intent.payment_failed" &&
+    (error?.code === "authentication_required" || error?.decline_code === "authentication_required")
+  ) {
+    return { orgId, objectId, apply: async () => ignore("authentication_required", orgId) };
+  }
   const matches =
     String(intent.amount) === purchase.amount_minor &&
     intent.currency.toUpperCase() === purchase.currency;
@@ -265,7 +275,6 @@ async function planPaymentIntent(
           detail: result.value.fulfilled ? "purchase_paid" : "already_paid",
         };
       }
-      const error = intent.last_payment_error;
       const failed = await failPurchaseInTx(tx, ctx, orgId, id, {
         code: error?.decline_code ?? error?.code ?? "payment_failed",
         message: error?.message ?? "The payment failed.",
