@@ -330,6 +330,25 @@ describe("purchases (Stripe provider against the fake Stripe)", async () => {
     expect(page.statusCode).toBe(404);
   });
 
+  it("sends Stripe the minor units Stripe counts (HUF in hundredths, not ICU's whole forints)", async () => {
+    const huf = (
+      await app.call("POST", "/v1/credit-packages", {
+        body: { name: "Forint", credits: "1000", price: "4990", currency: "HUF" },
+      })
+    ).json();
+    expect(huf.price).toBe("4990.00");
+    const res = await app.call("POST", `/v1/organizations/${orgId}/purchases`, {
+      body: { package_id: huf.id, save_payment_method: false },
+    });
+    expect(res.statusCode).toBe(201);
+    expect(res.json()).toMatchObject({ amount: "4990.00", currency: "HUF" });
+    const call = fake.calls("POST", "/v1/checkout/sessions").at(-1)!;
+    expect(call.body).toMatchObject({
+      line_items: [{ price_data: { currency: "huf", unit_amount: "499000" } }],
+    });
+    await app.call("PATCH", `/v1/credit-packages/${huf.id}`, { body: { active: false } });
+  });
+
   it("answers 503 and marks the purchase failed when Stripe is down", async () => {
     fake.failNext(500, 3);
     const res = await app.call("POST", `/v1/organizations/${orgId}/purchases`, {

@@ -103,7 +103,16 @@ describe("Money", () => {
     expect(formatMoney({ minor: 4900n, currency: "USD" })).toBe("49.00");
     expect(parseMoney("1200", "JPY").minor).toBe(1200n);
     expect(formatMoney({ minor: 1200n, currency: "JPY" })).toBe("1200");
-    expect(parseMoney("1.234", "KWD").minor).toBe(1234n);
+    expect(parseMoney("1.23", "KWD").minor).toBe(1230n);
+    // Minor units as Stripe counts them, whatever the runtime's display data says.
+    expect(parseMoney("4990", "HUF").minor).toBe(499000n);
+    expect(formatMoney({ minor: 499000n, currency: "HUF" })).toBe("4990.00");
+    expect(parseMoney("4990.50", "HUF").minor).toBe(499050n);
+    expect(parseMoney("1500", "ISK").minor).toBe(150000n);
+    expect(parseMoney("1500", "IDR").minor).toBe(150000n);
+    expect(parseMoney("1500", "UGX").minor).toBe(1500n);
+    expect(() => parseMoney("1500.5", "ISK")).toThrow(/whole krónur/);
+    expect(() => parseMoney("1.234", "KWD")).toThrow(/must end in 0/);
     expect(() => parseMoney("49.001", "USD")).toThrow(DecimalFormatError);
     expect(() => parseMoney("1200.5", "JPY")).toThrow(DecimalFormatError);
     expect(() => parseMoney("1", "XYZ")).toThrow(DecimalFormatError);
