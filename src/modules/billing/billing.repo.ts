@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import type { Db } from "../../db/index.js";
 import type {
   CreditPackagesTable,
@@ -6,6 +7,7 @@ import type {
   ProviderName,
   PurchaseStatus,
   PurchasesTable,
+  RefundNoticesTable,
   RefundsTable,
 } from "./billing.tables.js";
 
@@ -81,6 +83,30 @@ export function findPurchaseById(db: Db, id: string) {
 }
 
 /** The purchase a processor payment paid (payment ids are unique per provider). */
+/** Keeps a refund notice for a payment no purchase carries yet (the largest total wins). */
+export async function keepRefundNotice(db: Db, notice: RefundNoticesTable): Promise<void> {
+  await db
+    .insertInto("refund_notices")
+    .values(notice)
+    .onConflict((oc) =>
+      oc.columns(["provider", "payment_id"]).doUpdateSet((eb) => ({
+        refunded_total_minor: sql<string>`greatest(${eb.ref("refund_notices.refunded_total_minor")}, ${eb.ref("excluded.refunded_total_minor")})`,
+        received_at: eb.ref("excluded.received_at"),
+      })),
+    )
+    .execute();
+}
+
+/** Removes and returns the kept refund notice of a payment, if any. */
+export function takeRefundNotice(db: Db, provider: ProviderName, paymentId: string) {
+  return db
+    .deleteFrom("refund_notices")
+    .where("provider", "=", provider)
+    .where("payment_id", "=", paymentId)
+    .returningAll()
+    .executeTakeFirst();
+}
+
 export function findPurchaseByPaymentId(db: Db, provider: ProviderName, paymentId: string) {
   return db
     .selectFrom("purchases")

@@ -122,10 +122,21 @@ export interface RefundsTable {
   updated_at: Date;
 }
 
+/** A refund notice for a payment no purchase carries yet, applied when one is paid with it. */
+export interface RefundNoticesTable {
+  provider: ProviderName;
+  payment_id: string;
+  /** The largest cumulative refunded amount notified (minor units, numeric). */
+  refunded_total_minor: string;
+  currency: string;
+  received_at: Date;
+}
+
 export interface BillingTables {
   credit_packages: CreditPackagesTable;
   purchases: PurchasesTable;
   payment_methods: PaymentMethodsTable;
   inbound_webhook_events: InboundWebhookEventsTable;
   refunds: RefundsTable;
+  refund_notices: RefundNoticesTable;
 }

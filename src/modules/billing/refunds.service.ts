@@ -338,6 +338,26 @@ export type ReflectOutcome =
   | { status: "ignored"; orgId: string | null; reason: string };
 
 /**
+ * A purchase just paid: a refund the processor notified before the payment was applied is
+ * applied now, in the caller's transaction (the credits just granted are voided).
+ */
+export async function applyKeptRefundInTx(
+  tx: Db,
+  ctx: AppContext,
+  purchase: Purchase,
+): Promise<ReflectOutcome | null> {
+  if (!purchase.provider_payment_id) return null;
+  const kept = await repo.takeRefundNotice(tx, purchase.provider, purchase.provider_payment_id);
+  if (!kept) return null;
+  return reflectProviderRefundInTx(tx, ctx, {
+    provider: kept.provider,
+    paymentId: kept.payment_id,
+    refundedTotalMinor: BigInt(kept.refunded_total_minor),
+    currency: kept.currency,
+  });
+}
+
+/**
  * A refund made at the processor (e.g. in the Stripe dashboard), in the caller's transaction.
  * Notifications carry the cumulative refunded amount, so the new part is what exceeds every
  * refund Tally already knows of (including its own API refunds, pending ones too, which the
@@ -354,7 +374,19 @@ export async function reflectProviderRefundInTx(
   notice: ProviderRefundNotice,
 ): Promise<ReflectOutcome> {
   const found = await repo.findPurchaseByPaymentId(tx, notice.provider, notice.paymentId);
-  if (!found) return { status: "ignored", orgId: null, reason: "no purchase for this payment" };
+  if (!found) {
+    // The payment's own notification may be late (or retried after a failure): keep the refund
+    // until a purchase is paid with this payment (`applyKeptRefundInTx`). A payment that is not
+    // Tally's (another product on the same account) leaves a row nobody takes.
+    await repo.keepRefundNotice(tx, {
+      provider: notice.provider,
+      payment_id: notice.paymentId,
+      refunded_total_minor: notice.refundedTotalMinor.toString(),
+      currency: notice.currency.toUpperCase(),
+      received_at: ctx.clock.now(),
+    });
+    return { status: "ignored", orgId: null, reason: "no purchase for this payment yet" };
+  }
   const orgId = found.org_id;
   if (found.currency !== notice.currency.toUpperCase()) {
     return { status: "ignored", orgId, reason: "currency does not match the purchase" };

@@ -510,6 +510,31 @@ describe("Stripe webhooks against the fake Stripe", async () => {
       ).toBeGreaterThanOrEqual(2);
     });
 
+    it("a refund notified before the payment is kept and applied with it", async () => {
+      const { purchase: p, sessionId } = await checkout({ save_payment_method: false });
+      fake.completeSession(sessionId);
+      const intentId = fake.sessions.get(sessionId)!.payment_intent as string;
+      const before = await balance();
+      // checkout.session.completed failed once (Stripe retries it later); meanwhile the payment
+      // is refunded in the dashboard, and that notice arrives first.
+      const early = await deliver(chargeRefunded(intentId, 4900));
+      expect(early.json()).toMatchObject({
+        ignored: true,
+        outcome: "no_purchase_for_this_payment_yet",
+      });
+      // A smaller, older total delivered late does not lower what is kept.
+      await deliver(chargeRefunded(intentId, 1000));
+      const paid = await deliver(sessionEvent("checkout.session.completed", sessionId));
+      expect(paid.json()).toMatchObject({ outcome: "purchase_paid" });
+      expect(await purchase(p.id)).toMatchObject({ status: "refunded", refunded_amount: "49.00" });
+      expect(await balance()).toBe(before);
+      const kept = await ctx.db.selectFrom("refund_notices").selectAll().execute();
+      expect(kept.filter((k) => k.payment_id === intentId)).toEqual([]);
+      expect((await app.call("GET", `/v1/organizations/${orgId}/ledger/verify`)).json().ok).toBe(
+        true,
+      );
+    });
+
     it("charge.refunded from the dashboard is reflected: credits voided, a provider refund", async () => {
       const { p, intentId } = await paidPurchase();
       const before = await balance();

@@ -6,7 +6,8 @@ import {
   findPurchaseIn,
 } from "../billing/offsession.service.js";
 import { PaymentProviderError, paymentProvider } from "../billing/providers/index.js";
-import { failPurchase, fulfilPurchase, type Purchase } from "../billing/purchases.service.js";
+import { failPurchase, fulfilPurchaseInTx, type Purchase } from "../billing/purchases.service.js";
+import { applyKeptRefundInTx } from "../billing/refunds.service.js";
 import {
   type Job,
   jobRunnerFor,
@@ -85,8 +86,14 @@ export async function chargeTopupAttempt(job: Job<ChargePayload>, ctx: AppContex
 
   switch (result.status) {
     case "succeeded": {
-      const fulfilled = await fulfilPurchase(ctx, attempt.org_id, purchase.id, {
-        providerPaymentId: result.paymentId,
+      // A refund notified before this could be applied is applied with it.
+      const fulfilled = await ctx.db.transaction().execute(async (tx) => {
+        const paid = await fulfilPurchaseInTx(tx, ctx, attempt.org_id, purchase.id, {
+          providerPaymentId: result.paymentId,
+        });
+        if (paid.ok && paid.value.fulfilled)
+          await applyKeptRefundInTx(tx, ctx, paid.value.purchase);
+        return paid;
       });
       if (!fulfilled.ok) {
         ctx.logger.error(
