@@ -639,6 +639,7 @@ describe("ledger routes", async () => {
     it("transactions.csv has a header and one row per entry, equal to the JSON list", async () => {
       const { orgId } = await richOrg();
       await grant(orgId, "+1", { reason: 'He said "hi", then\r\nleft; =SUM(A1)' });
+      await grant(orgId, "+2", { reason: '=HYPERLINK("http://evil.example","x")' });
       const res = await app.call("GET", url(orgId, "transactions.csv"));
       expect(res.statusCode, res.body).toBe(200);
       expect(res.headers["content-type"]).toMatch(/^text\/csv/);
@@ -684,8 +685,11 @@ describe("ledger routes", async () => {
             .join(" "),
         );
       });
-      // The reason survives quoting; a formula-like text is neutralised, not executed.
-      expect(rows[0]![col("reason")]).toBe('He said "hi", then\r\nleft; =SUM(A1)');
+      // The reason survives quoting; a text a spreadsheet would run as a formula is prefixed
+      // with a quote, while negative amounts stay numbers.
+      expect(rows[1]![col("reason")]).toBe('He said "hi", then\r\nleft; =SUM(A1)');
+      expect(rows[0]![col("reason")]).toBe(`'=HYPERLINK("http://evil.example","x")`);
+      expect(rows.some((r) => r[col("amount")]!.startsWith("-"))).toBe(true);
 
       const filtered = parseCsv(
         (await app.call("GET", url(orgId, "transactions.csv?type=usage"))).body,

@@ -176,7 +176,12 @@ describe("Stripe provider (real SDK against the fake Stripe)", async () => {
       idempotencyKey: "topup:att_retry",
       metadata: {},
     };
+    // Stripe creates the PaymentIntent but its answer is lost: the SDK retries with the key.
+    fake.loseAnswerNext();
     const first = await provider.chargeOffSession(input);
+    expect(first).toMatchObject({ status: "succeeded" });
+    expect(fake.requests.filter((r) => r.path === "/v1/payment_intents")).toHaveLength(2);
+    expect(fake.calls("POST", "/v1/payment_intents")).toHaveLength(1);
     const again = await provider.chargeOffSession(input);
     expect(again).toEqual(first);
     // A 500 is retried by the SDK with the same key; Stripe creates nothing new.
