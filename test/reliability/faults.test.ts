@@ -397,6 +397,89 @@ describe("payment processor faults (the real Stripe SDK against the fake Stripe)
     },
   );
 
+  it("an auto-topup payment refunded at Stripe before the job could apply it is granted and voided at once", async () => {
+    const orgId = await orgWithAutoTopup();
+    await grant(app, orgId, "-1150"); // 50 left: an attempt starts
+    inject("lost answer", 2); // Stripe charges; the job never hears of it and is retried later
+    await runDueJobs(ctx);
+    const [intent] = intentsOf(orgId);
+    expect(intent).toMatchObject({ status: "succeeded" });
+    // Meanwhile the payment is refunded in the dashboard; the notice finds no purchase yet.
+    const refunded = fake.event("charge.refunded", {
+      id: `ch_for_${intent!.id}`,
+      object: "charge",
+      amount: intent!.amount,
+      amount_refunded: intent!.amount,
+      currency: intent!.currency,
+      payment_intent: intent!.id,
+      refunded: true,
+      status: "succeeded",
+    });
+    const { payload, signature } = fake.signedWebhook(refunded, { timestamp: nowSeconds() });
+    const hook = await app.call("POST", "/v1/webhooks/stripe", {
+      key: null,
+      rawBody: payload,
+      headers: { "stripe-signature": signature },
+    });
+    expect(hook.json()).toMatchObject({ outcome: "no_purchase_for_this_payment_yet" });
+
+    app.clock.advance(30 * 60_000);
+    await runDueJobs(ctx);
+    const [attempt] = await attemptsOf(orgId);
+    expect(attempt).toMatchObject({ status: "succeeded" });
+    expect(await purchaseOf(orgId, attempt!.purchase_id)).toMatchObject({
+      status: "refunded",
+      refunded_amount: "49.00",
+    });
+    // The package was granted and voided in one transaction: the balance is where it was.
+    expect((await balanceOf(orgId)).balance).toBe("50");
+    await checkOrgInvariants(ctx.db, orgId);
+  });
+
+  it("one off-session decline, reported by the job and then by Stripe's notification, is one failure", async () => {
+    const orgId = await orgWithAutoTopup();
+    await app.call("PUT", `/v1/organizations/${orgId}/auto-topup`, {
+      body: { enabled: true, threshold: "100", package_id: pkg.id, max_failures: 3 },
+    });
+    const card = await ctx.db
+      .selectFrom("payment_methods")
+      .select("provider_payment_method_id")
+      .where("org_id", "=", orgId)
+      .executeTakeFirstOrThrow();
+    fake.setCardBehaviour(card.provider_payment_method_id, "decline");
+    await grant(app, orgId, "-1150");
+    await runDueJobs(ctx);
+    const [attempt] = await attemptsOf(orgId);
+    expect(attempt).toMatchObject({ status: "failed" });
+    const [intent] = intentsOf(orgId);
+    const failedNotice = fake.event("payment_intent.payment_failed", {
+      ...intent!,
+      last_payment_error: {
+        code: "card_declined",
+        decline_code: "generic_decline",
+        message: "Your card was declined.",
+      },
+    });
+    const { payload, signature } = fake.signedWebhook(failedNotice, { timestamp: nowSeconds() });
+    const hook = await app.call("POST", "/v1/webhooks/stripe", {
+      key: null,
+      rawBody: payload,
+      headers: { "stripe-signature": signature },
+    });
+    expect(hook.json()).toMatchObject({ ignored: true, outcome: "purchase_not_pending" });
+    const failures = (
+      await ctx.db
+        .selectFrom("events")
+        .select(["type", "data"])
+        .where("org_id", "=", orgId)
+        .where("type", "in", ["purchase.failed", "auto_topup.failed"])
+        .execute()
+    ).map((e) => e.type);
+    expect(failures.sort()).toEqual(["auto_topup.failed", "purchase.failed"]);
+    const settings = (await app.call("GET", `/v1/organizations/${orgId}/auto-topup`)).json();
+    expect(settings).toMatchObject({ enabled: true, failure_count: 1 });
+  });
+
   it("a charge hanging at the processor holds up neither usage ingest nor other requests", async () => {
     // The production timeout: the hang lasts until the processor drops the connection.
     setPaymentProvider(

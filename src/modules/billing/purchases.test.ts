@@ -192,6 +192,17 @@ describe("purchases (sandbox provider)", async () => {
     expect(declined.body).toContain("declined");
     const failed = (await app.call("GET", `/v1/organizations/${orgId}/purchases/${p.id}`)).json();
     expect(failed).toMatchObject({ status: "failed", failure_code: "card_declined" });
+    // A second card declined on the same page is a second failure, with its own event.
+    expect((await pay(p.id, "decline")).statusCode).toBe(402);
+    const failures = (
+      await app.runtime.ctx.db
+        .selectFrom("events")
+        .select("data")
+        .where("org_id", "=", orgId)
+        .where("type", "=", "purchase.failed")
+        .execute()
+    ).filter((e) => (e.data as { purchase_id?: string }).purchase_id === p.id);
+    expect(failures).toHaveLength(2);
 
     const action = await pay(p.id, "requires_action");
     expect(action.statusCode).toBe(402);

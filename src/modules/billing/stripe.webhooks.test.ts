@@ -408,6 +408,28 @@ describe("Stripe webhooks against the fake Stripe", async () => {
       expect(paid.json()).toMatchObject({ outcome: "purchase_paid" });
     });
 
+    it("a refund notified before payment_intent.succeeded is applied with it", async () => {
+      const { id, intent } = await topup();
+      const before = await balance();
+      const early = await deliver(
+        fake.event("charge.refunded", {
+          id: `ch_for_${intent.id}`,
+          object: "charge",
+          amount: 4900,
+          amount_refunded: 4900,
+          currency: "usd",
+          payment_intent: intent.id,
+          refunded: true,
+          status: "succeeded",
+        }),
+      );
+      expect(early.json()).toMatchObject({ outcome: "no_purchase_for_this_payment_yet" });
+      const paid = await deliver(fake.event("payment_intent.succeeded", intent));
+      expect(paid.json()).toMatchObject({ outcome: "purchase_paid" });
+      expect(await purchase(id)).toMatchObject({ status: "refunded", refunded_amount: "49.00" });
+      expect(await balance()).toBe(before);
+    });
+
     it("a PaymentIntent whose amount does not match the purchase grants nothing", async () => {
       const { id, intent } = await topup(100);
       const res = await deliver(fake.event("payment_intent.succeeded", intent));
