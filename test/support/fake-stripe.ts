@@ -353,6 +353,14 @@ export async function startFakeStripe(
           .reduce((sum, r) => sum + Number(r.amount), 0);
         const amount =
           body.amount === undefined ? Number(pi.amount) - refunded : Number(body.amount);
+        if (refunded >= Number(pi.amount)) {
+          return error(
+            400,
+            "invalid_request_error",
+            `Charge ch_for_${pi.id} has already been refunded.`,
+            { code: "charge_already_refunded" },
+          );
+        }
         if (amount <= 0 || refunded + amount > Number(pi.amount)) {
           return error(
             400,

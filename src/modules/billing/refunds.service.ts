@@ -181,15 +181,22 @@ export async function completeRefund(
       metadata: { refund_id: refund.id, purchase_id: purchase.id, org_id: refund.org_id },
     });
   } catch (error) {
-    if (error instanceof PaymentProviderError && !error.retryable) {
+    if (error instanceof PaymentProviderError && error.code === "charge_already_refunded") {
+      // The whole payment was refunded at the processor (e.g. in the Stripe dashboard) while this
+      // refund waited. Its notice found this refund pending and counted it as covering that much,
+      // so this refund stands, without a processor id: the money is back, the credits stay voided.
+      ctx.logger.warn({ refund_id: refund.id }, "payment already refunded at the processor");
+      result = { refundId: null, status: "succeeded" };
+    } else if (error instanceof PaymentProviderError && !error.retryable) {
       ctx.logger.error({ err: error, refund_id: refund.id }, "the processor refused a refund");
       return refuseRefund(ctx, refund, error.message);
+    } else {
+      ctx.logger.warn({ err: error, refund_id: refund.id }, "refund not acknowledged; will retry");
+      return fail(
+        "service_unavailable",
+        `The payment processor is unavailable. Refund ${refund.id} is pending and will be completed automatically; retrying this request completes it now.`,
+      );
     }
-    ctx.logger.warn({ err: error, refund_id: refund.id }, "refund not acknowledged; will retry");
-    return fail(
-      "service_unavailable",
-      `The payment processor is unavailable. Refund ${refund.id} is pending and will be completed automatically; retrying this request completes it now.`,
-    );
   }
   if (result.status === "failed") {
     return refuseRefund(ctx, refund, "the processor declined the refund");

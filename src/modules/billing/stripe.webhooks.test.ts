@@ -532,6 +532,41 @@ describe("Stripe webhooks against the fake Stripe", async () => {
       ).toBeGreaterThanOrEqual(2);
     });
 
+    it("a pending refund whose payment was meanwhile refunded in the dashboard stands; no credits come back", async () => {
+      const { p, intentId } = await paidPurchase();
+      const before = await balance();
+      fake.failNext(500, 3);
+      const res = await app.call("POST", `/v1/organizations/${orgId}/purchases/${p.id}/refund`, {
+        body: {},
+      });
+      expect(res.statusCode).toBe(503);
+      // An operator refunds the whole payment in the Stripe dashboard; its notice finds Tally's
+      // pending refund covering it.
+      const stripe = (ctx.payments as StripeProvider).client;
+      await stripe.refunds.create({ payment_intent: intentId, amount: 4900 });
+      const notice = await deliver(chargeRefunded(intentId, 4900));
+      expect(notice.json()).toMatchObject({ outcome: "refund_already_recorded" });
+      // Stripe then refuses Tally's refund: the charge is already refunded.
+      app.clock.advance(5 * 60_000);
+      expect(await resumePendingRefunds(ctx)).toBe(1);
+      const [row] = await ctx.db
+        .selectFrom("refunds")
+        .selectAll()
+        .where("purchase_id", "=", p.id)
+        .execute();
+      expect(row).toMatchObject({
+        status: "succeeded",
+        provider_refund_id: null,
+        amount_minor: "4900",
+      });
+      expect(await purchase(p.id)).toMatchObject({ status: "refunded", refunded_amount: "49.00" });
+      // The credits voided for the refund stay voided: the money is back with the customer.
+      expect(Number(before) - Number(await balance())).toBe(1200);
+      expect((await app.call("GET", `/v1/organizations/${orgId}/ledger/verify`)).json().ok).toBe(
+        true,
+      );
+    });
+
     it("a refund notified before the payment is kept and applied with it", async () => {
       const { purchase: p, sessionId } = await checkout({ save_payment_method: false });
       fake.completeSession(sessionId);

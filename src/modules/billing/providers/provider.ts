@@ -101,7 +101,8 @@ export interface RefundInput {
 }
 
 export interface RefundResult {
-  refundId: string;
+  /** Null when the money went back by other means (see `completeRefund`). */
+  refundId: string | null;
   status: "succeeded" | "pending" | "failed";
 }
 
@@ -111,6 +112,8 @@ export class PaymentProviderError extends Error {
     message: string,
     readonly retryable: boolean,
     override readonly cause?: unknown,
+    /** The processor's own error code, e.g. Stripe's `charge_already_refunded`. */
+    readonly code?: string,
   ) {
     super(message);
     this.name = "PaymentProviderError";

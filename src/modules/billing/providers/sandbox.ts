@@ -82,7 +82,7 @@ export class SandboxProvider implements PaymentProvider {
       .map(([key, c]) => ({ idempotencyKey: key, paymentId: c.result.paymentId! }));
   }
 
-  get refunds(): { idempotencyKey: string; refundId: string }[] {
+  get refunds(): { idempotencyKey: string; refundId: string | null }[] {
     return [...this.refundsByKey].map(([key, r]) => ({
       idempotencyKey: key,
       refundId: r.result.refundId,

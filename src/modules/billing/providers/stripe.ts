@@ -263,7 +263,7 @@ function fault(error: unknown): PaymentProviderError {
       error instanceof Stripe.errors.StripeRateLimitError ||
       error instanceof Stripe.errors.StripeIdempotencyError ||
       (error.statusCode !== undefined && error.statusCode >= 500);
-    return new PaymentProviderError(`Stripe: ${error.message}`, retryable, error);
+    return new PaymentProviderError(`Stripe: ${error.message}`, retryable, error, error.code);
   }
   return new PaymentProviderError(
     `Stripe: ${error instanceof Error ? error.message : String(error)}`,
