@@ -235,6 +235,7 @@ export class IngestEngine {
     // First assume every event is new (the common case: one statement fewer); if one was not,
     // the flush rolls back and is written again after looking the stored events up.
     let lookUpStored = false;
+    const given = new Map<string, string>();
     const now = this.ctx.clock.now();
     const restored = this.ledgers.open(this.ctx, orgIds, now);
     if (restored) {
@@ -242,6 +243,7 @@ export class IngestEngine {
         const outcomes = await writeBatch(this.ctx.flushDb, this.ctx, requests, {
           lookUpStored: false,
           restored,
+          given,
         });
         this.ledgers.remember(restored.values());
         this.ledgers.written(orgIds);
@@ -267,6 +269,7 @@ export class IngestEngine {
         const outcomes = await this.ctx.db.transaction().execute((tx) =>
           writeBatch(tx, this.ctx, requests, {
             lookUpStored,
+            given,
             opened: (ledgers) => {
               opened = ledgers;
             },
@@ -278,7 +281,9 @@ export class IngestEngine {
         if (opened) this.ledgers.remember(opened.values());
         return outcomes;
       } catch (error) {
-        if (error instanceof StoredEventsNeeded && !lookUpStored) {
+        // Events stored already are posted again by an attempt that did not look them up, and
+        // may push a total out of range only for that reason: look them up before deciding.
+        if ((error instanceof StoredEventsNeeded || isOutOfRange(error)) && !lookUpStored) {
           lookUpStored = true;
           continue;
         }
@@ -334,6 +339,13 @@ export interface WriteBatchOptions {
   opened?: (ledgers: Map<string, OrgLedger>) => void;
   /** Told which organisations have balance observers with work (see `SaveOptions.observed`). */
   observed?: (orgIds: ReadonlySet<string>) => void;
+  /**
+   * The transaction ids this flush gave its events, by `requestIndex:slot`, across its attempts.
+   * An attempt whose outcome is unknown (the database's answer to a commit was lost) may have
+   * written them: a stored event carrying the id given to the same request and slot was written
+   * by this flush, and is answered `accepted`, not `duplicate`.
+   */
+  given?: Map<string, string>;
 }
 
 /**
@@ -468,6 +480,7 @@ export async function writeBatch(
     if (!outcome.ok || !outcome.entry) throw new Error("usage debit refused");
     a.transactionId = outcome.entry.id;
     a.balanceAfter = outcome.entry.balance_after;
+    options.given?.set(a.transactionId, `${a.requestIndex}:${a.slot}`);
   }
 
   // Settle holds: release what was reserved, in the same transaction as the events.
@@ -550,7 +563,10 @@ export async function writeBatch(
           }
         : {
             id: of.id,
-            status: "duplicate",
+            status:
+              options.given?.get(of.transaction_id) === `${requestIndex}:${slot}`
+                ? "accepted"
+                : "duplicate",
             cost: creditsFromDb(of.cost),
             transactionId: of.transaction_id,
             balanceAfter: creditsFromDb(of.balance_after),

@@ -583,6 +583,42 @@ describe("optimistic ingest", async () => {
     await expectVerified(plain.orgId, 3);
   });
 
+  it("an optimistic statement that committed but whose answer was lost answers its events accepted, once", async () => {
+    const { orgId, key } = await setup("100");
+    await ingest(key, [usage(1)]);
+    const executeQuery = ctx.flushDb.executeQuery.bind(ctx.flushDb);
+    let lost = 0;
+    const spy = vi.spyOn(ctx.flushDb, "executeQuery").mockImplementation((async (
+      query: CompiledQuery,
+    ) => {
+      const result = await executeQuery(query);
+      if (query.sql.includes("tally_guard") && lost++ === 0) {
+        throw new Error("Connection terminated unexpectedly");
+      }
+      return result;
+    }) as typeof ctx.flushDb.executeQuery);
+    const [a, b] = [usage(2), usage(3)];
+    let res: Awaited<ReturnType<typeof ingestCounted>>;
+    try {
+      // `a` twice in one request: the second is a duplicate of the first, as it was the first time.
+      res = await ingestCounted(key, [a, b, a]);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(lost).toBe(1);
+    // Written once, by the statement whose answer was lost; reported as this request's own.
+    expectAccepted(res.result[0]!, a.id, "2", C("97"));
+    expectAccepted(res.result[1]!, b.id, "3", C("94"));
+    expect(res.result[2]).toMatchObject({
+      id: a.id,
+      status: "duplicate",
+      transaction_id: res.result[0]!.transaction_id,
+    });
+    expect(await storedEvents(orgId)).toHaveLength(3);
+    await expectUsageEntry(orgId, res.result[0]!);
+    await expectVerified(orgId, 4);
+  });
+
   it("a failed optimistic statement (error) is written under the locks; a failed flush forgets the ledger", async () => {
     const { orgId, key } = await setup("100");
     await ingest(key, [usage(1)]);

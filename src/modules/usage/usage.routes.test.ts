@@ -1125,8 +1125,10 @@ describe("usage events routes", async () => {
   });
 
   describe("amounts beyond what the ledger stores", () => {
-    it("a request whose costs would reach 10^26 is refused with 400 and changes nothing; requests sharing its flush succeed", async () => {
+    /** Meters at the highest rate, so that a few events reach the ledger's bounds. */
+    async function hugeMeters() {
       const current = await ok(app.call("GET", "/v1/prices"));
+      if (current.meters.some((m: { meter: string }) => m.meter === "compute.huge")) return;
       await ok(
         app.call("PUT", "/v1/prices", {
           body: {
@@ -1145,6 +1147,10 @@ describe("usage events routes", async () => {
           },
         }),
       );
+    }
+
+    it("a request whose costs would reach 10^26 is refused with 400 and changes nothing; requests sharing its flush succeed", async () => {
+      await hugeMeters();
       const { orgId, key } = await setup("100");
       const before = await snapshot(orgId);
       // Each event costs about 10^24 credits; 150 of them overflow the balance.
@@ -1186,6 +1192,31 @@ describe("usage events routes", async () => {
       expect(await snapshot(orgId)).toMatchObject({ balance: before.balance });
       // An earlier reading (out of order) bills nothing and is accepted.
       await ok(ingest(reading("1", NOW - 34 * DAY - HOUR), key));
+    });
+
+    it("a retry of huge events already recorded is answered duplicate, not refused as out of range", async () => {
+      await hugeMeters();
+      const { orgId, key } = await setup("100");
+      const events = Array.from({ length: 60 }, () => ({
+        id: evtId("huge-retry"),
+        type: "compute",
+        meter: "compute.huge",
+        quantity: "999999999999.999999",
+      }));
+      await ok(ingest({ events }, key));
+      const after = await snapshot(orgId);
+      // Another write makes the remembered ledger stale, so the retry takes the locking path,
+      // whose first attempt posts the events again before it knows they are stored.
+      await ok(
+        app.call("POST", url(orgId, "adjustments"), { body: { amount: "+1", reason: "x" } }),
+        201,
+      );
+      const retry = await ok(ingest({ events }, key));
+      expect(retry.data.map((d: { status: string }) => d.status)).toEqual(
+        events.map(() => "duplicate"),
+      );
+      expect((await snapshot(orgId)).last_sequence).toBe(after.last_sequence + 1);
+      expect(await verifyLedger(ctx.db, orgId)).toMatchObject({ ok: true });
     });
 
     it("package credits and adjustments are bounded to 15 integer digits", async () => {
