@@ -52,6 +52,12 @@ async function bareApp(): Promise<App> {
   app.get("/boom", async () => {
     throw new Error("secret internals");
   });
+  // Database errors a request can meet without being at fault.
+  for (const code of ["40P01", "40001", "22003"]) {
+    app.get(`/db/${code}`, async () => {
+      throw Object.assign(new Error(`database said ${code}`), { code });
+    });
+  }
   await app.ready();
   afterAll(() => app.close());
   return app;
@@ -133,6 +139,21 @@ describe("http plumbing", async () => {
     expect(res.statusCode).toBe(500);
     expect(res.json().error.code).toBe("internal");
     expect(res.body).not.toContain("secret internals");
+  });
+
+  it("a deadlock or serialization failure is 503 with Retry-After; an overflow is 400", async () => {
+    for (const code of ["40P01", "40001"]) {
+      const res = await app.inject({ method: "GET", url: `/db/${code}` });
+      expect(res.statusCode).toBe(503);
+      expect(res.headers["retry-after"]).toBe("1");
+      expect(res.json().error).toMatchObject({
+        code: "service_unavailable",
+        message: expect.stringMatching(/nothing was written/),
+      });
+    }
+    const overflow = await app.inject({ method: "GET", url: "/db/22003" });
+    expect(overflow.statusCode).toBe(400);
+    expect(overflow.json().error.code).toBe("invalid_request");
   });
 
   it("round-trips cursors and refuses foreign ones", () => {

@@ -12,7 +12,7 @@ import type {
   RawRequestDefaultExpression,
   RawServerDefault,
 } from "fastify";
-import { isDatabaseUnavailable, isOutOfRange } from "../db/index.js";
+import { isDatabaseUnavailable, isOutOfRange, isWriteConflict } from "../db/index.js";
 import {
   AppError,
   ERRORS,
@@ -438,6 +438,18 @@ export function installErrorHandling(app: App): void {
     if (isOutOfRange(error)) {
       const { code, message, details } = OUT_OF_RANGE;
       return sendError(reply, request, code, message, details);
+    }
+    if (isWriteConflict(error)) {
+      // A deadlock or serialization failure with a concurrent write: rolled back, nothing
+      // written; the same request succeeds when tried again.
+      request.log.warn({ err: error }, "write conflict");
+      reply.header("retry-after", "1");
+      return sendError(
+        reply,
+        request,
+        "service_unavailable",
+        "A concurrent write conflicted with this one; nothing was written. Retry the request.",
+      );
     }
     if (isDatabaseUnavailable(error)) {
       // Not a bug of this request: the database is restarting or unreachable. Nothing was

@@ -385,6 +385,15 @@ export function isOutOfRange(error: unknown): boolean {
 }
 
 /**
+ * A transaction aborted by a concurrent one (SQLSTATE 40001 serialization failure, 40P01
+ * deadlock): it changed nothing, and the same request can simply be tried again.
+ */
+export function isWriteConflict(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "40001" || code === "40P01";
+}
+
+/**
  * True for errors that say the database cannot be reached or the connection was lost (server
  * restart, terminated backend, network), as opposed to errors of the query itself: SQLSTATE class
  * 08 (connection exception), 57P01–57P03 (shutdown, crash, not accepting connections yet), 53300

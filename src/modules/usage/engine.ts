@@ -11,7 +11,7 @@ import {
   type WriteStep,
 } from "../../db/bulk.js";
 import { withoutCommitHook } from "../../db/commit-hooks.js";
-import { type Db, isOutOfRange } from "../../db/index.js";
+import { type Db, isOutOfRange, isWriteConflict } from "../../db/index.js";
 import { isoString } from "../../db/instant.js";
 import {
   type Credits,
@@ -84,8 +84,6 @@ interface Pending {
   resolve(outcome: IngestOutcome): void;
   reject(error: unknown): void;
 }
-
-const RETRYABLE = new Set(["40001", "40P01"]);
 
 export class IngestEngine {
   private queue: Pending[] = [];
@@ -287,8 +285,7 @@ export class IngestEngine {
           lookUpStored = true;
           continue;
         }
-        const code = (error as { code?: string }).code;
-        if (attempt < 3 && code && RETRYABLE.has(code)) continue;
+        if (attempt < 3 && isWriteConflict(error)) continue;
         throw error;
       }
     }
