@@ -183,22 +183,12 @@ export class IngestEngine {
     this.active++;
     const started = process.hrtime.bigint();
     this.write(batch)
-      .then((outcomes) => {
-        this.metrics.flushSize.observe(events);
-        this.metrics.flushSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
-        outcomes.forEach((o, i) => {
-          if (o.ok) {
-            for (const r of o.results) this.metrics.events.inc({ status: r.status });
-          } else {
-            this.metrics.events.inc({ status: "rejected" }, batch[i]!.request.events.length);
-          }
-          batch[i]!.resolve(o);
-        });
-      })
       .catch((error) => {
-        for (const p of batch) p.reject(error);
+        for (const p of batch) p.reject(error); // only if answering itself failed
       })
       .finally(() => {
+        this.metrics.flushSize.observe(events);
+        this.metrics.flushSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
         this.active--;
         for (const o of batchOrgs) this.busyOrgs.delete(o);
         if (this.queue.length > 0) this.schedule();
@@ -207,24 +197,38 @@ export class IngestEngine {
   }
 
   /**
-   * A flush refused because a value is out of range (a cost, balance or monthly total reaching
-   * 10^26) is refused for some request's magnitudes: the flush is split in halves and each half
-   * written again, down to the request at fault, so the requests that merely shared its flush
-   * still succeed — in a few more transactions, not one per request.
+   * Writes a batch and answers each of its requests; never throws. A flush refused because a
+   * value is out of range (a cost, balance or monthly total reaching 10^26) is refused for some
+   * request's magnitudes: the batch is split in halves and each half written again, down to the
+   * request at fault, so the requests that merely shared its flush still succeed — in a few more
+   * transactions, not one per request. Each half is answered by its own outcome: a half that
+   * fails for another reason fails only its own requests, not those a sibling half committed.
    */
-  private async write(batch: Pending[]): Promise<IngestOutcome[]> {
+  private async write(batch: Pending[]): Promise<void> {
+    let outcomes: IngestOutcome[];
     try {
-      return await this.writeOnce(batch);
+      outcomes = await this.writeOnce(batch);
     } catch (error) {
-      if (!isOutOfRange(error)) throw error;
-      if (batch.length === 1)
-        return [{ ok: false, ...OUT_OF_RANGE, details: [...OUT_OF_RANGE.details] }];
-      const half = Math.ceil(batch.length / 2);
-      return [
-        ...(await this.write(batch.slice(0, half))),
-        ...(await this.write(batch.slice(half))),
-      ];
+      if (!isOutOfRange(error)) {
+        for (const p of batch) p.reject(error);
+        return;
+      }
+      if (batch.length > 1) {
+        const half = Math.ceil(batch.length / 2);
+        await this.write(batch.slice(0, half));
+        await this.write(batch.slice(half));
+        return;
+      }
+      outcomes = [{ ok: false, ...OUT_OF_RANGE, details: [...OUT_OF_RANGE.details] }];
     }
+    outcomes.forEach((o, i) => {
+      if (o.ok) {
+        for (const r of o.results) this.metrics.events.inc({ status: r.status });
+      } else {
+        this.metrics.events.inc({ status: "rejected" }, batch[i]!.request.events.length);
+      }
+      batch[i]!.resolve(o);
+    });
   }
 
   private async writeOnce(batch: Pending[]): Promise<IngestOutcome[]> {
