@@ -159,15 +159,9 @@ export function updatePurchase(
   id: string,
   patch: Partial<Omit<PurchaseRow, "org_id" | "id" | "created_at">> & { updated_at: Date },
   onlyIfStatus?: readonly PurchaseStatus[],
-  /** A `failed` purchase matches `onlyIfStatus` only if it is of this source. */
-  options: { failedAgain?: PurchaseRow["source"] } = {},
 ) {
   let q = db.updateTable("purchases").set(patch).where("org_id", "=", orgId).where("id", "=", id);
   if (onlyIfStatus) q = q.where("status", "in", onlyIfStatus);
-  if (options.failedAgain) {
-    const source = options.failedAgain;
-    q = q.where((eb) => eb.or([eb("status", "<>", "failed"), eb("source", "=", source)]));
-  }
   return q.returningAll().executeTakeFirst();
 }
 

@@ -402,7 +402,8 @@ export function purchaseEventData(p: Purchase): Record<string, unknown> {
  * `purchase.failed` event for each recorded failure. A checkout purchase may fail again (the
  * customer tries another card on the same page). An off-session purchase has one charge, so its
  * failure is recorded once, however many reports of it arrive (the charge job and the
- * processor's notification both report a decline).
+ * processor's notification both report a decline) — and it may come after the purchase expired,
+ * while the processor was still processing the payment (a bank debit takes days).
  */
 export async function failPurchase(
   ctx: AppContext,
@@ -422,6 +423,9 @@ export async function failPurchaseInTx(
   purchaseId: string,
   failure: { code: string; message: string },
 ): Promise<Result<Purchase, "invalid_state">> {
+  const current = await repo.findPurchase(tx, orgId, purchaseId);
+  const from: PurchaseStatus[] =
+    current?.source === "auto_topup" ? ["pending", "expired"] : ["pending", "failed"];
   const row = await repo.updatePurchase(
     tx,
     orgId,
@@ -432,8 +436,7 @@ export async function failPurchaseInTx(
       failure_message: failure.message,
       updated_at: ctx.clock.now(),
     },
-    ["pending", "failed"],
-    { failedAgain: "checkout" },
+    from,
   );
   if (!row) return fail("invalid_state", "The purchase is no longer pending.");
   await emitEvent(tx, ctx, {

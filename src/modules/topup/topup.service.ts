@@ -588,6 +588,10 @@ export async function onTopupPurchaseSettled(
         });
         return;
       case "expired":
+        // A charge still processing at the processor (a bank debit takes days) may yet succeed:
+        // the attempt stays in flight — counted against the monthly limit, and no second charge
+        // starts — until the processor's notification settles the purchase.
+        if (attempt.status === "in_flight" && attempt.payment_id !== null) return;
         await markFailed(tx, ctx, attempt, {
           error: "The payment was not completed before the purchase expired.",
           countsAsFailure: false,

@@ -6,7 +6,7 @@ import { setPaymentProvider } from "../billing/providers/index.js";
 import type { ChargeInput, ChargeResult } from "../billing/providers/provider.js";
 import { PaymentProviderError } from "../billing/providers/provider.js";
 import { SandboxProvider } from "../billing/providers/sandbox.js";
-import { fulfilPurchase } from "../billing/purchases.service.js";
+import { expirePurchases, failPurchase, fulfilPurchase } from "../billing/purchases.service.js";
 import { runDueJobs } from "../notify/notify.service.js";
 import { insertInFlightAttempt } from "./topup.repo.js";
 import type { TopupAttemptSchema } from "./topup.routes.js";
@@ -552,6 +552,49 @@ describe("auto-topup", async () => {
     await onTopupPurchaseSettled(ctx.db, ctx, paid.value.purchase); // a repeated notification
     expect((await h.attempts(orgId))[0]).toMatchObject({ status: "succeeded" });
     expect(await h.events(orgId, "auto_topup.succeeded")).toHaveLength(1);
+  });
+
+  it("a charge still processing when its purchase expires keeps the attempt in flight", async () => {
+    const orgId = await h.orgWithCard(packageId);
+    await h.enable(orgId, {
+      threshold: "100",
+      package_id: packageId,
+      monthly_limit: "60.00",
+      max_failures: 3,
+    });
+    provider.answer = (input) =>
+      input.orgId === orgId ? Promise.resolve({ status: "pending", paymentId: "pi_debit" }) : null;
+    const start = app.clock.now().toISOString();
+    try {
+      await h.adjust(orgId, "-1150");
+      await runDueJobs(ctx);
+      // A day later the bank debit is still processing; the purchase's window has passed.
+      app.clock.advance(25 * 60 * 60_000);
+      await expirePurchases(ctx);
+      await reconcileOpenAttempts(ctx);
+      const [attempt] = await h.attempts(orgId);
+      expect(attempt).toMatchObject({ status: "in_flight" });
+      expect(await h.settings(orgId)).toMatchObject({ status: "in_flight" });
+      // Another low write starts no second charge while the first may still go through.
+      await h.adjust(orgId, "-1");
+      await runDueJobs(ctx);
+      expect(await h.attempts(orgId)).toHaveLength(1);
+
+      // The debit fails at last: a counted decline, reported once.
+      const failed = await failPurchase(ctx, orgId, attempt!.purchase_id!, {
+        code: "insufficient_funds",
+        message: "The debit was returned.",
+      });
+      expect(failed.ok).toBe(true);
+      if (!failed.ok) return;
+      await onTopupPurchaseSettled(ctx.db, ctx, failed.value);
+      expect((await h.attempts(orgId))[0]).toMatchObject({ status: "failed" });
+      expect(await h.settings(orgId)).toMatchObject({ failure_count: 1, spent_this_month: "0.00" });
+      expect(await h.events(orgId, "purchase.failed")).toHaveLength(1);
+    } finally {
+      provider.answer = undefined;
+      app.clock.set(start);
+    }
   });
 
   it("reconciliation: an attempt whose purchase was settled elsewhere is brought in line", async () => {
