@@ -37,11 +37,19 @@ export type Role = "platform" | "admin" | "billing" | "ingest" | "read";
 /**
  * What a route needs. `roles` lists the organisation roles allowed (platform keys are always
  * allowed unless `platformOnly`), `org` says the path has `{org_id}` to resolve and scope-check,
- * `credits` that the organisation's plan must include credits billing.
+ * `credits` that the organisation's plan must include credits billing. `portal: false` keeps a
+ * route from customer users' portal sessions whatever their role: minting credits, API keys,
+ * portal links or users is for the platform and the API keys it hands out.
  */
 export type Access =
   | { public: true }
-  | { public?: false; roles: readonly Role[]; org?: boolean; credits?: boolean };
+  | {
+      public?: false;
+      roles: readonly Role[];
+      org?: boolean;
+      credits?: boolean;
+      portal?: false;
+    };
 
 export const ROLES = {
   /** Anything an organisation may read. */

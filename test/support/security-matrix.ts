@@ -16,7 +16,7 @@ import { createTestApp, type TestApp } from "./app.js";
  *   answer as for an unknown organisation (org keys and portal sessions; platform callers see
  *   every organisation);
  * - a role the row does not list → 403 `forbidden` (platform keys and operator sessions are
- *   always allowed);
+ *   always allowed), and so is a portal session on a row marked `portal: false`;
  * - an `{org_id}` route on an organisation whose plan has no credits billing → 403
  *   `plan_not_eligible` when the row says `credits`;
  * - a resource of another organisation under one's own organisation's path → 404, platform too;
@@ -115,6 +115,8 @@ export interface MatrixRoute {
   success: number;
   /** `org` routes: the organisation's plan must include credits billing. */
   credits?: boolean;
+  /** Refused to customer users' portal sessions whatever their role (403). */
+  portal?: false;
   /** `resource` routes: the targets that apply (default own and foreign). */
   targets?: readonly Target[];
   /** Builds what one call needs; called afresh for every write, once per owner for reads. */
@@ -209,7 +211,9 @@ export function expectedCell(route: MatrixRoute, caller: Caller, target: Target)
   if (caller === "portal admin, no CSRF token" && UNSAFE.has(route.method)) return cell(403);
   const role = ROLE_OF[caller];
   const platform = role === "platform";
-  const allowed = platform || route.roles.includes(role);
+  const allowed =
+    (platform || route.roles.includes(role)) &&
+    !(route.portal === false && caller.startsWith("portal"));
   const otherOrg = target === "foreign" || target === "foreign ext" || target === "no credits plan";
   if (route.scope === "org") {
     if (target === "unknown" || (otherOrg && !platform)) return cell(404);

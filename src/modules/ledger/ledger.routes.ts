@@ -266,7 +266,8 @@ export function registerLedgerRoutes(
           },
         },
       },
-      config: access(ROLES.admin),
+      // Free credits are the platform's to give (and its org admin keys'), not a customer's.
+      config: { access: { ...access(ROLES.admin).access, portal: false as const } },
     },
     async (request, reply) => {
       const b = request.body;

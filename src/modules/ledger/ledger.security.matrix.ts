@@ -62,6 +62,7 @@ export const LEDGER_MATRIX: SecurityMatrix = {
       path: "/v1/organizations/{org_id}/adjustments",
       scope: "org",
       roles: ["admin"],
+      portal: false,
       success: 201,
       credits: true,
       fixture: () => ({ body: { amount: "+1", reason: "security matrix" } }),

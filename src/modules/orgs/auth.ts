@@ -107,6 +107,9 @@ async function authorize(
   if (principal.role !== "platform" && !access.roles.includes(principal.role)) {
     throw new AppError("forbidden");
   }
+  if (access.portal === false && principal.kind === "portal_user") {
+    throw new AppError("forbidden", "This is not available in the customer portal.");
+  }
   if (access.credits && request.org && !isCreditsEligible(ctx, request.org)) {
     throw new AppError("plan_not_eligible");
   }

@@ -301,7 +301,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         body: CreateUserBody,
         response: { 201: UserSchema },
       },
-      config: { access: { roles: ROLES.admin, org: true } },
+      config: { access: { roles: ROLES.admin, org: true, portal: false } },
     },
     async (request, reply) => {
       const org = requestOrg(request);
@@ -375,7 +375,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         body: UpdateUserBody,
         response: { 200: UserSchema },
       },
-      config: { access: { roles: ROLES.admin, org: true } },
+      config: { access: { roles: ROLES.admin, org: true, portal: false } },
     },
     async (request) => {
       const user = await repo.updateUser(ctx.db, requestOrg(request).id, request.params.user_id, {
@@ -396,7 +396,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         params: UserParams,
         response: { 204: Type.Null() },
       },
-      config: { access: { roles: ROLES.admin, org: true } },
+      config: { access: { roles: ROLES.admin, org: true, portal: false } },
     },
     async (request, reply) => {
       if (!(await repo.deleteUser(ctx.db, requestOrg(request).id, request.params.user_id))) {
@@ -419,7 +419,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         body: Type.Object({ name: Name(), role: OrgKeyRole }, { additionalProperties: false }),
         response: { 201: CreatedApiKeySchema },
       },
-      config: { access: { roles: ROLES.admin, org: true } },
+      config: { access: { roles: ROLES.admin, org: true, portal: false } },
     },
     async (request, reply) => {
       const created = await service.createApiKey(ctx, {
@@ -462,7 +462,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         params: KeyParams,
         response: { 204: Type.Null() },
       },
-      config: { access: { roles: ROLES.admin, org: true } },
+      config: { access: { roles: ROLES.admin, org: true, portal: false } },
     },
     async (request, reply) => {
       const revoked = await repo.revokeApiKey(
@@ -523,7 +523,7 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
           ),
         },
       },
-      config: { access: { roles: ROLES.admin, org: true } },
+      config: { access: { roles: ROLES.admin, org: true, portal: false } },
     },
     async (request, reply) => {
       requestPrincipal(request);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { createTestApp, type TestApp } from "../../../test/support/app.js";
+import { PUBLIC_WEBHOOK_URL } from "../notify/notify.security.matrix.js";
 
 const app = await createTestApp();
 
@@ -270,13 +271,25 @@ describe("portal sessions", () => {
     });
     expect(adjust.statusCode).toBe(403);
 
+    // Nor may a customer's admin: free credits, API keys, portal links and users are the
+    // platform's to hand out, whatever the portal role.
     const admin = await enterPortal(org, "ada");
-    const adjusted = await asBrowser(admin, "POST", `/v1/organizations/${org}/adjustments`, {
-      body: { amount: "+5", reason: "portal admin" },
+    for (const [path, body] of [
+      ["adjustments", { amount: "+5", reason: "portal admin" }],
+      ["api-keys", { name: "mine", role: "admin" }],
+      ["portal-sessions", { user_id: "bill" }],
+      ["users", { id: "eve", email: "eve@example.com", role: "admin" }],
+    ] as const) {
+      const refused = await asBrowser(admin, "POST", `/v1/organizations/${org}/${path}`, { body });
+      expect(refused.statusCode, path).toBe(403);
+      expect(refused.json().error.message).toMatch(/customer portal/);
+    }
+    expect((await app.call("GET", `/v1/organizations/${org}/api-keys`)).json().data).toEqual([]);
+    // What the admin may do is done as the user.
+    const alerts = await asBrowser(admin, "PUT", `/v1/organizations/${org}/alerts`, {
+      body: { thresholds: ["10"] },
     });
-    expect(adjusted.statusCode).toBe(201);
-    expect(adjusted.json().actor).toEqual({ type: "user", id: "ada" });
-    expect(adjusted.json().user_id).toBe("ada");
+    expect(alerts.statusCode, alerts.body).toBe(200);
   });
 
   it("attributes purchases to the portal user", async () => {
@@ -466,10 +479,14 @@ describe("cross-site requests", () => {
   it("PUT, PATCH and DELETE need the token like POST; nothing changes without it", async () => {
     const org = await orgWithUsers();
     const jar = await enterPortal(org, "ada");
+    const endpoint = await app.call("POST", "/v1/webhook-endpoints", {
+      body: { url: PUBLIC_WEBHOOK_URL, org_id: org },
+    });
+    expect(endpoint.statusCode, endpoint.body).toBe(201);
     const attempts = [
       ["PUT", `/v1/organizations/${org}/alerts`, { thresholds: ["10"] }],
-      ["PATCH", `/v1/organizations/${org}/users/vic`, { role: "admin" }],
-      ["DELETE", `/v1/organizations/${org}/users/bill`, undefined],
+      ["PATCH", `/v1/organizations/${org}`, { name: "Renamed" }],
+      ["DELETE", `/v1/webhook-endpoints/${endpoint.json().id}`, undefined],
     ] as const;
     for (const [method, url, body] of attempts) {
       for (const csrf of [null, "", "x".repeat(43), "x".repeat(201)]) {
@@ -481,12 +498,10 @@ describe("cross-site requests", () => {
     expect((await app.call("GET", `/v1/organizations/${org}/alerts`)).json().thresholds).toEqual(
       [],
     );
-    const users = (await app.call("GET", `/v1/organizations/${org}/users`)).json().data;
-    expect(users.map((u: { id: string; role: string }) => `${u.id}:${u.role}`).sort()).toEqual([
-      "ada:admin",
-      "bill:billing",
-      "vic:viewer",
-    ]);
+    expect((await app.call("GET", `/v1/organizations/${org}`)).json().name).not.toBe("Renamed");
+    expect((await app.call("GET", `/v1/webhook-endpoints/${endpoint.json().id}`)).statusCode).toBe(
+      200,
+    );
     for (const [method, url, body] of attempts) {
       const res = await asBrowser(jar, method, url, { body });
       expect(res.statusCode, `${method} ${url}`).toBeLessThan(300);
