@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
+import { revokeApiKeyById } from "./orgs.repo.js";
 import { bootstrapPlatformKey } from "./orgs.service.js";
 
 const FIRST = "first-admin-key-0123456789abcdef";
@@ -29,19 +30,39 @@ describe("TALLY_ADMIN_KEY", async () => {
     // Keys created through the API are not touched.
     expect(await status(other.json().key)).toBe(200);
     expect(await status(app.platformKey)).toBe(200);
-    // Going back works too, and the second value stops.
-    await startWith(FIRST);
-    expect(await status(FIRST)).toBe(200);
-    expect(await status(SECOND)).toBe(401);
+    // A rotated-out value never comes back: an instance started with it refuses to start, and
+    // the current value keeps working.
+    await expect(startWith(FIRST)).rejects.toThrow(/TALLY_ADMIN_KEY: this key .* was revoked/);
+    expect(await status(FIRST)).toBe(401);
+    expect(await status(SECOND)).toBe(200);
+  });
+
+  it("a value revoked by hand stays revoked when an instance starts with it", async () => {
+    const THIRD = "third-admin-key-0123456789abcdef";
+    await startWith(THIRD);
+    const key = await ctx.db
+      .selectFrom("api_keys")
+      .select("id")
+      .where("name", "=", "TALLY_ADMIN_KEY")
+      .where("revoked_at", "is", null)
+      .executeTakeFirstOrThrow();
+    // What `tally keys revoke` does.
+    await revokeApiKeyById(ctx.db, key.id, app.clock.now());
+    ctx.lookups.invalidate();
+    expect(await status(THIRD)).toBe(401);
+    await expect(startWith(THIRD)).rejects.toThrow(/was revoked/);
+    expect(await status(THIRD)).toBe(401);
   });
 
   it("starting again with the same value changes nothing", async () => {
     const keys = () =>
       ctx.db.selectFrom("api_keys").select(["id", "revoked_at"]).orderBy("id").execute();
+    const FOURTH = "fourth-admin-key-0123456789abcdef";
+    await startWith(FOURTH);
     const before = await keys();
-    await startWith(FIRST);
-    await startWith(FIRST);
+    await startWith(FOURTH);
+    await startWith(FOURTH);
     expect(await keys()).toEqual(before);
-    expect(await status(FIRST)).toBe(200);
+    expect(await status(FOURTH)).toBe(200);
   });
 });

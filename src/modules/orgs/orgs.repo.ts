@@ -125,13 +125,21 @@ export async function insertApiKey(db: Db, row: ApiKeyRow): Promise<void> {
   await db.insertInto("api_keys").values(row).execute();
 }
 
-/** Idempotent: the configured admin key is registered once, by hash. */
-export async function upsertApiKeyByHash(db: Db, row: ApiKeyRow): Promise<void> {
+/**
+ * Idempotent: the configured admin key is registered once, by hash. Returns the registered row,
+ * which may be an earlier one, revoked since.
+ */
+export async function registerApiKeyByHash(db: Db, row: ApiKeyRow): Promise<ApiKeyRow> {
   await db
     .insertInto("api_keys")
     .values(row)
-    .onConflict((oc) => oc.column("key_hash").doUpdateSet({ revoked_at: null }))
+    .onConflict((oc) => oc.column("key_hash").doNothing())
     .execute();
+  return db
+    .selectFrom("api_keys")
+    .selectAll()
+    .where("key_hash", "=", row.key_hash)
+    .executeTakeFirstOrThrow();
 }
 
 /** Revokes the platform keys registered under `name` except the one with `keepHash`. */

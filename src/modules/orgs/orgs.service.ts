@@ -1,3 +1,4 @@
+import { ConfigError } from "../../app/config.js";
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
 import type { Role } from "../../app/http.js";
@@ -82,12 +83,14 @@ export const ADMIN_KEY_NAME = "TALLY_ADMIN_KEY";
 /**
  * Start-up: accept `TALLY_ADMIN_KEY` as a platform key; without one, generate a platform key
  * when none exists and return its secret so the caller prints it once. Changing
- * `TALLY_ADMIN_KEY` rotates it: keys registered from its earlier values stop working.
+ * `TALLY_ADMIN_KEY` rotates it: keys registered from its earlier values stop working. A value
+ * once revoked (by hand, or by such a rotation) never works again: starting with it is refused,
+ * so an instance started with an old or leaked value cannot bring it back for every instance.
  */
 export async function bootstrapPlatformKey(ctx: AppContext): Promise<string | null> {
   if (ctx.config.adminKey) {
     const keyHash = hashSecret(ctx.config.adminKey);
-    await repo.upsertApiKeyByHash(ctx.db, {
+    const registered = await repo.registerApiKeyByHash(ctx.db, {
       id: ctx.ids.newId("key"),
       org_id: null,
       name: ADMIN_KEY_NAME,
@@ -98,6 +101,11 @@ export async function bootstrapPlatformKey(ctx: AppContext): Promise<string | nu
       last_used_at: null,
       revoked_at: null,
     });
+    if (registered.revoked_at !== null) {
+      throw new ConfigError([
+        `TALLY_ADMIN_KEY: this key (${registered.id}) was revoked on ${registered.revoked_at.toISOString()}; set a new value to rotate it`,
+      ]);
+    }
     await repo.revokeNamedPlatformKeysExcept(ctx.db, ADMIN_KEY_NAME, keyHash, ctx.clock.now());
     // Revoked here: this instance forgets at once (others through `tally_cache`).
     ctx.lookups.invalidate();
