@@ -8,6 +8,8 @@ export interface PeriodicTask {
   name: string;
   everyMs: number;
   run(ctx: AppContext): Promise<unknown>;
+  /** Told when the workers stop: a long run should wind down instead of starting new work. */
+  stop?(): void;
 }
 
 /**
@@ -68,6 +70,7 @@ export class Workers {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    for (const task of this.tasks) task.stop?.();
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
     await Promise.allSettled([...this.running]);

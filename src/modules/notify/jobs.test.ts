@@ -163,6 +163,70 @@ describe("job queue", async () => {
     expect(await findJob(ctx.db, id)).toMatchObject({ status: "done", attempts: 2 });
   });
 
+  it("slow jobs holding most slots do not stop the free ones from claiming at the poll interval", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const queue = `test.${++n}`;
+    const ran: number[] = [];
+    // 4 slots, refilled in halves: 3 hanging jobs leave 1 free, below the half.
+    const runner = new JobRunner({ ctx, batchSize: 4, pollIntervalMs: 20 }).register(
+      queue,
+      async (job: Job<{ n: number }>) => {
+        if (job.payload.n < 3) await gate;
+        ran.push(job.payload.n);
+      },
+    );
+    for (let i = 0; i < 3; i++) await enqueueJob(ctx.db, ctx, { queue, payload: { n: i } });
+    const round = runner.runDueJobs();
+    try {
+      await waitFor(
+        async () =>
+          (
+            await ctx.db
+              .selectFrom("jobs")
+              .select("id")
+              .where("queue", "=", queue)
+              .where("status", "=", "running")
+              .execute()
+          ).length === 3,
+      );
+      // Enqueued while the three hang: claimed by the free slot, not after they end.
+      await enqueueJob(ctx.db, ctx, { queue, payload: { n: 3 } });
+      await waitFor(() => ran.includes(3), { timeoutMs: 2000 });
+      expect(ran).toEqual([3]);
+    } finally {
+      release();
+      await round;
+    }
+    expect(ran.sort()).toEqual([0, 1, 2, 3]);
+  });
+
+  it("after shutdown a round claims nothing more and ends with its running jobs", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const queue = `test.${++n}`;
+    const runner = new JobRunner({ ctx, batchSize: 1, pollIntervalMs: 20 }).register(
+      queue,
+      async () => {
+        await gate;
+      },
+    );
+    const first = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    const second = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    const round = runner.runDueJobs();
+    await waitFor(async () => (await findJob(ctx.db, first.id))?.status === "running");
+    runner.shutdown();
+    release();
+    expect(await round).toBe(1);
+    expect((await findJob(ctx.db, first.id))?.status).toBe("done");
+    expect((await findJob(ctx.db, second.id))?.status).toBe("pending");
+    expect(await runner.tick()).toBe(0);
+  });
+
   it("runDueJobs respects its limit; purge deletes old finished jobs only", async () => {
     const { queue, runner } = runnerFor(async () => {});
     for (let i = 0; i < 5; i++) await enqueueJob(ctx.db, ctx, { queue, payload: { n: i } });

@@ -204,6 +204,16 @@ export class JobRunner {
     this.timer = setTimeout(tick, 0).unref();
   }
 
+  /**
+   * Stops claiming for good (the process is shutting down): a round in progress claims nothing
+   * more and returns once its running handlers end.
+   */
+  shutdown(): void {
+    this.stopping = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
   /** Stops claiming; waits for the handlers already running. */
   async stop(): Promise<void> {
     this.stopping = true;
@@ -215,6 +225,7 @@ export class JobRunner {
 
   /** One polling round: run what is due, and now and then purge old finished jobs. */
   async tick(): Promise<number> {
+    if (this.stopping) return 0;
     const processed = await this.runDueJobs({ limit: this.batchSize * 10 });
     if (Date.now() - this.lastPurge > PURGE_EVERY_MS) {
       this.lastPurge = Date.now();
@@ -241,9 +252,10 @@ export class JobRunner {
     const refillAt = Math.max(1, Math.ceil(this.batchSize / 2));
     const running = new Set<Promise<void>>();
     let claimed = 0;
+    let polled = false;
     while (!this.stopping) {
       const free = Math.min(this.batchSize - running.size, limit - claimed);
-      if (free > 0 && (running.size === 0 || free >= refillAt)) {
+      if (free > 0 && (running.size === 0 || free >= refillAt || polled)) {
         const jobs = await this.claimDueJobs(free);
         claimed += jobs.length;
         for (const job of jobs) {
@@ -255,10 +267,12 @@ export class JobRunner {
       }
       if (running.size === 0) break;
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        ...running,
-        new Promise((resolve) => {
-          timer = setTimeout(resolve, this.pollIntervalMs);
+      // Woken by a job ending, or by the poll interval: then any free slot claims (only slow
+      // jobs hold the others).
+      polled = await Promise.race([
+        ...[...running].map((r) => r.then(() => false)),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(true), this.pollIntervalMs);
         }),
       ]);
       clearTimeout(timer);

@@ -62,5 +62,5 @@ export function runDueJobs(ctx: AppContext, options: { limit?: number } = {}): P
  */
 export function createNotifyWorker(ctx: AppContext): PeriodicTask {
   const runner = jobRunnerFor(ctx);
-  return { name: "jobs", everyMs: 1000, run: () => runner.tick() };
+  return { name: "jobs", everyMs: 1000, run: () => runner.tick(), stop: () => runner.shutdown() };
 }
