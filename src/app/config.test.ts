@@ -198,6 +198,25 @@ describe("loadConfig", () => {
     expect(message).toContain("LOG_LEVEL must be one of");
   });
 
+  it("never quotes a password or query string of a URL it refuses", () => {
+    let message = "";
+    try {
+      loadConfig({
+        DATABASE_URL: "postgress://app:db-Secret1@db:5432/tally?password=q-Secret2",
+        TALLY_SMTP_URL: "smpt://mailer:smtp-Secret3@mail.example.com:587",
+      });
+    } catch (error) {
+      message = (error as ConfigError).message;
+    }
+    expect(message).toContain(
+      'DATABASE_URL must be a postgres: or postgresql: URL (got "postgress://app:***@db:5432/tally?***")',
+    );
+    expect(message).toContain('(got "smpt://mailer:***@mail.example.com:587")');
+    for (const secret of ["db-Secret1", "q-Secret2", "smtp-Secret3"]) {
+      expect(message).not.toContain(secret);
+    }
+  });
+
   it("refuses a TALLY_ADMIN_KEY shorter than 24 characters", () => {
     expect(problemsOf({ TALLY_ADMIN_KEY: "x".repeat(23) })).toEqual([
       "TALLY_ADMIN_KEY must be at least 24 characters",

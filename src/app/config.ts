@@ -44,6 +44,23 @@ export interface Config {
   };
 }
 
+/**
+ * A URL as an error message may quote it: its password and query string (which can carry one)
+ * are blanked. Text that is not a URL at all is quoted only up to any `@`.
+ */
+export function withoutSecrets(raw: string): string {
+  const scheme = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)([^?#]*)([?#].*)?$/i.exec(raw);
+  if (!scheme)
+    return raw.includes("@") ? `${raw.slice(0, raw.indexOf("@")).replace(/:.*/, ":***")}@…` : raw;
+  const [, prefix, authority, path, rest] = scheme;
+  const at = authority!.lastIndexOf("@");
+  const hostPart =
+    at < 0
+      ? authority
+      : `${authority!.slice(0, at).replace(/:.*/, ":***")}@${authority!.slice(at + 1)}`;
+  return `${prefix}${hostPart}${path}${rest ? `${rest[0]}***` : ""}`;
+}
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join("\n")}`);
@@ -83,7 +100,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       if (!protocols.includes(u.protocol)) throw new Error();
       return raw;
     } catch {
-      problems.push(`${name} must be a ${protocols.join(" or ")} URL (got "${raw}")`);
+      problems.push(
+        `${name} must be a ${protocols.join(" or ")} URL (got "${withoutSecrets(raw)}")`,
+      );
       return null;
     }
   };
