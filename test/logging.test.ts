@@ -84,6 +84,9 @@ describe("logs", async () => {
     // A link that does not work is logged without its token too.
     const unknown = "tps_unknownunknownunknownunknownunknownxx";
     await runtime.app.inject({ method: "GET", url: `/portal/enter?token=${unknown}` });
+    // Nor one whose parameter name is percent-encoded (the query parser decodes it).
+    const encoded = "tps_encodedencodedencodedencodedencodedxx";
+    await runtime.app.inject({ method: "GET", url: `/portal/enter?a=1&%74oken=${encoded}` });
     const signedIn = await runtime.app.inject({
       method: "GET",
       url: "/web/session",
@@ -94,7 +97,8 @@ describe("logs", async () => {
 
     const log = lines.join("");
     expect(log).toContain("/portal/enter?token=[redacted]");
-    for (const s of [secret, secret.slice(6), token, token.slice(4), unknown, session]) {
+    expect(log).toContain("/portal/enter?a=1&%74oken=[redacted]");
+    for (const s of [secret, secret.slice(6), token, token.slice(4), unknown, encoded, session]) {
       expect(log).not.toContain(s);
     }
   });

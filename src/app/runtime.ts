@@ -32,10 +32,33 @@ export const REDACT_PATHS = [
 ];
 
 /** Query parameters that carry secrets (portal links: `?token=`). */
-const SECRET_QUERY = /([?&](?:token|key|api_key|secret)=)[^&#]*/gi;
+const SECRET_PARAMS = new Set(["token", "key", "api_key", "secret"]);
 
+/**
+ * The URL with the values of secret query parameters replaced. Names are compared as the query
+ * parser reads them, decoded: `?%74oken=` is redeemed as `token` and must be hidden as such.
+ */
 export function redactUrl(url: string): string {
-  return url.replace(SECRET_QUERY, "$1[redacted]");
+  const q = url.indexOf("?");
+  if (q < 0) return url;
+  const hash = url.indexOf("#", q);
+  const end = hash < 0 ? url.length : hash;
+  const parts = url
+    .slice(q + 1, end)
+    .split("&")
+    .map((part) => {
+      const eq = part.indexOf("=");
+      if (eq < 0) return part;
+      const raw = part.slice(0, eq);
+      let name = raw;
+      try {
+        name = decodeURIComponent(raw.replaceAll("+", " "));
+      } catch {
+        // Not decodable: compared as written.
+      }
+      return SECRET_PARAMS.has(name.trim().toLowerCase()) ? `${raw}=[redacted]` : part;
+    });
+  return `${url.slice(0, q + 1)}${parts.join("&")}${url.slice(end)}`;
 }
 
 interface LoggedRequest {
