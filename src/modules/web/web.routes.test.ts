@@ -340,6 +340,14 @@ describe("portal sessions", () => {
     await app.call("DELETE", `/v1/organizations/${org}/users/vic`);
     expect((await asBrowser(jar, "GET", "/web/session")).statusCode).toBe(204);
     expect((await asBrowser(jar, "GET", `/v1/organizations/${org}/balance`)).statusCode).toBe(401);
+    // Someone added later under the same id does not inherit the session.
+    app.clock.advance(1000);
+    const readded = await app.call("POST", `/v1/organizations/${org}/users`, {
+      body: { id: "vic", email: "new-vic@example.com", role: "admin" },
+    });
+    expect(readded.statusCode, readded.body).toBe(201);
+    expect((await asBrowser(jar, "GET", "/web/session")).statusCode).toBe(204);
+    expect((await asBrowser(jar, "GET", `/v1/organizations/${org}/balance`)).statusCode).toBe(401);
   });
 
   it("expires after two hours", async () => {

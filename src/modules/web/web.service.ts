@@ -152,7 +152,8 @@ export async function authenticateSession(
     };
   }
   const user = await orgs.findUser(ctx, session.org_id!, session.user_id!);
-  if (!user) return null;
+  // A user removed and added again under the same id is someone the session was not made for.
+  if (!user || user.created_at > session.created_at) return null;
   const userRole = user.role as orgs.UserRole;
   const role = PORTAL_ROLES[userRole];
   if (!role) return null;
