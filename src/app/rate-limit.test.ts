@@ -71,6 +71,10 @@ describe("rate limiting", async () => {
   });
 
   it("counts requests without a key per address, and unknown keys per key", async () => {
+    // In use before the address fails (so the key cache knows it).
+    expect((await app.call("GET", `/v1/organizations/${org}`, { key: spareKey })).statusCode).toBe(
+      200,
+    );
     const statuses = await spend(app, WINDOW, null, "/v1/organizations");
     expect(new Set(statuses)).toEqual(new Set([401]));
     const limited = await app.call("GET", "/v1/organizations", { key: null });
@@ -82,10 +86,33 @@ describe("rate limiting", async () => {
     expect((await app.call("GET", `/v1/organizations/${org}`, { key: spareKey })).statusCode).toBe(
       200,
     );
-    // An unknown key is throttled before the (database) lookup that would refuse it.
-    const garbage = "tally_0000000000000000000000000000000000000000";
-    expect(new Set(await spend(app, WINDOW, garbage, "/v1/organizations"))).toEqual(new Set([401]));
-    expectRateLimited(await app.call("GET", "/v1/organizations", { key: garbage }));
+    // The address has failed authentication as often as its budget allows (60 times: 401s),
+    // so made-up secrets from it are refused before any lookup, each one, not per secret.
+    for (let i = 0; i < 3; i++) {
+      const guess = `tally_${String(i).repeat(40)}`;
+      const refused = await app.call("GET", "/v1/organizations", { key: guess });
+      expect(refused.statusCode).toBe(429);
+      expect(refused.json().error.message).toContain("failed authentications");
+    }
+  });
+
+  it("gives a made-up secret no budget of its own: its 401s spend its address's", async () => {
+    const garbage = "tally_1111111111111111111111111111111111111111";
+    // A fresh instance, so the address has no failures yet; keys get far more than 60.
+    const fresh = await createTestApp({
+      env: {
+        TALLY_RATE_LIMIT_PER_SECOND: "1000",
+        TALLY_RATE_LIMIT_ANONYMOUS_PER_SECOND: "1",
+        TALLY_RATE_LIMIT_WINDOW_SECONDS: String(WINDOW),
+      },
+    });
+    expect((await fresh.call("GET", "/v1/organizations")).statusCode).toBe(200);
+    expect(new Set(await spend(fresh, WINDOW, garbage, "/v1/organizations"))).toEqual(
+      new Set([401]),
+    );
+    expect((await fresh.call("GET", "/v1/organizations", { key: garbage })).statusCode).toBe(429);
+    // A key in use (known to the key cache) still works from that address.
+    expect((await fresh.call("GET", "/v1/organizations")).statusCode).toBe(200);
   });
 
   it("never throttles health, readiness and metrics", async () => {

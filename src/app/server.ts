@@ -139,7 +139,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
 
   installSecurityHeaders(app, ctx);
   // Before authentication: a throttled request costs no database work.
-  await installRateLimit(app, ctx.config.rateLimit);
+  await installRateLimit(app, ctx.config.rateLimit, ctx.lookups);
   installAuth(app, ctx, options.sessions);
   installIdempotency(app, ctx);
 
