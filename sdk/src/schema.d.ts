@@ -460,7 +460,7 @@ export interface paths {
         };
         /**
          * Enter the customer portal through a one-time link
-         * @description Redeems the link from `POST …/portal-sessions`, sets the portal session cookie and redirects (303) to `/portal`. An unknown, expired or used link redirects to `/portal?link=invalid`.
+         * @description Redeems the link from `POST …/portal-sessions`, sets the portal session cookie and redirects (303) to `/portal`. An unknown, expired or used link redirects to `/portal?link=invalid`. A browser signed in to the operator console keeps that session: the link is left unused and the answer is `/portal?link=operator`.
          */
         get: {
             parameters: {
@@ -473,7 +473,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description To `/portal`, or `/portal?link=invalid`. */
+                /** @description To `/portal`, `/portal?link=invalid` or `/portal?link=operator`. */
                 303: {
                     headers: {
                         [name: string]: unknown;

@@ -332,6 +332,22 @@ describe("portal sessions", () => {
     expect(link.statusCode).toBe(403);
   });
 
+  it("a link opened in a browser signed in to the operator console leaves that session alone", async () => {
+    const org = await orgWithUsers();
+    const operator = await signIn();
+    const link = await portalLink(org, "ada");
+    const res = await app.call("GET", link, { key: null, headers: { cookie: operator.cookie } });
+    expect(res.statusCode).toBe(303);
+    expect(res.headers.location).toBe("/portal?link=operator");
+    expect(res.headers["set-cookie"]).toBeUndefined();
+    const still = await asBrowser(operator, "GET", "/web/session");
+    expect(still.statusCode).toBe(200);
+    expect(still.json().kind).toBe("operator");
+    // The link was not used: another browser can still enter with it.
+    const elsewhere = await app.call("GET", link, { key: null });
+    expect(elsewhere.headers.location).toBe("/portal");
+  });
+
   it("follows the user: a role change applies at once, removal ends the session", async () => {
     const org = await orgWithUsers();
     const jar = await enterPortal(org, "vic");

@@ -232,21 +232,30 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
         description:
           "Redeems the link from `POST …/portal-sessions`, sets the portal session cookie and " +
           "redirects (303) to `/portal`. An unknown, expired or used link redirects to " +
-          "`/portal?link=invalid`.",
+          "`/portal?link=invalid`. A browser signed in to the operator console keeps that " +
+          "session: the link is left unused and the answer is `/portal?link=operator`.",
         security: [],
         querystring: Type.Object({ token: Type.Optional(Type.String({ maxLength: 200 })) }),
         response: {
-          303: Type.Null({ description: "To `/portal`, or `/portal?link=invalid`." }),
+          303: Type.Null({
+            description: "To `/portal`, `/portal?link=invalid` or `/portal?link=operator`.",
+          }),
         },
       },
       config: publicAccess,
     },
     async (request, reply) => {
       reply.header("cache-control", "no-store");
+      const previous = sessionToken(request, cookieName);
+      // A link opened (or planted, cross-site) in a browser signed in to the operator console
+      // must not sign the operator out: the link stays unused, for another browser.
+      const current = previous ? await service.authenticateSession(ctx, previous) : null;
+      if (current?.principal.kind === "operator") {
+        return reply.redirect("/portal?link=operator", 303);
+      }
       const token = request.query.token;
       const entered = token ? await service.enterPortal(ctx, token) : null;
       if (!entered?.ok) return reply.redirect("/portal?link=invalid", 303);
-      const previous = sessionToken(request, cookieName);
       if (previous) await service.signOut(ctx, previous);
       setSessionCookie(reply, entered.value);
       return reply.redirect("/portal", 303);

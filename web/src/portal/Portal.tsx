@@ -43,6 +43,11 @@ export function Portal() {
             This portal link has expired or was already used. Links work once, for 15 minutes: open
             the billing page from your application again.
           </Notice>
+        ) : query.get("link") === "operator" ? (
+          <Notice kind="warning">
+            This browser is signed in to the operator console, so the portal link was not used. Sign
+            out of the console, or open the link in a private window.
+          </Notice>
         ) : ended ? (
           <Notice kind="warning">
             Your session has ended. Open the billing page from your application again.
