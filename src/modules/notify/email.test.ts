@@ -17,13 +17,24 @@ interface Received {
   raw: string;
 }
 
-async function startSmtp(): Promise<{ url: string; received: Received[]; reject: boolean }> {
-  const state = { url: "", received: [] as Received[], reject: false };
+async function startSmtp(): Promise<{
+  url: string;
+  received: Received[];
+  reject: boolean;
+  defer: Set<string>;
+}> {
+  const state = { url: "", received: [] as Received[], reject: false, defer: new Set<string>() };
   const server = new SMTPServer({
     authOptional: true,
     disabledCommands: ["STARTTLS", "AUTH"],
     logger: false,
-    onRcptTo(_address, _session, callback) {
+    onRcptTo(address, _session, callback) {
+      if (state.defer.has(address.address)) {
+        const err = new Error("greylisted, try again later") as Error & { responseCode: number };
+        err.responseCode = 450;
+        callback(err);
+        return;
+      }
       if (state.reject) {
         const err = new Error("mailbox unavailable") as Error & { responseCode: number };
         err.responseCode = 550;
@@ -100,6 +111,32 @@ describe("email", async () => {
     } finally {
       smtp.reject = false;
     }
+  });
+
+  it("tries a recipient the server deferred again, alone, later", async () => {
+    smtp.defer.add("grey@example.com");
+    const before = smtp.received.length;
+    try {
+      await enqueueEmail(ctx.db, ctx, {
+        to: ["ok@example.com", "grey@example.com"],
+        subject: "Deferred",
+        text: "y",
+      });
+      await runDueJobs(ctx);
+      expect(smtp.received.slice(before).map((m) => m.to)).toEqual([["ok@example.com"]]);
+      // Not yet: the new try waits for its backoff (30 s ± 25 %).
+      await runDueJobs(ctx);
+      expect(smtp.received.length).toBe(before + 1);
+    } finally {
+      smtp.defer.delete("grey@example.com");
+    }
+    app.clock.advance(60_000);
+    await runDueJobs(ctx);
+    expect(smtp.received.slice(before).map((m) => m.to)).toEqual([
+      ["ok@example.com"],
+      ["grey@example.com"],
+    ]);
+    expect(smtp.received.at(-1)!.raw).toContain("Subject: Deferred");
   });
 
   it("templates escape every value in HTML and keep subjects on one line", () => {

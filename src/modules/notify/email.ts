@@ -1,7 +1,13 @@
 import nodemailer from "nodemailer";
 import type { AppContext } from "../../app/context.js";
 import type { Db } from "../../db/index.js";
-import { enqueueJob, type Job, PermanentJobError, type QueueOptions } from "./jobs.js";
+import {
+  backoffDelay,
+  enqueueJob,
+  type Job,
+  PermanentJobError,
+  type QueueOptions,
+} from "./jobs.js";
 
 /**
  * Email over SMTP (`TALLY_SMTP_URL`, from `TALLY_EMAIL_FROM`), sent by a job so that it leaves
@@ -16,7 +22,12 @@ export interface EmailMessage {
   subject: string;
   text: string;
   html?: string;
+  /** How many times the server deferred these recipients already (see `handle`). */
+  deferrals?: number;
 }
+
+/** Recipients a server keeps deferring are given up after this many new tries (logged). */
+const MAX_DEFERRALS = 10;
 
 export const EMAIL_QUEUE_OPTIONS: QueueOptions = {
   backoff: { baseMs: 30_000, maxMs: 60 * 60_000, jitter: 0.25 },
@@ -84,14 +95,16 @@ export function createEmailHandler(): {
       if (!Array.isArray(message?.to) || message.to.length === 0) {
         throw new PermanentJobError("email job without recipients");
       }
+      let rejected: { recipient?: string; responseCode?: number }[];
       try {
-        await transport.sendMail({
+        const info = await transport.sendMail({
           from: ctx.config.emailFrom,
           to: message.to,
           subject: message.subject,
           text: message.text,
           html: message.html,
         });
+        rejected = (info as { rejectedErrors?: typeof rejected }).rejectedErrors ?? [];
       } catch (error) {
         // A 5xx reply (unknown mailbox, policy refusal) will not change on retry.
         const code = (error as { responseCode?: number }).responseCode;
@@ -100,6 +113,36 @@ export function createEmailHandler(): {
         }
         throw error;
       }
+      // Sent, but not to everyone. A 5xx recipient will never take it; a 4xx one (greylisting, a
+      // full mailbox) may later: those alone are tried again, as a job of their own, so that the
+      // others do not get it twice.
+      const refused = rejected.filter((e) => !(e.responseCode && e.responseCode < 500));
+      if (refused.length > 0) {
+        ctx.logger.warn(
+          { job: job.id, recipients: refused.map((e) => e.recipient) },
+          "email refused for some recipients",
+        );
+      }
+      const deferred = rejected
+        .filter((e) => e.responseCode && e.responseCode < 500 && e.recipient)
+        .map((e) => e.recipient!);
+      if (deferred.length === 0) return;
+      const deferrals = (message.deferrals ?? 0) + 1;
+      if (deferrals > MAX_DEFERRALS) {
+        ctx.logger.error(
+          { job: job.id, recipients: deferred },
+          "email deferred too often; given up",
+        );
+        return;
+      }
+      const backoff = EMAIL_QUEUE_OPTIONS.backoff!;
+      await enqueueJob(ctx.db, ctx, {
+        queue: EMAIL_QUEUE,
+        orgId: job.orgId,
+        payload: { ...message, to: deferred, deferrals },
+        runAt: new Date(ctx.clock.now().getTime() + backoffDelay(backoff, deferrals)),
+        dedupeKey: `${job.id}:deferred`,
+      });
     },
     close() {
       transport?.close();
