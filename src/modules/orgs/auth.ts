@@ -23,6 +23,11 @@ export interface Principal {
   actor: Actor;
   /** The platform user acting (portal user, or `On-Behalf-Of`), recorded as `user_id`. */
   userId: string | null;
+  /**
+   * A platform key's `On-Behalf-Of` on a route whose organisations are in the body (usage
+   * events): not checked here; the route checks it against each organisation it writes to.
+   */
+  onBehalfOf?: string;
 }
 
 declare module "fastify" {
@@ -117,7 +122,11 @@ async function authorize(
   const onBehalfOf = request.headers["on-behalf-of"];
   if (typeof onBehalfOf === "string" && principal.kind === "api_key") {
     const orgId = request.org?.id ?? principal.orgId;
-    const user = orgId ? await repo.findUser(ctx.db, orgId, onBehalfOf) : undefined;
+    if (!orgId) {
+      principal.onBehalfOf = onBehalfOf;
+      return;
+    }
+    const user = await repo.findUser(ctx.db, orgId, onBehalfOf);
     if (!user) {
       throw new AppError("invalid_request", "On-Behalf-Of must name a user of the organisation.", [
         { field: "header.on-behalf-of", message: "unknown user" },

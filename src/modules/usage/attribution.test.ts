@@ -42,6 +42,31 @@ describe("usage attribution", async () => {
     expect(res.json().error.details[0].field).toBe("header.on-behalf-of");
   });
 
+  it("takes a platform key's On-Behalf-Of, checked against each event's organisation", async () => {
+    const other = await app.createOrg();
+    const events = [event("p-1", { org_id: orgId }), event("p-2", { org_id: orgId })];
+    const ok = await app.call("POST", "/v1/usage-events", {
+      headers: { "on-behalf-of": "u-ada" },
+      body: { events },
+    });
+    expect(ok.statusCode, ok.body).toBe(200);
+    const entries = (
+      await app.call("GET", `/v1/organizations/${orgId}/transactions?type=usage&user_id=u-ada`)
+    ).json().data as { reference: { id: string } }[];
+    expect(entries.map((e) => e.reference.id)).toEqual(expect.arrayContaining(["p-1", "p-2"]));
+    // u-ada is no user of the other organisation: the whole request is refused.
+    const refused = await app.call("POST", "/v1/usage-events", {
+      headers: { "on-behalf-of": "u-ada" },
+      body: { events: [event("p-3", { org_id: orgId }), event("p-4", { org_id: other })] },
+    });
+    expect(refused.statusCode).toBe(400);
+    expect(refused.json().error.details).toContainEqual(
+      expect.objectContaining({ field: "header.on-behalf-of" }),
+    );
+    const stored = await app.call("GET", `/v1/organizations/${orgId}/usage-events`);
+    expect(stored.json().data.map((e: { id: string }) => e.id)).not.toContain("p-3");
+  });
+
   it("points at the event and field at fault with JSON pointers", async () => {
     const res = await app.call("POST", "/v1/usage-events", {
       key,

@@ -4,7 +4,7 @@ import { AppError, type ErrorCode, type ErrorDetail } from "../../app/errors.js"
 import { stableJson } from "../../app/stable-json.js";
 import { type Credits, formatScaled, parseScaled6, type Scaled6 } from "../ledger/credits.js";
 import type { Principal } from "../orgs/auth.js";
-import { isCreditsEligible } from "../orgs/orgs.service.js";
+import { findUser, isCreditsEligible } from "../orgs/orgs.service.js";
 import {
   type MeterType,
   meterCost,
@@ -120,6 +120,25 @@ export async function prepareEvents(
     problem(code, i, "/org_id", message),
   );
 
+  // A platform key's On-Behalf-Of names a user of every organisation it is recorded for.
+  const onBehalfOf = principal.onBehalfOf;
+  if (onBehalfOf !== undefined) {
+    const orgsOfUser = new Set(
+      inputs.flatMap((e, i) => (e.user_id === undefined && orgIds[i] ? [orgIds[i]] : [])),
+    );
+    for (const orgId of orgsOfUser) {
+      if (!(await findUser(ctx, orgId, onBehalfOf))) {
+        problems.push({
+          code: "invalid_request",
+          detail: {
+            field: "header.on-behalf-of",
+            message: `On-Behalf-Of must name a user of the organisation (not of ${orgId}).`,
+          },
+        });
+      }
+    }
+  }
+
   const catalogue = sharedCatalogue(ctx);
   await catalogue.refresh(ctx.db);
   const now = ctx.clock.now();
@@ -148,7 +167,7 @@ export async function prepareEvents(
       timestamp,
       timestampDefaulted: e.timestamp === undefined,
       // The acting platform user (On-Behalf-Of) when the event names none.
-      userId: e.user_id ?? principal.userId ?? null,
+      userId: e.user_id ?? principal.userId ?? onBehalfOf ?? null,
       operation: e.operation ?? null,
       resource: e.resource ?? null,
       metadata: e.metadata ?? null,
