@@ -8,6 +8,7 @@ import { afterAll, beforeEach, describe, expect, it } from "vitest";
 import { openDatabase } from "../../src/db/index.js";
 import { setPaymentProvider } from "../../src/modules/billing/providers/index.js";
 import { StripeProvider } from "../../src/modules/billing/providers/stripe.js";
+import { expirePurchases } from "../../src/modules/billing/purchases.service.js";
 import {
   REFUND_RETRY_AFTER_MS,
   resumePendingRefunds,
@@ -17,6 +18,7 @@ import { emitEvent, runDueJobs } from "../../src/modules/notify/notify.service.j
 import { createJobRunner } from "../../src/modules/notify/notify.worker.js";
 import { startReceiver } from "../../src/modules/notify/test-receiver.js";
 import { WEBHOOK_QUEUE_OPTIONS } from "../../src/modules/notify/webhooks.service.js";
+import { reconcileOpenAttempts } from "../../src/modules/topup/topup.runner.js";
 import { TOPUP_QUEUE } from "../../src/modules/topup/topup.service.js";
 import { createTestApp, type TestApp, waitFor } from "../support/app.js";
 import { onPostgres, TEST_DATABASE_URL, testDatabaseUrl } from "../support/db.js";
@@ -478,6 +480,48 @@ describe("payment processor faults (the real Stripe SDK against the fake Stripe)
     expect(failures.sort()).toEqual(["auto_topup.failed", "purchase.failed"]);
     const settings = (await app.call("GET", `/v1/organizations/${orgId}/auto-topup`)).json();
     expect(settings).toMatchObject({ enabled: true, failure_count: 1 });
+  });
+
+  it("an authentication left undone until its purchase expires: the payment is cancelled at Stripe, then the attempt given up", async () => {
+    const orgId = await orgWithAutoTopup();
+    const card = await ctx.db
+      .selectFrom("payment_methods")
+      .select("provider_payment_method_id")
+      .where("org_id", "=", orgId)
+      .executeTakeFirstOrThrow();
+    fake.setCardBehaviour(card.provider_payment_method_id, "requires_action");
+    const start = app.clock.now().toISOString();
+    try {
+      await grant(app, orgId, "-1150");
+      await runDueJobs(ctx);
+      const [attempt] = await attemptsOf(orgId);
+      expect(attempt).toMatchObject({ status: "action_required" });
+      const [intent] = intentsOf(orgId);
+      app.clock.advance(25 * 60 * 60_000);
+      await expirePurchases(ctx);
+      await reconcileOpenAttempts(ctx);
+      expect(fake.paymentIntents.get(intent!.id as string)!.status).toBe("canceled");
+      expect((await attemptsOf(orgId))[0]).toMatchObject({ id: attempt!.id, status: "failed" });
+
+      // Had it gone through meanwhile, the attempt would wait for the processor's notification.
+      const other = await orgWithAutoTopup();
+      const otherCard = await ctx.db
+        .selectFrom("payment_methods")
+        .select("provider_payment_method_id")
+        .where("org_id", "=", other)
+        .executeTakeFirstOrThrow();
+      fake.setCardBehaviour(otherCard.provider_payment_method_id, "requires_action");
+      await grant(app, other, "-1150");
+      await runDueJobs(ctx);
+      const [late] = intentsOf(other);
+      late!.status = "succeeded"; // the customer authenticated at the last minute
+      app.clock.advance(25 * 60 * 60_000);
+      await expirePurchases(ctx);
+      await reconcileOpenAttempts(ctx);
+      expect((await attemptsOf(other))[0]).toMatchObject({ status: "action_required" });
+    } finally {
+      app.clock.set(start);
+    }
   });
 
   it("a charge hanging at the processor holds up neither usage ingest nor other requests", async () => {

@@ -331,6 +331,35 @@ export async function startFakeStripe(
     },
     {
       method: "POST",
+      pattern: /^\/v1\/payment_intents\/([^/]+)\/cancel$/,
+      handle: (m, body) => {
+        const pi = paymentIntents.get(m[1]!);
+        if (!pi) {
+          return error(404, "invalid_request_error", `No such payment_intent: '${m[1]}'`, {
+            code: "resource_missing",
+          });
+        }
+        const cancellable = [
+          "requires_payment_method",
+          "requires_confirmation",
+          "requires_action",
+          "requires_capture",
+        ];
+        if (!cancellable.includes(String(pi.status))) {
+          return error(
+            400,
+            "invalid_request_error",
+            `You cannot cancel this PaymentIntent because it has a status of ${pi.status}.`,
+            { code: "payment_intent_unexpected_state", payment_intent: pi },
+          );
+        }
+        pi.status = "canceled";
+        pi.cancellation_reason = body.cancellation_reason ?? null;
+        return { status: 200, body: pi };
+      },
+    },
+    {
+      method: "POST",
       pattern: /^\/v1\/refunds$/,
       handle: (_m, body) => {
         const pi = paymentIntents.get(String(body.payment_intent));

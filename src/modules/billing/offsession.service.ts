@@ -123,6 +123,15 @@ export async function chargeOffSessionPurchase(
   });
 }
 
+/**
+ * An off-session payment left waiting for the customer's authentication when its purchase
+ * expired: cancelled at the processor, so that it can no longer succeed after the attempt
+ * behind it has been given up. Throws `PaymentProviderError` when that is not possible.
+ */
+export async function cancelOffSessionPayment(ctx: AppContext, paymentId: string): Promise<void> {
+  await paymentProvider(ctx).cancelPayment(paymentId);
+}
+
 /** A purchase read in the caller's transaction (`db`). */
 export function findPurchaseIn(db: Db, orgId: string, id: string): Promise<Purchase | undefined> {
   return repo.findPurchase(db, orgId, id);

@@ -3,6 +3,7 @@ import { fail, ok, type Result } from "../../app/errors.js";
 import type { Db } from "../../db/index.js";
 import { alertEmails } from "../alerts/alerts.service.js";
 import {
+  cancelOffSessionPayment,
   findPackageIn,
   findPurchaseIn,
   savedPaymentMethod,
@@ -607,5 +608,24 @@ export async function onTopupPurchaseSettled(
 export async function reconcileAttempt(ctx: AppContext, attempt: TopupAttempt): Promise<void> {
   if (!attempt.purchase_id) return;
   const purchase = await findPurchaseIn(ctx.db, attempt.org_id, attempt.purchase_id);
-  if (purchase) await onTopupPurchaseSettled(ctx.db, ctx, purchase);
+  if (!purchase) return;
+  if (
+    purchase.status === "expired" &&
+    attempt.status === "action_required" &&
+    attempt.payment_id !== null
+  ) {
+    // Given up only once the payment can no longer go through (a customer authenticating
+    // later would otherwise pay for an attempt already counted as failed). If it cannot be
+    // cancelled, it succeeded or is being processed: its notification settles the attempt.
+    try {
+      await cancelOffSessionPayment(ctx, attempt.payment_id);
+    } catch (error) {
+      ctx.logger.warn(
+        { err: error, attempt_id: attempt.id, payment_id: attempt.payment_id },
+        "auto-topup: the expired payment could not be cancelled; waiting for the processor",
+      );
+      return;
+    }
+  }
+  await onTopupPurchaseSettled(ctx.db, ctx, purchase);
 }

@@ -15,6 +15,12 @@ export interface PaymentProvider {
   retrieveCheckout(sessionId: string): Promise<CheckoutState>;
   chargeOffSession(input: ChargeInput): Promise<ChargeResult>;
   refund(input: RefundInput): Promise<RefundResult>;
+  /**
+   * Makes an unfinished payment (one waiting for the customer to authenticate) unable to
+   * succeed any more. Throws `PaymentProviderError` when it cannot: not retryable if the payment
+   * already succeeded or is being processed.
+   */
+  cancelPayment(paymentId: string): Promise<void>;
 }
 
 export interface CheckoutPurchase {

@@ -166,6 +166,9 @@ export class SandboxProvider implements PaymentProvider {
     return result;
   }
 
+  /** The sandbox's authentication page refuses an attempt that is no longer waiting for it. */
+  async cancelPayment(_paymentId: string): Promise<void> {}
+
   async refund(input: RefundInput): Promise<RefundResult> {
     const fingerprint = JSON.stringify([input.paymentId, String(input.amountMinor)]);
     const previous = this.refundsByKey.get(input.idempotencyKey);

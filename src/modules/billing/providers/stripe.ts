@@ -206,6 +206,16 @@ export class StripeProvider implements PaymentProvider {
     }
   }
 
+  async cancelPayment(paymentId: string): Promise<void> {
+    await call(async () => {
+      await this.client.paymentIntents.cancel(
+        paymentId,
+        { cancellation_reason: "abandoned" },
+        { idempotencyKey: `tally:cancel:${paymentId}` },
+      );
+    });
+  }
+
   async refund(input: RefundInput): Promise<RefundResult> {
     return call(async () => {
       const refund = await this.client.refunds.create(
