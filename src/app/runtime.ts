@@ -3,7 +3,7 @@ import { type Database, migrateToLatest, openDatabase } from "../db/index.js";
 import { createPaymentProvider, type PaymentProvider } from "../modules/billing/providers/index.js";
 import { purchaseExpiryTask } from "../modules/billing/purchases.service.js";
 import { refundRecoveryTask } from "../modules/billing/refunds.service.js";
-import { createNotifyWorker } from "../modules/notify/notify.service.js";
+import { createNotifyWorker, notifyRetentionTask } from "../modules/notify/notify.service.js";
 import { RequestLookups } from "../modules/orgs/lookups.js";
 import { bootstrapPlatformKey } from "../modules/orgs/orgs.service.js";
 import { sharedCatalogue } from "../modules/pricing/pricing.service.js";
@@ -183,6 +183,7 @@ export async function createRuntime(
     }
     const workers = new Workers(ctx);
     workers.add(createNotifyWorker(ctx));
+    workers.add(notifyRetentionTask);
     workers.add(purchaseExpiryTask);
     workers.add(topupReconcileTask);
     workers.add(refundRecoveryTask);

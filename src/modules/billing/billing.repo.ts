@@ -97,6 +97,15 @@ export async function keepRefundNotice(db: Db, notice: RefundNoticesTable): Prom
     .execute();
 }
 
+/** Refund notices no purchase took within the retention period (payments not Tally's). */
+export async function purgeRefundNotices(db: Db, before: Date): Promise<number> {
+  const r = await db
+    .deleteFrom("refund_notices")
+    .where("received_at", "<", before)
+    .executeTakeFirst();
+  return Number(r.numDeletedRows);
+}
+
 /** Removes and returns the kept refund notice of a payment, if any. */
 export function takeRefundNotice(db: Db, provider: ProviderName, paymentId: string) {
   return db

@@ -472,11 +472,21 @@ export function expirePurchases(ctx: AppContext, limit = 500): Promise<number> {
   return repo.expirePendingPurchases(ctx.db, ctx.clock.now(), limit);
 }
 
-/** For the composition root's workers. */
+/**
+ * A refund notice kept for a payment no purchase carries (`refund_notices`) is dropped after this
+ * long: a payment's own notification is retried for 3 days at most.
+ */
+export const REFUND_NOTICE_RETENTION_DAYS = 90;
+
+/** For the composition root's workers; also drops refund notices past their retention. */
 export const purchaseExpiryTask: PeriodicTask = {
   name: "purchase-expiry",
   everyMs: 60_000,
-  run: (ctx) => expirePurchases(ctx),
+  run: async (ctx) => {
+    await expirePurchases(ctx);
+    const before = ctx.clock.now().getTime() - REFUND_NOTICE_RETENTION_DAYS * 86_400_000;
+    await repo.purgeRefundNotices(ctx.db, new Date(before));
+  },
 };
 
 export function isExpired(ctx: AppContext, p: Purchase): boolean {

@@ -42,5 +42,8 @@ export {
   createJobRunner,
   createNotifyWorker,
   jobRunnerFor,
+  NOTIFY_RETENTION_DAYS,
+  notifyRetentionTask,
+  purgeOldNotifications,
   runDueJobs,
 } from "./notify.worker.js";

@@ -8,6 +8,7 @@ import {
 } from "./email.js";
 import { DELIVER_QUEUE, type DeliverPayload, FANOUT_QUEUE, fanOutEvent } from "./events.js";
 import { JobRunner, type JobRunnerOptions } from "./jobs.js";
+import { purgeDeliveries, purgeEvents } from "./notify.repo.js";
 import { createDeliverHandler, onDeliveryDead, WEBHOOK_QUEUE_OPTIONS } from "./webhooks.service.js";
 
 export interface NotifyJobOptions {
@@ -64,3 +65,22 @@ export function createNotifyWorker(ctx: AppContext): PeriodicTask {
   const runner = jobRunnerFor(ctx);
   return { name: "jobs", everyMs: 1000, run: () => runner.tick(), stop: () => runner.shutdown() };
 }
+
+/** Outbox events and webhook delivery logs are kept this long (a retry gives up after 3 days). */
+export const NOTIFY_RETENTION_DAYS = 30;
+
+/** Purges outbox events and delivery logs past `NOTIFY_RETENTION_DAYS`, in batches. */
+export async function purgeOldNotifications(ctx: AppContext, batch = 5_000): Promise<number> {
+  const before = new Date(ctx.clock.now().getTime() - NOTIFY_RETENTION_DAYS * 86_400_000);
+  let purged = 0;
+  for (const purge of [purgeDeliveries, purgeEvents]) {
+    for (let n = batch; n === batch; purged += n) n = await purge(ctx.db, before, batch);
+  }
+  return purged;
+}
+
+export const notifyRetentionTask: PeriodicTask = {
+  name: "notify-retention",
+  everyMs: 10 * 60_000,
+  run: (ctx) => purgeOldNotifications(ctx),
+};
