@@ -71,7 +71,7 @@ describe("rate limiting", async () => {
   });
 
   it("counts requests without a key per address, and unknown keys per key", async () => {
-    // In use before the address fails (so the key cache knows it).
+    // In use before the address fails (so the rate limiter knows it).
     expect((await app.call("GET", `/v1/organizations/${org}`, { key: spareKey })).statusCode).toBe(
       200,
     );
@@ -111,7 +111,9 @@ describe("rate limiting", async () => {
       new Set([401]),
     );
     expect((await fresh.call("GET", "/v1/organizations", { key: garbage })).statusCode).toBe(429);
-    // A key in use (known to the key cache) still works from that address.
+    // Being refused does not make a secret known: it stays refused.
+    expect((await fresh.call("GET", "/v1/organizations", { key: garbage })).statusCode).toBe(429);
+    // A key that authenticated here lately still works from that address.
     expect((await fresh.call("GET", "/v1/organizations")).statusCode).toBe(200);
   });
 

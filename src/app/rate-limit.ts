@@ -1,6 +1,5 @@
 import rateLimit, { normalizeIP } from "@fastify/rate-limit";
 import { presentedKeyHash } from "../modules/orgs/keys.js";
-import type { RequestLookups } from "../modules/orgs/lookups.js";
 import type { Config } from "./config.js";
 import { AppError } from "./errors.js";
 import type { App } from "./http.js";
@@ -17,13 +16,10 @@ export const RATE_LIMIT_EXEMPT: ReadonlySet<string> = new Set(["/healthz", "/rea
  *
  * Made-up secrets would each get a budget of their own, so every 401 also counts against its
  * address: once an address has failed authentication as often as its budget allows in a window,
- * its requests with secrets the key cache does not know are refused until the window ends.
+ * its requests with secrets this instance has not seen succeed in the last 10 minutes are
+ * refused until the window ends.
  */
-export async function installRateLimit(
-  app: App,
-  config: Config["rateLimit"],
-  lookups: Pick<RequestLookups, "mayBeKey">,
-): Promise<void> {
+export async function installRateLimit(app: App, config: Config["rateLimit"]): Promise<void> {
   const { perKeyPerSecond, anonymousPerSecond, windowSeconds } = config;
   if (perKeyPerSecond === 0 && anonymousPerSecond === 0) return;
   // `global: false`: no per-route hooks; the one hook below decides which budget applies.
@@ -45,15 +41,25 @@ export async function installRateLimit(
     anonymousPerSecond > 0
       ? new FailureCounter(anonymousPerSecond * windowSeconds, timeWindow)
       : null;
+  /** Secrets that authenticated here lately (by hash), and until when they count as known. */
+  const known = new Map<string, number>();
   app.addHook("onResponse", async (request, reply) => {
-    if (reply.statusCode === 401) failures?.add(`ip:${normalizeIP(request.ip)}`);
+    if (reply.statusCode === 401) {
+      failures?.add(`ip:${normalizeIP(request.ip)}`);
+      return;
+    }
+    // Only a secret that authenticated (a 429 or a public route's answer proves nothing).
+    const hash = presentedKeyHash(request);
+    if (hash === null || !failures || request.principal?.kind !== "api_key") return;
+    if (known.size >= 50_000) known.clear();
+    known.set(hash, Date.now() + KNOWN_FOR_MS);
   });
 
   app.addHook("onRequest", async (request, reply) => {
     if (RATE_LIMIT_EXEMPT.has(request.routeOptions.url ?? "")) return;
     const hash = presentedKeyHash(request);
     const keyed = hash !== null;
-    if (keyed && failures && !lookups.mayBeKey(hash)) {
+    if (keyed && failures && !((known.get(hash) ?? 0) > Date.now())) {
       const wait = failures.blockedFor(`ip:${normalizeIP(request.ip)}`);
       if (wait > 0) {
         const retryAfter = String(wait);
@@ -82,6 +88,9 @@ export async function installRateLimit(
     );
   });
 }
+
+/** How long a secret that authenticated counts as known to the failure gate. */
+const KNOWN_FOR_MS = 10 * 60_000;
 
 /** Failed authentications per address in fixed windows (in memory, per instance). */
 class FailureCounter {

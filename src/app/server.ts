@@ -139,7 +139,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
 
   installSecurityHeaders(app, ctx);
   // Before authentication: a throttled request costs no database work.
-  await installRateLimit(app, ctx.config.rateLimit, ctx.lookups);
+  await installRateLimit(app, ctx.config.rateLimit);
   installAuth(app, ctx, options.sessions);
   installIdempotency(app, ctx);
 

@@ -29,16 +29,6 @@ export class RequestLookups {
     return this.cached(this.keys, hash, () => repo.findActiveKeyByHash(this.db, hash));
   }
 
-  /**
-   * Whether a secret with this hash may be an active key, without a query: false only when the
-   * cache is live and does not hold it (unknown, revoked, or not used for a while).
-   */
-  mayBeKey(hash: string): boolean {
-    if (!this.live) return true;
-    const hit = this.keys.get(hash);
-    return hit !== undefined && hit.until > performance.now();
-  }
-
   /** Organisation by id or `ext:<external_id>`. */
   organization(ref: string): Promise<Organization | undefined> {
     return this.cached(this.orgs, ref, () => resolveOrganization(this.db, ref));
