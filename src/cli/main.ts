@@ -13,7 +13,7 @@ import {
   openDatabase,
 } from "../db/index.js";
 import { creditsFromDb, formatCredits } from "../modules/ledger/credits.js";
-import { readBalance, verifyLedger } from "../modules/ledger/ledger.service.js";
+import { verifyLedger } from "../modules/ledger/ledger.service.js";
 import { RequestLookups } from "../modules/orgs/lookups.js";
 import * as orgsRepo from "../modules/orgs/orgs.repo.js";
 import {
@@ -171,24 +171,11 @@ export function buildCli(): Command {
     `No organisation ${ref}. Name one by its org_… id or ext:<external_id> (see \`tally orgs list\`).`;
   /** The balance as `GET …/balance` answers it (holds past their expiry no longer reserved). */
   const balanceJson = async (ctx: AppContext, org: Organization) => {
-    const { balanceFlags } = await import("../app/balance-reactions.js");
-    const {
-      view: b,
-      inAlert,
-      autoTopup,
-    } = await readBalance(ctx.db, org.id, balanceFlags, ctx.clock.now());
-    return {
-      org_id: org.id,
-      balance: formatCredits(b.balance),
-      reserved: formatCredits(b.reserved),
-      available: formatCredits(b.available),
-      overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
-      debt: formatCredits(b.debt),
-      low_balance: b.available <= 0n || inAlert,
-      auto_topup: autoTopup,
-      updated_at: (b.updated_at ?? org.created_at).toISOString(),
-      last_sequence: Number(b.last_sequence),
-    };
+    const [{ balanceFlags }, { balanceDto }] = await Promise.all([
+      import("../app/balance-reactions.js"),
+      import("../modules/ledger/ledger.routes.js"),
+    ]);
+    return balanceDto(ctx, org, balanceFlags);
   };
   const organizationJson = async (ctx: AppContext, org: Organization) =>
     (await import("../modules/orgs/orgs.routes.js")).organizationDto(ctx, org);

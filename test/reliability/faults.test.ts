@@ -242,6 +242,16 @@ describe("payment processor faults (the real Stripe SDK against the fake Stripe)
     },
   );
 
+  /** The saved card of an organisation behaves like `behaviour` at the fake Stripe from now on. */
+  const setCardOf = async (orgId: string, behaviour: "decline" | "requires_action") => {
+    const card = await ctx.db
+      .selectFrom("payment_methods")
+      .select("provider_payment_method_id")
+      .where("org_id", "=", orgId)
+      .executeTakeFirstOrThrow();
+    fake.setCardBehaviour(card.provider_payment_method_id, behaviour);
+  };
+
   it.each(["hang", "500", "lost answer"] as const)(
     "refund, processor %s: 503 envelope; the refund is recorded pending with the credits voided, then completed exactly once",
     async (fault) => {
@@ -443,12 +453,7 @@ describe("payment processor faults (the real Stripe SDK against the fake Stripe)
     await app.call("PUT", `/v1/organizations/${orgId}/auto-topup`, {
       body: { enabled: true, threshold: "100", package_id: pkg.id, max_failures: 3 },
     });
-    const card = await ctx.db
-      .selectFrom("payment_methods")
-      .select("provider_payment_method_id")
-      .where("org_id", "=", orgId)
-      .executeTakeFirstOrThrow();
-    fake.setCardBehaviour(card.provider_payment_method_id, "decline");
+    await setCardOf(orgId, "decline");
     await grant(app, orgId, "-1150");
     await runDueJobs(ctx);
     const [attempt] = await attemptsOf(orgId);
@@ -484,12 +489,7 @@ describe("payment processor faults (the real Stripe SDK against the fake Stripe)
 
   it("an authentication left undone until its purchase expires: the payment is cancelled at Stripe, then the attempt given up", async () => {
     const orgId = await orgWithAutoTopup();
-    const card = await ctx.db
-      .selectFrom("payment_methods")
-      .select("provider_payment_method_id")
-      .where("org_id", "=", orgId)
-      .executeTakeFirstOrThrow();
-    fake.setCardBehaviour(card.provider_payment_method_id, "requires_action");
+    await setCardOf(orgId, "requires_action");
     const start = app.clock.now().toISOString();
     try {
       await grant(app, orgId, "-1150");
@@ -505,12 +505,7 @@ describe("payment processor faults (the real Stripe SDK against the fake Stripe)
 
       // Had it gone through meanwhile, the attempt would wait for the processor's notification.
       const other = await orgWithAutoTopup();
-      const otherCard = await ctx.db
-        .selectFrom("payment_methods")
-        .select("provider_payment_method_id")
-        .where("org_id", "=", other)
-        .executeTakeFirstOrThrow();
-      fake.setCardBehaviour(otherCard.provider_payment_method_id, "requires_action");
+      await setCardOf(other, "requires_action");
       await grant(app, other, "-1150");
       await runDueJobs(ctx);
       const [late] = intentsOf(other);

@@ -16,6 +16,7 @@ import {
   Timestamp,
 } from "../../app/http.js";
 import { requestOrg, requestPrincipal } from "../orgs/auth.js";
+import type { Organization } from "../orgs/orgs.service.js";
 import { creditsFromDb, formatCredits, parseCredits } from "./credits.js";
 import * as repo from "./ledger.repo.js";
 import * as service from "./ledger.service.js";
@@ -144,6 +145,31 @@ const TransactionFilters = {
   reference_id: Type.Optional(Type.String({ maxLength: 200 })),
 };
 
+/** An organisation's balance as `GET …/balance` answers it (and the CLI prints it). */
+export async function balanceDto(
+  ctx: AppContext,
+  org: Organization,
+  flags: service.BalanceFlags,
+): Promise<BalanceDto> {
+  const {
+    view: b,
+    inAlert,
+    autoTopup,
+  } = await service.readBalance(ctx.db, org.id, flags, ctx.clock.now());
+  return {
+    org_id: org.id,
+    balance: formatCredits(b.balance),
+    reserved: formatCredits(b.reserved),
+    available: formatCredits(b.available),
+    overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
+    debt: formatCredits(b.debt),
+    low_balance: b.available <= 0n || inAlert,
+    auto_topup: autoTopup,
+    updated_at: (b.updated_at ?? org.created_at).toISOString(),
+    last_sequence: Number(b.last_sequence),
+  };
+}
+
 export function registerLedgerRoutes(
   app: App,
   ctx: AppContext,
@@ -162,27 +188,7 @@ export function registerLedgerRoutes(
       },
       config: access(ROLES.readBalance),
     },
-    async (request) => {
-      const org = requestOrg(request);
-      const {
-        view: b,
-        inAlert,
-        autoTopup,
-      } = await service.readBalance(ctx.db, org.id, flags, ctx.clock.now());
-      const low = b.available <= 0n || inAlert;
-      return {
-        org_id: org.id,
-        balance: formatCredits(b.balance),
-        reserved: formatCredits(b.reserved),
-        available: formatCredits(b.available),
-        overdraft_limit: formatCredits(creditsFromDb(org.overdraft_limit)),
-        debt: formatCredits(b.debt),
-        low_balance: low,
-        auto_topup: autoTopup,
-        updated_at: (b.updated_at ?? org.created_at).toISOString(),
-        last_sequence: Number(b.last_sequence),
-      };
-    },
+    async (request) => balanceDto(ctx, requestOrg(request), flags),
   );
 
   app.get(

@@ -196,36 +196,24 @@ export async function firstAttemptAt(
 
 // ---- retention ------------------------------------------------------------------------------
 
-/** Deletes up to `limit` outbox events created before `before`; returns how many. */
-export async function purgeEvents(db: Db, before: Date, limit: number): Promise<number> {
+/**
+ * Deletes up to `limit` rows of an outbox table (events, or the delivery log) created before
+ * `before`; returns how many.
+ */
+export async function purgeOlderThan(
+  db: Db,
+  table: "events" | "webhook_deliveries",
+  before: Date,
+  limit: number,
+): Promise<number> {
   const r = await db
-    .deleteFrom("events")
+    .deleteFrom(table)
     .where((eb) =>
       eb(
         eb.refTuple("org_id", "id"),
         "in",
         eb
-          .selectFrom("events")
-          .select(["org_id", "id"])
-          .where("created_at", "<", before)
-          .limit(limit)
-          .$asTuple("org_id", "id"),
-      ),
-    )
-    .executeTakeFirst();
-  return Number(r.numDeletedRows);
-}
-
-/** Deletes up to `limit` delivery log rows created before `before`; returns how many. */
-export async function purgeDeliveries(db: Db, before: Date, limit: number): Promise<number> {
-  const r = await db
-    .deleteFrom("webhook_deliveries")
-    .where((eb) =>
-      eb(
-        eb.refTuple("org_id", "id"),
-        "in",
-        eb
-          .selectFrom("webhook_deliveries")
+          .selectFrom(table)
           .select(["org_id", "id"])
           .where("created_at", "<", before)
           .limit(limit)

@@ -8,7 +8,7 @@ import {
 } from "./email.js";
 import { DELIVER_QUEUE, type DeliverPayload, FANOUT_QUEUE, fanOutEvent } from "./events.js";
 import { JobRunner, type JobRunnerOptions } from "./jobs.js";
-import { purgeDeliveries, purgeEvents } from "./notify.repo.js";
+import { purgeOlderThan } from "./notify.repo.js";
 import { createDeliverHandler, onDeliveryDead, WEBHOOK_QUEUE_OPTIONS } from "./webhooks.service.js";
 
 export interface NotifyJobOptions {
@@ -73,8 +73,10 @@ export const NOTIFY_RETENTION_DAYS = 30;
 export async function purgeOldNotifications(ctx: AppContext, batch = 5_000): Promise<number> {
   const before = new Date(ctx.clock.now().getTime() - NOTIFY_RETENTION_DAYS * 86_400_000);
   let purged = 0;
-  for (const purge of [purgeDeliveries, purgeEvents]) {
-    for (let n = batch; n === batch; purged += n) n = await purge(ctx.db, before, batch);
+  for (const table of ["webhook_deliveries", "events"] as const) {
+    for (let n = batch; n === batch; purged += n) {
+      n = await purgeOlderThan(ctx.db, table, before, batch);
+    }
   }
   return purged;
 }
