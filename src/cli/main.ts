@@ -12,7 +12,6 @@ import {
   migrateToLatest,
   openDatabase,
 } from "../db/index.js";
-import { creditsFromDb, formatCredits } from "../modules/ledger/credits.js";
 import { verifyLedger } from "../modules/ledger/ledger.service.js";
 import { RequestLookups } from "../modules/orgs/lookups.js";
 import * as orgsRepo from "../modules/orgs/orgs.repo.js";

@@ -82,7 +82,6 @@ export function findPurchaseById(db: Db, id: string) {
   return db.selectFrom("purchases").selectAll().where("id", "=", id).executeTakeFirst();
 }
 
-/** The purchase a processor payment paid (payment ids are unique per provider). */
 /** Keeps a refund notice for a payment no purchase carries yet (the largest total wins). */
 export async function keepRefundNotice(db: Db, notice: RefundNoticesTable): Promise<void> {
   await db
@@ -116,6 +115,7 @@ export function takeRefundNotice(db: Db, provider: ProviderName, paymentId: stri
     .executeTakeFirst();
 }
 
+/** The purchase a processor payment paid (payment ids are unique per provider). */
 export function findPurchaseByPaymentId(db: Db, provider: ProviderName, paymentId: string) {
   return db
     .selectFrom("purchases")

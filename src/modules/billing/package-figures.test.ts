@@ -7,7 +7,7 @@ import {
   packageFigures,
   pricePerCredit,
 } from "./package-figures.js";
-import { unitCostOf } from "./purchases.service.js";
+import { unitCostOf } from "./purchase-figures.js";
 
 const pkg = (
   credits: string,

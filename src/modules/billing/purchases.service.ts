@@ -2,15 +2,8 @@ import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
 import type { PeriodicTask } from "../../app/workers.js";
 import type { Db } from "../../db/index.js";
-import {
-  creditsFromDb,
-  divideRoundHalfEven,
-  formatCredits,
-  formatScaled,
-  ONE_CREDIT,
-} from "../ledger/credits.js";
+import { creditsFromDb } from "../ledger/credits.js";
 import { type Posting, postEntries } from "../ledger/ledger.service.js";
-import { currencyExponent, formatMoney } from "../ledger/money.js";
 import { emitEvent } from "../notify/notify.service.js";
 import type { Actor, Principal } from "../orgs/auth.js";
 import type { Organization } from "../orgs/orgs.service.js";
@@ -19,13 +12,13 @@ import type { PurchaseStatus } from "./billing.tables.js";
 import { paymentProvider } from "./providers/index.js";
 import type { SavedPaymentMethod } from "./providers/provider.js";
 import { type SandboxCard, SandboxProvider, sandboxCardOutcome } from "./providers/sandbox.js";
+import { bonusExpiry, purchaseEventData, unitCostOf } from "./purchase-figures.js";
+import { applyKeptRefundInTx } from "./refunds.service.js";
 
 export type Purchase = repo.PurchaseRow;
 
 /** A checkout left unpaid this long becomes `expired` (Stripe Checkout's default lifetime). */
 export const CHECKOUT_TTL_MS = 24 * 60 * 60 * 1000;
-
-const MS_PER_DAY = 24 * 60 * 60 * 1000;
 
 /** Statuses from which a confirmed payment still grants credits (a late payment counts). */
 const PAYABLE: readonly PurchaseStatus[] = ["pending", "failed", "expired"];
@@ -188,19 +181,6 @@ export function listPurchases(
   return repo.listPurchases(ctx.db, orgId, opts);
 }
 
-/**
- * Money per paid credit as a decimal string with 12 fractional digits (rounded half to even):
- * amount ÷ credits. It is stored on the paid block for revenue reports and display; refunds are
- * computed exactly in minor units from the purchase amount, never from this rounded figure.
- */
-export function unitCostOf(amountMinor: bigint, currency: string, credits: bigint): string {
-  if (credits <= 0n) throw new RangeError("credits must be positive");
-  const exponent = 10n ** BigInt(currencyExponent(currency));
-  // amount_minor / 10^exp / (credits / 10^12), held × 10^12
-  const scaled = divideRoundHalfEven(amountMinor * ONE_CREDIT * ONE_CREDIT, exponent * credits);
-  return formatScaled(scaled, 12);
-}
-
 export interface PaymentConfirmation {
   /** The processor's payment id: one payment grants credits once, ever. */
   providerPaymentId: string;
@@ -361,40 +341,9 @@ export async function fulfilPurchaseInTx(
     orgId,
     data: purchaseEventData(purchase),
   });
+  // A refund the processor notified before this payment was applied is applied with it.
+  await applyKeptRefundInTx(tx, ctx, purchase);
   return ok({ purchase, fulfilled: true });
-}
-
-/** When a purchase's bonus credits expire (null: never). */
-export function bonusExpiry(p: Purchase, paidAt: Date): Date | null {
-  return p.bonus_expires_in_days === null
-    ? null
-    : new Date(paidAt.getTime() + p.bonus_expires_in_days * MS_PER_DAY);
-}
-
-/**
- * The `data` of `purchase.*` events: what was bought, for how much, by whom, and where it stands.
- * Amounts are decimal strings, as everywhere in the API.
- */
-export function purchaseEventData(p: Purchase): Record<string, unknown> {
-  const credits = creditsFromDb(p.credits);
-  const bonus = creditsFromDb(p.bonus_credits);
-  return {
-    purchase_id: p.id,
-    status: p.status,
-    source: p.source,
-    package_id: p.package_id,
-    package_name: p.package_name,
-    credits: formatCredits(credits),
-    bonus_credits: formatCredits(bonus),
-    total_credits: formatCredits(credits + bonus),
-    amount: formatMoney({ minor: BigInt(p.amount_minor), currency: p.currency }),
-    currency: p.currency,
-    refunded_amount: formatMoney({ minor: BigInt(p.refunded_minor), currency: p.currency }),
-    provider: p.provider,
-    user_id: p.user_id,
-    actor: { type: p.actor_type, id: p.actor_id },
-    paid_at: p.paid_at?.toISOString() ?? null,
-  };
 }
 
 /**
@@ -472,21 +421,11 @@ export function expirePurchases(ctx: AppContext, limit = 500): Promise<number> {
   return repo.expirePendingPurchases(ctx.db, ctx.clock.now(), limit);
 }
 
-/**
- * A refund notice kept for a payment no purchase carries (`refund_notices`) is dropped after this
- * long: a payment's own notification is retried for 3 days at most.
- */
-export const REFUND_NOTICE_RETENTION_DAYS = 90;
-
-/** For the composition root's workers; also drops refund notices past their retention. */
+/** For the composition root's workers. */
 export const purchaseExpiryTask: PeriodicTask = {
   name: "purchase-expiry",
   everyMs: 60_000,
-  run: async (ctx) => {
-    await expirePurchases(ctx);
-    const before = ctx.clock.now().getTime() - REFUND_NOTICE_RETENTION_DAYS * 86_400_000;
-    await repo.purgeRefundNotices(ctx.db, new Date(before));
-  },
+  run: (ctx) => expirePurchases(ctx),
 };
 
 export function isExpired(ctx: AppContext, p: Purchase): boolean {

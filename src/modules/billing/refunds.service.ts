@@ -12,7 +12,8 @@ import * as repo from "./billing.repo.js";
 import type { ProviderName, PurchaseStatus } from "./billing.tables.js";
 import { paymentProvider } from "./providers/index.js";
 import { PaymentProviderError, type RefundResult } from "./providers/provider.js";
-import { bonusExpiry, type Purchase, purchaseEventData, unitCostOf } from "./purchases.service.js";
+import { bonusExpiry, purchaseEventData, unitCostOf } from "./purchase-figures.js";
+import type { Purchase } from "./purchases.service.js";
 
 /**
  * Refunds: money back for the unused paid credits of a purchase, and the purchase's remaining
@@ -326,10 +327,21 @@ export async function resumePendingRefunds(ctx: AppContext, limit = 50): Promise
   return finished;
 }
 
+/**
+ * A refund notice kept for a payment no purchase carries (`refund_notices`) is dropped after this
+ * long: a payment's own notification is retried for 3 days at most.
+ */
+export const REFUND_NOTICE_RETENTION_DAYS = 90;
+
+/** Finishes pending refunds, and drops refund notices past their retention. */
 export const refundRecoveryTask: PeriodicTask = {
   name: "refund-recovery",
   everyMs: 60_000,
-  run: (ctx) => resumePendingRefunds(ctx),
+  run: async (ctx) => {
+    await resumePendingRefunds(ctx);
+    const before = ctx.clock.now().getTime() - REFUND_NOTICE_RETENTION_DAYS * 86_400_000;
+    await repo.purgeRefundNotices(ctx.db, new Date(before));
+  },
 };
 
 export interface ProviderRefundNotice {

@@ -15,7 +15,7 @@ import {
   fulfilPurchaseInTx,
   type Purchase,
 } from "./purchases.service.js";
-import { applyKeptRefundInTx, reflectProviderRefundInTx } from "./refunds.service.js";
+import { reflectProviderRefundInTx } from "./refunds.service.js";
 
 /**
  * Stripe's notifications. Each delivery is verified on the raw body (`Stripe-Signature`, the
@@ -180,7 +180,6 @@ async function planCheckout(
           paymentMethod: state.paymentMethod,
         });
         if (!result.ok) return { status: "failed", detail: result.message ?? result.code };
-        if (result.value.fulfilled) await applyKeptRefundInTx(tx, ctx, result.value.purchase);
         return {
           status: "processed",
           detail: result.value.fulfilled ? "purchase_paid" : "already_paid",
@@ -269,7 +268,6 @@ async function planPaymentIntent(
           paymentMethod: null,
         });
         if (!result.ok) return { status: "failed", detail: result.message ?? result.code };
-        if (result.value.fulfilled) await applyKeptRefundInTx(tx, ctx, result.value.purchase);
         // The auto-topup attempt behind the purchase follows it, in this transaction.
         await onTopupPurchaseSettled(tx, ctx, result.value.purchase);
         return {

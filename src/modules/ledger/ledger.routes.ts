@@ -22,8 +22,11 @@ import * as repo from "./ledger.repo.js";
 import * as service from "./ledger.service.js";
 import type { LedgerEntry } from "./posting.js";
 
-const access = (roles: readonly ("admin" | "billing" | "ingest" | "read")[]) => ({
-  access: { roles, org: true, credits: true },
+const access = (
+  roles: readonly ("admin" | "billing" | "ingest" | "read")[],
+  options: { portal?: false } = {},
+) => ({
+  access: { roles, org: true, credits: true, ...options },
 });
 
 export const BalanceSchema = Type.Object(
@@ -273,7 +276,7 @@ export function registerLedgerRoutes(
         },
       },
       // Free credits are the platform's to give (and its org admin keys'), not a customer's.
-      config: { access: { ...access(ROLES.admin).access, portal: false as const } },
+      config: access(ROLES.admin, { portal: false }),
     },
     async (request, reply) => {
       const b = request.body;

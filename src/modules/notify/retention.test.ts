@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
-import { purchaseExpiryTask } from "../billing/purchases.service.js";
+import { refundRecoveryTask } from "../billing/refunds.service.js";
 import { emitEvent, NOTIFY_RETENTION_DAYS, purgeOldNotifications } from "./notify.service.js";
 
 const DAY = 86_400_000;
@@ -84,7 +84,7 @@ describe("retention of notifications and refund notices", async () => {
         },
       ])
       .execute();
-    await purchaseExpiryTask.run(ctx);
+    await refundRecoveryTask.run(ctx);
     const kept = await ctx.db.selectFrom("refund_notices").select("payment_id").execute();
     expect(kept.map((k) => k.payment_id)).toEqual(["pi_new"]);
   });

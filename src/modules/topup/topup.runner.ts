@@ -6,8 +6,7 @@ import {
   findPurchaseIn,
 } from "../billing/offsession.service.js";
 import { PaymentProviderError, paymentProvider } from "../billing/providers/index.js";
-import { failPurchase, fulfilPurchaseInTx, type Purchase } from "../billing/purchases.service.js";
-import { applyKeptRefundInTx } from "../billing/refunds.service.js";
+import { failPurchase, fulfilPurchase, type Purchase } from "../billing/purchases.service.js";
 import {
   type Job,
   jobRunnerFor,
@@ -86,14 +85,8 @@ export async function chargeTopupAttempt(job: Job<ChargePayload>, ctx: AppContex
 
   switch (result.status) {
     case "succeeded": {
-      // A refund notified before this could be applied is applied with it.
-      const fulfilled = await ctx.db.transaction().execute(async (tx) => {
-        const paid = await fulfilPurchaseInTx(tx, ctx, attempt.org_id, purchase.id, {
-          providerPaymentId: result.paymentId,
-        });
-        if (paid.ok && paid.value.fulfilled)
-          await applyKeptRefundInTx(tx, ctx, paid.value.purchase);
-        return paid;
+      const fulfilled = await fulfilPurchase(ctx, attempt.org_id, purchase.id, {
+        providerPaymentId: result.paymentId,
       });
       if (!fulfilled.ok) {
         ctx.logger.error(
