@@ -8,8 +8,11 @@ export interface PeriodicTask {
   name: string;
   everyMs: number;
   run(ctx: AppContext): Promise<unknown>;
-  /** Told when the workers stop: a long run should wind down instead of starting new work. */
-  stop?(): void;
+  /**
+   * Told when the workers stop: a long run should wind down instead of starting new work. The
+   * promise (if any) ends when the work the task still has in flight has ended.
+   */
+  stop?(): void | Promise<void>;
 }
 
 /**
@@ -70,9 +73,9 @@ export class Workers {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const task of this.tasks) task.stop?.();
+    const winding = this.tasks.map((task) => task.stop?.());
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
-    await Promise.allSettled([...this.running]);
+    await Promise.allSettled([...this.running, ...winding]);
   }
 }

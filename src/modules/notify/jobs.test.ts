@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { createTestApp, waitFor } from "../../../test/support/app.js";
 import {
@@ -24,6 +25,13 @@ describe("job queue", async () => {
       backoff: { baseMs: 1000, maxMs: 8000, jitter: 0.25 },
     });
     return { queue, runner };
+  }
+
+  /** Ends a job's lease now, as the database's clock would once it passed. */
+  async function expireLease(id: string) {
+    await sql`update jobs set locked_until = now() - interval '1 second' where id = ${id}`.execute(
+      ctx.db,
+    );
   }
 
   it("backoff doubles, is capped and jittered within bounds", () => {
@@ -156,11 +164,77 @@ describe("job queue", async () => {
     const { id } = await enqueueJob(ctx.db, ctx, { queue, payload: null });
     const running = slow.runDueJobs();
     await waitFor(async () => (await findJob(ctx.db, id))?.status === "running");
-    app.clock.advance(1001);
+    await expireLease(id);
     expect(await fast.runDueJobs()).toBe(1);
     release();
     await running;
     expect(await findJob(ctx.db, id)).toMatchObject({ status: "done", attempts: 2 });
+  });
+
+  it("leases run on the database's clock: a runner whose clock is an hour ahead does not take over a live lease", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const queue = `test.${++n}`;
+    let runs = 0;
+    const handler = async () => {
+      runs++;
+      await gate;
+    };
+    const owner = new JobRunner({ ctx, leaseMs: 60_000 }).register(queue, handler);
+    const aheadCtx = {
+      ...ctx,
+      clock: { now: () => new Date(ctx.clock.now().getTime() + 3600_000) },
+    };
+    const ahead = new JobRunner({ ctx: aheadCtx, leaseMs: 60_000 }).register(queue, handler);
+    const { id } = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    const running = owner.runDueJobs();
+    try {
+      await waitFor(async () => (await findJob(ctx.db, id))?.status === "running");
+      const { rows } = await sql<{ seconds: number }>`
+        select extract(epoch from locked_until - now())::float8 as seconds
+        from jobs where id = ${id}`.execute(ctx.db);
+      expect(rows[0]!.seconds).toBeGreaterThan(50);
+      expect(rows[0]!.seconds).toBeLessThanOrEqual(60);
+      expect(await ahead.runDueJobs()).toBe(0);
+      expect(runs).toBe(1);
+    } finally {
+      release();
+      await running;
+    }
+    expect(await findJob(ctx.db, id)).toMatchObject({ status: "done", attempts: 1 });
+  });
+
+  it("a polling round does not wait for a slow job: the jobs after it run while it hangs", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const queue = `test.${++n}`;
+    const ran: number[] = [];
+    const runner = new JobRunner({ ctx, batchSize: 4, pollIntervalMs: 20 }).register(
+      queue,
+      async (job: Job<{ n: number }>) => {
+        if (job.payload.n === 0) await gate;
+        ran.push(job.payload.n);
+      },
+    );
+    // More jobs than one round used to claim (ten batches) before it waited for every job.
+    for (let i = 0; i < 60; i++) await enqueueJob(ctx.db, ctx, { queue, payload: { n: i } });
+    try {
+      expect(await runner.tick()).toBe(60);
+      await waitFor(() => ran.length === 59, { timeoutMs: 5000 });
+      expect(ran).not.toContain(0);
+      // The hanging job keeps its slot across rounds; the next round claims into the others.
+      await enqueueJob(ctx.db, ctx, { queue, payload: { n: 60 } });
+      expect(await runner.tick()).toBe(1);
+      await waitFor(() => ran.includes(60), { timeoutMs: 2000 });
+    } finally {
+      release();
+      await runner.shutdown();
+    }
+    expect(ran).toContain(0);
   });
 
   it("slow jobs holding most slots do not stop the free ones from claiming at the poll interval", async () => {

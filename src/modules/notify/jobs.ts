@@ -145,7 +145,8 @@ const MAX_ERROR_LENGTH = 2000;
  * handlers. Success marks a job done; failure reschedules it with exponential backoff and
  * jitter until its queue's maximum age, then marks it dead with the error kept. A job whose
  * runner died stays `running` until its lease passes and is then claimed again: delivery is at
- * least once. Time comes from `ctx.clock`, so tests move it by hand.
+ * least once. Leases run on the database's clock (instances' clocks may differ by more than a
+ * lease); when a job is due comes from `ctx.clock`, so tests move that by hand.
  */
 export class JobRunner {
   readonly workerId: string;
@@ -160,6 +161,8 @@ export class JobRunner {
   private loop: Promise<void> | null = null;
   private stopping = false;
   private lastPurge = 0;
+  /** The jobs this runner is running, whichever round started them. */
+  private readonly running = new Set<Promise<void>>();
 
   constructor(options: JobRunnerOptions) {
     this.ctx = options.ctx;
@@ -187,7 +190,7 @@ export class JobRunner {
     return [...this.queues.keys()];
   }
 
-  /** Polls in the background until `stop()`. */
+  /** Polls in the background until `stop()` (the runtime drives `tick()` from its workers). */
   start(): void {
     if (this.loop || this.timer) return;
     this.stopping = false;
@@ -206,40 +209,47 @@ export class JobRunner {
 
   /**
    * Stops claiming for good (the process is shutting down): a round in progress claims nothing
-   * more and returns once its running handlers end.
+   * more. Resolves once the handlers still running have ended.
    */
-  shutdown(): void {
-    this.stopping = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-  }
-
-  /** Stops claiming; waits for the handlers already running. */
-  async stop(): Promise<void> {
+  async shutdown(): Promise<void> {
     this.stopping = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     await this.loop;
+    await Promise.all(this.running);
+  }
+
+  /** Stops claiming; waits for the handlers already running. */
+  async stop(): Promise<void> {
+    await this.shutdown();
     this.stopping = false;
   }
 
-  /** One polling round: run what is due, and now and then purge old finished jobs. */
+  /**
+   * One polling round: claims and starts due jobs until none is due, and now and then purges
+   * old finished jobs. It does not wait for slow jobs: one (a webhook endpoint that hangs until
+   * its timeout) keeps its slot across rounds while the others go on.
+   */
   async tick(): Promise<number> {
     if (this.stopping) return 0;
-    const processed = await this.runDueJobs({ limit: this.batchSize * 10 });
-    if (Date.now() - this.lastPurge > PURGE_EVERY_MS) {
-      this.lastPurge = Date.now();
-      await purgeFinishedJobs(
-        this.ctx.db,
-        new Date(this.ctx.clock.now().getTime() - this.retentionMs),
-      );
-    }
-    return processed;
+    return this.runDueJobs({ wait: false });
+  }
+
+  private async purgeIfDue(): Promise<void> {
+    if (Date.now() - this.lastPurge <= PURGE_EVERY_MS) return;
+    this.lastPurge = Date.now();
+    await purgeFinishedJobs(
+      this.ctx.db,
+      new Date(this.ctx.clock.now().getTime() - this.retentionMs),
+    );
   }
 
   /**
-   * Claims and runs due jobs until none is due (or `limit` jobs ran), at most `batchSize` at once.
-   * Jobs the handlers enqueue for now run in the same call. Returns how many jobs ran.
+   * Claims and runs due jobs until none is due (or `limit` jobs were claimed), at most
+   * `batchSize` at once (the slots are shared by every round of this runner). With `wait` (the
+   * default) it returns once every job it started has ended, so jobs those handlers enqueue for
+   * now run in the same call; without, it returns once a poll interval passed with nothing
+   * more due, leaving slow jobs running. Returns how many jobs it claimed.
    *
    * A slot is refilled as soon as its job ends, not when the whole batch has: a slow handler (a
    * webhook endpoint that hangs until its timeout, a processor that does not answer) holds one
@@ -247,37 +257,43 @@ export class JobRunner {
    * half the slots are free (so quick jobs still cost one claim round trip per batch), and every
    * `pollIntervalMs` while only slow jobs are running.
    */
-  async runDueJobs(options: { limit?: number } = {}): Promise<number> {
-    const limit = options.limit ?? 1000;
+  async runDueJobs(options: { limit?: number; wait?: boolean } = {}): Promise<number> {
+    const wait = options.wait ?? true;
+    const limit = options.limit ?? (wait ? 1000 : Number.POSITIVE_INFINITY);
     const refillAt = Math.max(1, Math.ceil(this.batchSize / 2));
-    const running = new Set<Promise<void>>();
     let claimed = 0;
     let polled = false;
     while (!this.stopping) {
-      const free = Math.min(this.batchSize - running.size, limit - claimed);
-      if (free > 0 && (running.size === 0 || free >= refillAt || polled)) {
+      if (!wait) await this.purgeIfDue();
+      const free = Math.min(this.batchSize - this.running.size, limit - claimed);
+      let drained = false;
+      if (free > 0 && (this.running.size === 0 || free >= refillAt || polled)) {
         const jobs = await this.claimDueJobs(free);
         claimed += jobs.length;
+        drained = jobs.length < free;
         for (const job of jobs) {
           const run: Promise<void> = this.execute(job)
             .catch((err) => this.ctx.logger.error({ err, job: job.id }, "job execution failed"))
-            .finally(() => running.delete(run));
-          running.add(run);
+            .finally(() => this.running.delete(run));
+          this.running.add(run);
         }
       }
-      if (running.size === 0) break;
+      if (this.running.size === 0) break;
+      // Without `wait`, a round ends once a whole poll interval brought nothing due: the jobs
+      // still running then are slow ones, which go on without holding the next round back.
+      if (!wait && ((drained && polled) || claimed >= limit)) break;
       let timer: NodeJS.Timeout | undefined;
       // Woken by a job ending, or by the poll interval: then any free slot claims (only slow
       // jobs hold the others).
       polled = await Promise.race([
-        ...[...running].map((r) => r.then(() => false)),
+        ...[...this.running].map((r) => r.then(() => false)),
         new Promise<boolean>((resolve) => {
           timer = setTimeout(() => resolve(true), this.pollIntervalMs);
         }),
       ]);
       clearTimeout(timer);
     }
-    await Promise.all(running);
+    if (wait) await Promise.all(this.running);
     return claimed;
   }
 
@@ -289,13 +305,14 @@ export class JobRunner {
     const queues = this.registeredQueues;
     if (queues.length === 0 || limit <= 0) return [];
     const now = this.ctx.clock.now();
-    const leaseUntil = new Date(now.getTime() + this.leaseMs);
+    // Leases are set and compared on the database's clock, the one clock every instance shares:
+    // an instance whose clock runs ahead must not take over a lease that is still running.
     const { rows } = await sql<JobRow>`
       with due as (
         select id from jobs
         where queue in (${sql.join(queues)})
           and ((status = 'pending' and run_at <= ${now})
-            or (status = 'running' and locked_until <= ${now}))
+            or (status = 'running' and locked_until <= now()))
         order by run_at, id
         limit ${limit}
         for update skip locked
@@ -303,7 +320,7 @@ export class JobRunner {
       update jobs set
         status = 'running',
         attempts = jobs.attempts + 1,
-        locked_until = ${leaseUntil},
+        locked_until = now() + ${this.leaseMs}::float8 * interval '1 millisecond',
         locked_by = ${this.workerId},
         updated_at = ${now}
       from due

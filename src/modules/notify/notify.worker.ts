@@ -59,7 +59,8 @@ export function runDueJobs(ctx: AppContext, options: { limit?: number } = {}): P
 
 /**
  * The background task that drives the context's job runner: add it to the runtime's Workers
- * (`workers.add(createNotifyWorker(ctx))`). Each tick runs what is due, then sleeps a second.
+ * (`workers.add(createNotifyWorker(ctx))`). Each tick starts what is due, then sleeps a second;
+ * jobs still running go on across ticks, and stopping waits for them.
  */
 export function createNotifyWorker(ctx: AppContext): PeriodicTask {
   const runner = jobRunnerFor(ctx);
