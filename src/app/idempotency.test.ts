@@ -1,6 +1,8 @@
 import { createHash } from "node:crypto";
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
-import { createTestApp } from "../../test/support/app.js";
+import { createTestApp, waitFor } from "../../test/support/app.js";
+import { onPostgres } from "../../test/support/db.js";
 import { hashSecret } from "../modules/orgs/keys.js";
 import { purgeExpiredIdempotencyKeys, RETENTION_MS } from "./idempotency.js";
 
@@ -315,5 +317,74 @@ describe("Idempotency-Key", async () => {
     app.clock.advance(RETENTION_MS);
     await app.runtime.workers.runAllOnce();
     expect(await db.selectFrom("idempotency_keys").select("key").execute()).toEqual([]);
+  });
+});
+
+describe.runIf(onPostgres)("Idempotency-Key: a request that outlived its claim", async () => {
+  const app = await createTestApp();
+  const db = app.runtime.ctx.db;
+
+  it("cannot commit once a retry took its key over: the key has one effect", async () => {
+    const orgId = await app.createOrg();
+    // A first posting creates the organisation's balance row.
+    const opened = await app.call("POST", `/v1/organizations/${orgId}/adjustments`, {
+      body: { amount: "+1", reason: "open" },
+    });
+    expect(opened.statusCode).toBe(201);
+    const adjust = () =>
+      app.call("POST", `/v1/organizations/${orgId}/adjustments`, {
+        body: { amount: "+10", reason: "slow" },
+        headers: { "idempotency-key": "k-outlived" },
+      });
+    const waitingOnLocks = async () => {
+      const { rows } = await sql<{ n: string }>`
+        select count(*) as n from pg_stat_activity
+        where datname = current_database() and wait_event_type = 'Lock'`.execute(db);
+      return Number(rows[0]!.n);
+    };
+    // Another transaction holds the organisation's balance row, so the first request stalls
+    // after its claim, before any commit — like a request stuck for over a minute.
+    let unlock!: () => void;
+    const held = new Promise<void>((r) => {
+      unlock = r;
+    });
+    const holder = db.transaction().execute(async (trx) => {
+      await sql`select 1 from org_balances where org_id = ${orgId} for update`.execute(trx);
+      await held;
+    });
+    const claimToken = async () =>
+      (
+        await db
+          .selectFrom("idempotency_keys")
+          .select("claim_token")
+          .where("key", "=", "k-outlived")
+          .executeTakeFirst()
+      )?.claim_token;
+    try {
+      const first = adjust();
+      await waitFor(async () => (await waitingOnLocks()) >= 1);
+      const firstToken = await claimToken();
+      expect(firstToken).toEqual(expect.any(String));
+      // A minute later the client retries; nothing of the first request committed, so the retry
+      // takes the key over — and stalls on the same lock.
+      app.clock.advance(61_000);
+      const retry = adjust();
+      await waitFor(async () => (await waitingOnLocks()) >= 2);
+      expect(await claimToken()).not.toBe(firstToken);
+      unlock();
+      await holder;
+      const answers = await Promise.all([first, retry]);
+      expect(answers.map((r) => r.statusCode)).toEqual([409, 201]);
+      expect(answers[0]!.json().error.code).toBe("idempotency_in_progress");
+    } finally {
+      unlock();
+      await holder.catch(() => {});
+    }
+    const balance = await app.call("GET", `/v1/organizations/${orgId}/balance`);
+    expect(balance.json().balance).toBe("11");
+    // The stored answer is the retry's, and it replays.
+    const replay = await adjust();
+    expect(replay.statusCode).toBe(201);
+    expect(replay.headers["idempotent-replayed"]).toBe("true");
   });
 });

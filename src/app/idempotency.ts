@@ -23,6 +23,9 @@ import { stableJson } from "./stable-json.js";
  * - A claim whose request died without answering (process killed, database connection lost) is
  *   taken over after `LOCK_MS` only if nothing of it committed; otherwise retries get
  *   `409 idempotency_in_progress` ("applied, answer lost") until the key expires.
+ * - Each claim carries a random token, and the commit hook marks the key only under its own
+ *   token: a request that was merely slow (or whose instance's clock is behind) and has been
+ *   taken over cannot commit anything afterwards, so the key still has exactly one effect.
  * - A 5xx answer releases the key if nothing committed, so the client can retry; if something did,
  *   the 5xx answer is stored and replayed like any other.
  *
@@ -35,9 +38,11 @@ export const RETENTION_MS = 24 * 60 * 60 * 1000;
 const LOCK_MS = 60_000;
 const MAX_KEY_LENGTH = 255;
 
-interface Claim {
+export interface Claim {
   scope: string;
   key: string;
+  /** This claim's token; the key's row holds it for as long as the claim is current. */
+  token: string;
   replayed: boolean;
   /** AES-256-GCM key for the stored answer. */
   sealKey: Buffer;
@@ -142,10 +147,10 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     // worked out only when a stored fingerprint differs.
     const legacyHash = () => fingerprint(JSON.stringify(request.body ?? null));
 
-    const outcome = await claim(ctx.db, ctx.clock.now(), scope, key, requestHash, legacyHash);
+    const outcome = await claimKey(ctx.db, ctx.clock.now(), scope, key, requestHash, legacyHash);
     switch (outcome.kind) {
       case "claimed":
-        request.idempotency = { scope, key, replayed: false, sealKey };
+        request.idempotency = { scope, key, token: outcome.token, replayed: false, sealKey };
         return false;
       case "conflict":
         throw new AppError("idempotency_conflict");
@@ -161,7 +166,7 @@ export function installIdempotency(app: App, ctx: AppContext): void {
         if (body === null) {
           throw new AppError("idempotency_conflict", "The stored answer cannot be replayed.");
         }
-        request.idempotency = { scope, key, replayed: true, sealKey };
+        request.idempotency = { scope, key, token: "", replayed: true, sealKey };
         reply.header("idempotent-replayed", "true");
         reply.code(outcome.status).type(outcome.type);
         reply.send(body);
@@ -189,8 +194,13 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     payload: unknown,
     c: Claim,
   ): Promise<void> {
+    // Only while the claim is still this request's (not taken over).
     const where = (db: Db) =>
-      db.updateTable("idempotency_keys").where("scope", "=", c.scope).where("key", "=", c.key);
+      db
+        .updateTable("idempotency_keys")
+        .where("scope", "=", c.scope)
+        .where("key", "=", c.key)
+        .where("claim_token", "=", c.token);
     try {
       let store = reply.statusCode < 500;
       if (reply.statusCode >= 500 && request.outcomeUnknown) {
@@ -201,6 +211,7 @@ export function installIdempotency(app: App, ctx: AppContext): void {
           .deleteFrom("idempotency_keys")
           .where("scope", "=", c.scope)
           .where("key", "=", c.key)
+          .where("claim_token", "=", c.token)
           .where("effect_committed", "=", false)
           .executeTakeFirst();
         store = Number(released.numDeletedRows) === 0;
@@ -224,22 +235,33 @@ export function installIdempotency(app: App, ctx: AppContext): void {
   }
 }
 
-async function markEffect(connection: DatabaseConnection, c: Claim): Promise<void> {
-  await connection.executeQuery(
+/**
+ * The commit hook of a claimed request: marks the key as applied, in the committing transaction.
+ * Refuses (and so rolls the transaction back) when the claim was taken over meanwhile.
+ */
+export async function markEffect(connection: DatabaseConnection, c: Claim): Promise<void> {
+  const result = await connection.executeQuery(
     CompiledQuery.raw(
-      "update idempotency_keys set effect_committed = true where scope = $1 and key = $2",
-      [c.scope, c.key],
+      "update idempotency_keys set effect_committed = true where scope = $1 and key = $2 and claim_token = $3",
+      [c.scope, c.key, c.token],
     ),
   );
+  if (result.numAffectedRows === 0n) {
+    throw new AppError(
+      "idempotency_in_progress",
+      "This request ran so long that a retry with the same Idempotency-Key took it over; nothing of it was applied.",
+    );
+  }
 }
 
 type ClaimOutcome =
-  | { kind: "claimed" }
+  | { kind: "claimed"; token: string }
   | { kind: "conflict" }
   | { kind: "in_progress"; lost: boolean }
   | { kind: "replay"; status: number; type: string; body: string };
 
-async function claim(
+/** Claims `key` for a request (exported for tests that play two requests by hand). */
+export async function claimKey(
   db: Db,
   now: Date,
   scope: string,
@@ -248,9 +270,11 @@ async function claim(
   /** The fingerprint an earlier version gave the same request. */
   legacyHash: () => string,
 ): Promise<ClaimOutcome> {
+  const token = randomBytes(16).toString("base64url");
   const row = {
     scope,
     key,
+    claim_token: token,
     request_hash: requestHash,
     status: "in_progress" as const,
     response_status: null,
@@ -265,7 +289,7 @@ async function claim(
     .values(row)
     .onConflict((oc) => oc.columns(["scope", "key"]).doNothing())
     .executeTakeFirst();
-  if (Number(inserted.numInsertedOrUpdatedRows ?? 0n) === 1) return { kind: "claimed" };
+  if (Number(inserted.numInsertedOrUpdatedRows ?? 0n) === 1) return { kind: "claimed", token };
 
   // Someone holds the key: take it over once it expired, or when its request died (no answer
   // within LOCK_MS) without committing anything.
@@ -286,7 +310,7 @@ async function claim(
       ]),
     )
     .executeTakeFirst();
-  if (Number(taken.numUpdatedRows) === 1) return { kind: "claimed" };
+  if (Number(taken.numUpdatedRows) === 1) return { kind: "claimed", token };
 
   const existing = await db
     .selectFrom("idempotency_keys")
@@ -294,7 +318,7 @@ async function claim(
     .where("scope", "=", scope)
     .where("key", "=", key)
     .executeTakeFirst();
-  if (!existing) return claim(db, now, scope, key, requestHash, legacyHash);
+  if (!existing) return claimKey(db, now, scope, key, requestHash, legacyHash);
   if (existing.request_hash !== requestHash && existing.request_hash !== legacyHash()) {
     return { kind: "conflict" };
   }

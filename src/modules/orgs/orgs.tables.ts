@@ -57,6 +57,8 @@ export interface IdempotencyKeysTable {
   expires_at: Date;
   /** Set before COMMIT by every transaction of the request: something of it is durable. */
   effect_committed: Generated<boolean>;
+  /** The current claim's random token (null for claims older than tokens). */
+  claim_token: string | null;
 }
 
 export interface OrgTables {
