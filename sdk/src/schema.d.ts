@@ -460,7 +460,7 @@ export interface paths {
         };
         /**
          * Enter the customer portal through a one-time link
-         * @description Redeems the link from `POST …/portal-sessions`, sets the portal session cookie and redirects (303) to `/portal`. An unknown, expired or used link redirects to `/portal?link=invalid`. A browser signed in to the operator console keeps that session: the link is left unused and the answer is `/portal?link=operator`.
+         * @description Redeems the link from `POST …/portal-sessions`, sets the portal session cookie and redirects (303) to `/portal`. An unknown, expired or used link redirects to `/portal?link=invalid`. A browser signed in to the operator console keeps that session: the link is left unused and the answer is `/portal?link=operator`. So does a browser signed in to the portal as another user or organisation (`/portal?link=signed-in`); a link for the same user renews the session.
          */
         get: {
             parameters: {
@@ -473,7 +473,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description To `/portal`, `/portal?link=invalid` or `/portal?link=operator`. */
+                /** @description To `/portal`, `/portal?link=invalid`, `/portal?link=operator` or `/portal?link=signed-in`. */
                 303: {
                     headers: {
                         [name: string]: unknown;

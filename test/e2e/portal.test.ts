@@ -133,6 +133,25 @@ describe("customer portal", () => {
     await expect.poll(() => reused.getByText("expired or was already used").count()).toBe(1);
   });
 
+  it("keeps a signed-in customer's session when a link for another user is opened", async () => {
+    const browserContext = await context();
+    const page = await browserContext.newPage();
+    await page.goto(await portalLink("bill"));
+    await expect.poll(() => page.getByText("Bill Payer").count()).toBe(1);
+    const planted = await portalLink("vic");
+    await page.goto(planted);
+    expect(page.url()).toBe(`${url}/portal?link=signed-in`);
+    await expect
+      .poll(() => page.getByText("A portal link for another account was opened").count())
+      .toBe(1);
+    expect(await page.getByText("Bill Payer").count()).toBe(1);
+    // The link was left unused for the browser it was meant for.
+    const other = await (await context()).newPage();
+    await other.goto(planted);
+    expect(other.url()).toBe(`${url}/portal`);
+    await expect.poll(() => other.getByText("Vic Viewer").count()).toBe(1);
+  });
+
   it("lets billing users change auto-topup and alert settings", async () => {
     await buyWithSandbox(app, org, starter.id); // saves the sandbox card for auto-topup
     const page = await (await context()).newPage();

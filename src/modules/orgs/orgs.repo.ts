@@ -233,6 +233,17 @@ export async function insertPortalSession(
 }
 
 /** One-time: marks the link used and returns it, or nothing if unknown, used or expired. */
+/** The portal link with this token hash if it can still be used (unused, not expired). */
+export function findUsablePortalSession(db: Db, tokenHash: string, now: Date) {
+  return db
+    .selectFrom("portal_sessions")
+    .select(["org_id", "user_id"])
+    .where("token_hash", "=", tokenHash)
+    .where("used_at", "is", null)
+    .where("expires_at", ">", now)
+    .executeTakeFirst();
+}
+
 export function consumePortalSession(db: Db, tokenHash: string, now: Date) {
   return db
     .updateTable("portal_sessions")

@@ -161,6 +161,15 @@ export function findUser(ctx: AppContext, orgId: string, userId: string) {
  * Redeems a portal link: one time, before it expires. Returns what the link grants, or null
  * for an unknown, used or expired token.
  */
+/** Whom a portal link that can still be used signs in, without using it. */
+export async function peekPortalLink(
+  ctx: AppContext,
+  token: string,
+): Promise<{ orgId: string; userId: string } | null> {
+  const row = await repo.findUsablePortalSession(ctx.db, hashSecret(token), ctx.clock.now());
+  return row ? { orgId: row.org_id, userId: row.user_id } : null;
+}
+
 export async function redeemPortalLink(
   ctx: AppContext,
   token: string,

@@ -348,6 +348,40 @@ describe("portal sessions", () => {
     expect(elsewhere.headers.location).toBe("/portal");
   });
 
+  it("a link for another account leaves a customer's portal session alone; one for the same user renews it", async () => {
+    const org = await orgWithUsers();
+    const other = await orgWithUsers();
+    const jar = await enterPortal(org, "ada");
+    for (const link of [await portalLink(other, "ada"), await portalLink(org, "bill")]) {
+      const res = await app.call("GET", link, { key: null, headers: { cookie: jar.cookie } });
+      expect(res.statusCode).toBe(303);
+      expect(res.headers.location).toBe("/portal?link=signed-in");
+      expect(res.headers["set-cookie"]).toBeUndefined();
+      const still = await asBrowser(jar, "GET", "/web/session");
+      expect(still.json()).toMatchObject({ kind: "portal", org: { id: org }, user: { id: "ada" } });
+      // The link was not used: the browser it was meant for can still enter with it.
+      expect((await app.call("GET", link, { key: null })).headers.location).toBe("/portal");
+    }
+    // The same user's new link (opened from the application again) replaces the session.
+    const again = await app.call("GET", await portalLink(org, "ada"), {
+      key: null,
+      headers: { cookie: jar.cookie },
+    });
+    expect(again.headers.location).toBe("/portal");
+    expect(setCookieOf(again)).toBeTruthy();
+    expect((await asBrowser(jar, "GET", "/web/session")).statusCode).toBe(204);
+    // An unusable link is reported as such, and the session stays.
+    const renewed = { cookie: setCookieOf(again).split(";")[0]!, csrf: "" };
+    const usedLink = await portalLink(org, "vic");
+    expect((await app.call("GET", usedLink, { key: null })).headers.location).toBe("/portal");
+    const reused = await app.call("GET", usedLink, {
+      key: null,
+      headers: { cookie: renewed.cookie },
+    });
+    expect(reused.headers.location).toBe("/portal?link=invalid");
+    expect((await asBrowser(renewed, "GET", "/web/session")).json().user.id).toBe("ada");
+  });
+
   it("follows the user: a role change applies at once, removal ends the session", async () => {
     const org = await orgWithUsers();
     const jar = await enterPortal(org, "vic");

@@ -233,12 +233,15 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
           "Redeems the link from `POST …/portal-sessions`, sets the portal session cookie and " +
           "redirects (303) to `/portal`. An unknown, expired or used link redirects to " +
           "`/portal?link=invalid`. A browser signed in to the operator console keeps that " +
-          "session: the link is left unused and the answer is `/portal?link=operator`.",
+          "session: the link is left unused and the answer is `/portal?link=operator`. So does a " +
+          "browser signed in to the portal as another user or organisation " +
+          "(`/portal?link=signed-in`); a link for the same user renews the session.",
         security: [],
         querystring: Type.Object({ token: Type.Optional(Type.String({ maxLength: 200 })) }),
         response: {
           303: Type.Null({
-            description: "To `/portal`, `/portal?link=invalid` or `/portal?link=operator`.",
+            description:
+              "To `/portal`, `/portal?link=invalid`, `/portal?link=operator` or `/portal?link=signed-in`.",
           }),
         },
       },
@@ -254,6 +257,18 @@ export function registerWebRoutes(app: App, ctx: AppContext): void {
         return reply.redirect("/portal?link=operator", 303);
       }
       const token = request.query.token;
+      // Nor may it switch a customer's portal to another account (a login CSRF: the customer
+      // would then buy credits for someone else): a link for the same user renews the session,
+      // any other stays unused.
+      if (current?.principal.kind === "portal_user" && token) {
+        const account = await orgs.peekPortalLink(ctx, token);
+        if (
+          account &&
+          (account.orgId !== current.session.org_id || account.userId !== current.session.user_id)
+        ) {
+          return reply.redirect("/portal?link=signed-in", 303);
+        }
+      }
       const entered = token ? await service.enterPortal(ctx, token) : null;
       if (!entered?.ok) return reply.redirect("/portal?link=invalid", 303);
       if (previous) await service.signOut(ctx, previous);

@@ -65,6 +65,7 @@ export function Portal() {
 
 function PortalHome({ session }: { session: Session }) {
   const { signOut } = useSession();
+  const { query } = useLocation();
   const orgId = session.org!.id;
   const canBuy = session.user_role === "admin" || session.user_role === "billing";
   const [refreshKey, setRefreshKey] = useState(0);
@@ -101,6 +102,12 @@ function PortalHome({ session }: { session: Session }) {
         </nav>
       </header>
       <main id="main" className="page">
+        {query.get("link") === "signed-in" ? (
+          <Notice kind="warning">
+            A portal link for another account was opened in this browser. It was not used: you are
+            still signed in to {session.org!.name}. To use it, sign out and open the link again.
+          </Notice>
+        ) : null}
         <CheckoutReturn orgId={orgId} onSettled={() => setRefreshKey((k) => k + 1)} />
         <section className="card hero" aria-label="Balance">
           {balance.state === "loading" ? <Loading label="Loading balance…" /> : null}
