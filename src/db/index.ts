@@ -25,11 +25,17 @@ export interface Database {
   /**
    * Follows the notifications of `channel`: `onMessage` for each, `onState(true)` once listening
    * (again) and `onState(false)` when the listening connection is lost — nothing is heard until
-   * the next `onState(true)`. PostgreSQL: a dedicated connection, re-established with backoff.
-   * PGlite: in process, live from the start. Resolves to a function that stops listening;
-   * `close` stops every listener too.
+   * the next `onState(true)`. PostgreSQL: a dedicated connection, re-established with backoff,
+   * with a heartbeat (`select 1` every `heartbeatMs`, default 5 s): a connection that stops
+   * answering (a host or a firewall gone silent, which TCP itself notices only after minutes)
+   * is given up after at most two beats. PGlite: in process, live from the start. Resolves to a
+   * function that stops listening; `close` stops every listener too.
    */
-  listen(channel: string, handlers: ListenHandlers): Promise<() => Promise<void>>;
+  listen(
+    channel: string,
+    handlers: ListenHandlers,
+    options?: { heartbeatMs?: number },
+  ): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -93,8 +99,8 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
       db,
       flushDb,
       kind: "postgres",
-      async listen(channel, handlers) {
-        const stop = listenPostgres(url, channel, handlers);
+      async listen(channel, handlers, listenOptions) {
+        const stop = listenPostgres(url, channel, handlers, listenOptions?.heartbeatMs ?? 5_000);
         listeners.add(stop);
         return () => {
           listeners.delete(stop);
@@ -209,12 +215,27 @@ function checkChannel(channel: string): string {
   return channel;
 }
 
-function listenPostgres(url: string, channel: string, handlers: ListenHandlers) {
+function listenPostgres(
+  url: string,
+  channel: string,
+  handlers: ListenHandlers,
+  heartbeatMs: number,
+) {
   checkChannel(channel);
   let stopped = false;
   let current: pg.Client | null = null;
   let retryMs = 100;
   let timer: NodeJS.Timeout | null = null;
+  let heartbeat: NodeJS.Timeout | null = null;
+  const stopHeartbeat = () => {
+    if (heartbeat) clearInterval(heartbeat);
+    heartbeat = null;
+  };
+  /** Gives a connection up at once: its socket destroyed, `end` follows (no goodbye to wait for). */
+  const drop = (client: pg.Client) =>
+    (
+      client as unknown as { connection: { stream: { destroy(): void } } }
+    ).connection.stream.destroy();
   const retry = () => {
     if (stopped || timer) return;
     timer = setTimeout(() => {
@@ -238,6 +259,7 @@ function listenPostgres(url: string, channel: string, handlers: ListenHandlers) 
     client.on("end", () => {
       if (current !== client) return;
       current = null;
+      stopHeartbeat();
       handlers.onState(false);
       retry();
     });
@@ -255,12 +277,25 @@ function listenPostgres(url: string, channel: string, handlers: ListenHandlers) 
     }
     current = client;
     retryMs = 100;
+    let beating = false;
+    heartbeat = setInterval(() => {
+      // The previous beat is still unanswered a whole interval later: the connection is dead.
+      if (beating) return drop(client);
+      beating = true;
+      client.query("select 1").then(
+        () => {
+          beating = false;
+        },
+        () => drop(client),
+      );
+    }, heartbeatMs).unref();
     handlers.onState(true);
   };
   void connect();
   return async () => {
     stopped = true;
     if (timer) clearTimeout(timer);
+    stopHeartbeat();
     const client = current;
     current = null;
     await client?.end().catch(() => {});

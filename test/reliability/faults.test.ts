@@ -1021,11 +1021,14 @@ describe.runIf(onPostgres)("PostgreSQL backends terminated (pg_terminate_backend
  * A TCP proxy between Tally and PostgreSQL (the shared server itself is never restarted). `up`
  * forwards; `refuse` cuts every connection and stops listening (a database restarting:
  * connection refused); `stall` cuts every connection and accepts new ones without ever
- * answering (a database host gone silent); `restore` forwards again on the same port.
+ * answering (a database host gone silent); `freeze` stops forwarding on the connections open now
+ * without closing them, and forwards new ones (a firewall that silently dropped some flows);
+ * `restore` forwards again on the same port.
  */
 async function startPgProxy(target: { host: string; port: number }) {
   let mode: "up" | "stall" = "up";
   const sockets = new Set<net.Socket>();
+  const pairs = new Set<[net.Socket, net.Socket]>();
   const track = (s: net.Socket) => {
     sockets.add(s);
     s.on("close", () => sockets.delete(s));
@@ -1038,7 +1041,12 @@ async function startPgProxy(target: { host: string; port: number }) {
     track(upstream);
     client.pipe(upstream);
     upstream.pipe(client);
-    client.on("close", () => upstream.destroy());
+    const pair: [net.Socket, net.Socket] = [client, upstream];
+    pairs.add(pair);
+    client.on("close", () => {
+      pairs.delete(pair);
+      upstream.destroy();
+    });
     upstream.on("close", () => client.destroy());
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -1071,6 +1079,15 @@ async function startPgProxy(target: { host: string; port: number }) {
       mode = "stall";
       cut();
       await listen();
+    },
+    freeze() {
+      for (const [client, upstream] of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        client.pause();
+        upstream.pause();
+      }
+      pairs.clear();
     },
     async restore() {
       if (mode === "stall") cut(); // connections that were never answered
@@ -1193,4 +1210,49 @@ describe.runIf(onPostgres)("PostgreSQL unreachable for a while (TCP proxy)", asy
       formatCredits(parseCredits("100") - BigInt(stored.size) * EVENT_COST),
     );
   }, 120_000);
+});
+
+describe.runIf(onPostgres)("a listening connection gone silent", async () => {
+  if (!onPostgres) return;
+  const direct = new URL((await testDatabaseUrl())!);
+  const proxy = await startPgProxy({ host: direct.hostname, port: Number(direct.port || 5432) });
+  afterAll(() => proxy.close());
+  const viaProxy = new URL(direct);
+  viaProxy.hostname = "127.0.0.1";
+  viaProxy.port = String(proxy.port);
+  const database = await openDatabase({ url: viaProxy.toString(), poolSize: 1 });
+  afterAll(() => database.close());
+
+  it("is given up by its heartbeat and listened again: nothing is missed unannounced", async () => {
+    const states: boolean[] = [];
+    let heard = 0;
+    const stop = await database.listen(
+      "tally_heartbeat_test",
+      { onMessage: () => heard++, onState: (live) => states.push(live) },
+      { heartbeatMs: 100 },
+    );
+    try {
+      const notify = () => sql`select pg_notify('tally_heartbeat_test', 'x')`.execute(database.db);
+      await waitFor(() => states.at(-1) === true);
+      await notify();
+      await waitFor(() => heard === 1);
+
+      // The connection stays open but nothing passes any more (the pool's connection too).
+      proxy.freeze();
+      // Told within two beats, not after TCP's minutes: caches stop trusting notifications.
+      await waitFor(() => states.includes(false), { timeoutMs: 2_000 });
+      // Re-established through the proxy, which forwards new connections.
+      await waitFor(() => states.at(-1) === true, { timeoutMs: 5_000 });
+      const unproxied = await openDatabase({ url: direct.toString(), poolSize: 1 });
+      try {
+        await sql`select pg_notify('tally_heartbeat_test', 'y')`.execute(unproxied.db);
+      } finally {
+        await unproxied.close();
+      }
+      await waitFor(() => heard === 2);
+      expect(states).toEqual([true, false, true]);
+    } finally {
+      await stop();
+    }
+  }, 30_000);
 });
