@@ -7874,7 +7874,7 @@ export interface paths {
         put?: never;
         /**
          * Create a webhook endpoint
-         * @description Events are POSTed as JSON `{id, type, created_at, org_id, data}` with Standard Webhooks headers `webhook-id`, `webhook-timestamp`, `webhook-signature`. Delivery is at least once (deduplicate on `webhook-id`, the event id), retried with backoff for 3 days; an endpoint failing all that time is disabled. The `secret` is shown only here.
+         * @description Events are POSTed as JSON `{id, type, created_at, org_id, data}` with Standard Webhooks headers `webhook-id`, `webhook-timestamp`, `webhook-signature`. Delivery is at least once (deduplicate on `webhook-id`, the event id), retried with backoff for 3 days; an endpoint failing all that time is disabled. An organisation has at most 20 endpoints, and so do platform-wide ones (no `org_id`): one more is 409 `invalid_state`. The `secret` is shown only here.
          */
         post: {
             parameters: {

@@ -49,6 +49,16 @@ export const DEFAULT_MAX_AGE_MS = 24 * 60 * 60_000;
 /** Thrown by a handler for a failure that no retry can fix: the job goes dead at once. */
 export class PermanentJobError extends Error {}
 
+/**
+ * Thrown by a handler that must not run yet for a reason that is no failure (a limit of this
+ * runner): the job is claimed again after `delayMs`, and this run does not count as an attempt.
+ */
+export class DeferJob extends Error {
+  constructor(readonly delayMs: number) {
+    super(`deferred for ${delayMs} ms`);
+  }
+}
+
 export interface EnqueueJobInput<P = unknown> {
   queue: string;
   orgId?: string | null;
@@ -336,7 +346,8 @@ export class JobRunner {
     try {
       await definition.handler(job, this.ctx);
     } catch (error) {
-      await this.fail(row, job, definition, error);
+      if (error instanceof DeferJob) await this.defer(row, error.delayMs);
+      else await this.fail(row, job, definition, error);
       return;
     }
     const finished = await this.ctx.db
@@ -362,6 +373,25 @@ export class JobRunner {
         "job finished after its lease was taken over; it may have run twice",
       );
     }
+  }
+
+  private async defer(row: JobRow, delayMs: number): Promise<void> {
+    const now = this.ctx.clock.now();
+    await this.ctx.db
+      .updateTable("jobs")
+      .set({
+        status: "pending",
+        run_at: new Date(now.getTime() + delayMs),
+        attempts: row.attempts - 1,
+        locked_until: null,
+        locked_by: null,
+        updated_at: now,
+      })
+      .where("id", "=", row.id)
+      .where("locked_by", "=", this.workerId)
+      .where("attempts", "=", row.attempts)
+      .execute()
+      .catch((err) => this.ctx.logger.error({ err, job: row.id }, "could not defer job"));
   }
 
   private async fail(

@@ -57,6 +57,16 @@ export async function listEvents(
 
 // ---- endpoints ------------------------------------------------------------------------------
 
+/** Endpoints of an organisation, or platform-wide ones (`orgId` null), disabled ones included. */
+export async function countEndpoints(db: Db, orgId: string | null): Promise<number> {
+  const { n } = await db
+    .selectFrom("webhook_endpoints")
+    .select((eb) => eb.fn.countAll<string>().as("n"))
+    .where("org_id", orgId === null ? "is" : "=", orgId)
+    .executeTakeFirstOrThrow();
+  return Number(n);
+}
+
 export async function insertEndpoint(db: Db, row: EndpointRow): Promise<void> {
   await db
     .insertInto("webhook_endpoints")

@@ -14,6 +14,8 @@ import { createDeliverHandler, onDeliveryDead, WEBHOOK_QUEUE_OPTIONS } from "./w
 export interface NotifyJobOptions {
   /** Webhook request deadline (default 10 s). */
   webhookTimeoutMs?: number;
+  /** An endpoint is slow once a delivery to it has run this long (default 1 s). */
+  webhookSlowAfterMs?: number;
 }
 
 /** Registers the notify queues (webhook fan-out and delivery, email) on a runner. */
@@ -21,7 +23,10 @@ export function registerNotifyJobs(runner: JobRunner, options: NotifyJobOptions 
   runner.register(FANOUT_QUEUE, fanOutEvent);
   runner.register<DeliverPayload>(
     DELIVER_QUEUE,
-    createDeliverHandler({ timeoutMs: options.webhookTimeoutMs }),
+    createDeliverHandler({
+      timeoutMs: options.webhookTimeoutMs,
+      slowAfterMs: options.webhookSlowAfterMs,
+    }),
     { ...WEBHOOK_QUEUE_OPTIONS, onDead: onDeliveryDead },
   );
   runner.register<EmailMessage>(EMAIL_QUEUE, createEmailHandler().handle, EMAIL_QUEUE_OPTIONS);

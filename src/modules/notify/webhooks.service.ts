@@ -1,8 +1,9 @@
+import { sql } from "kysely";
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
 import { resolveOrganization } from "../orgs/orgs.service.js";
 import { type DeliverPayload, type EventType, eventBody } from "./events.js";
-import type { Job, QueueOptions } from "./jobs.js";
+import { DeferJob, type Job, type QueueOptions } from "./jobs.js";
 import * as repo from "./notify.repo.js";
 import { checkWebhookUrl } from "./ssrf.js";
 import { generateWebhookSecret, postWebhook, signedHeaders } from "./webhooks.delivery.js";
@@ -20,6 +21,21 @@ export interface EndpointScope {
 
 const NOT_FOUND = "Webhook endpoint not found.";
 
+/**
+ * Endpoints per organisation, and platform-wide (`org_id` null): every event fans out to each
+ * of its organisation's endpoints and to every platform-wide one.
+ */
+export const MAX_ENDPOINTS = 20;
+
+/**
+ * A slow endpoint — one whose oldest delivery under way started `SLOW_AFTER_MS` ago or more —
+ * gets at most this many deliveries at once from a runner (of its 20 slots); its other
+ * deliveries wait `DEFER_MS` (±25 %). A quick endpoint is not limited.
+ */
+export const MAX_IN_FLIGHT_PER_SLOW_ENDPOINT = 4;
+const SLOW_AFTER_MS = 1_000;
+const DEFER_MS = 5_000;
+
 function visible(endpoint: WebhookEndpoint | undefined, scope: EndpointScope) {
   return endpoint !== undefined && (scope.orgId === null || endpoint.org_id === scope.orgId);
 }
@@ -28,7 +44,7 @@ export async function createEndpoint(
   ctx: AppContext,
   scope: EndpointScope,
   input: { url: string; events?: EventType[]; orgRef?: string | null },
-): Promise<Result<WebhookEndpoint, "invalid_request" | "not_found">> {
+): Promise<Result<WebhookEndpoint, "invalid_request" | "not_found" | "invalid_state">> {
   let orgId: string | null = scope.orgId;
   if (input.orgRef !== undefined && input.orgRef !== null) {
     const org = await resolveOrganization(ctx.db, input.orgRef);
@@ -59,7 +75,21 @@ export async function createEndpoint(
     disabled_at: null,
     disabled_reason: null,
   };
-  await repo.insertEndpoint(ctx.db, row);
+  const created = await ctx.db.transaction().execute(async (trx) => {
+    // Creations for one owner take turns, so the count holds.
+    await sql`select pg_advisory_xact_lock(hashtext(${`webhook_endpoints:${orgId ?? ""}`}))`.execute(
+      trx,
+    );
+    if ((await repo.countEndpoints(trx, orgId)) >= MAX_ENDPOINTS) return false;
+    await repo.insertEndpoint(trx, row);
+    return true;
+  });
+  if (!created) {
+    return fail(
+      "invalid_state",
+      `${orgId === null ? "There are" : "This organisation has"} already ${MAX_ENDPOINTS} webhook endpoints${orgId === null ? " for all organisations" : ""}, the most allowed: delete one first.`,
+    );
+  }
   return ok(row);
 }
 
@@ -138,8 +168,29 @@ export const WEBHOOK_QUEUE_OPTIONS: Required<Pick<QueueOptions, "backoff" | "max
 };
 
 /** The `webhook.deliver` handler: one signed POST, logged; a failure throws so the job retries. */
-export function createDeliverHandler(options: { timeoutMs?: number } = {}) {
+export function createDeliverHandler(options: { timeoutMs?: number; slowAfterMs?: number } = {}) {
+  const slowAfterMs = options.slowAfterMs ?? SLOW_AFTER_MS;
+  /** When each delivery this runner has under way started, per endpoint, oldest first. */
+  const inFlight = new Map<string, number[]>();
   return async function deliverWebhook(job: Job<DeliverPayload>, ctx: AppContext): Promise<void> {
+    const endpointId = job.payload.endpointId;
+    const starts = inFlight.get(endpointId) ?? [];
+    const now = performance.now();
+    // One slow endpoint must not take every slot of the runner: its other deliveries wait.
+    if (starts.length >= MAX_IN_FLIGHT_PER_SLOW_ENDPOINT && now - starts[0]! >= slowAfterMs) {
+      throw new DeferJob(Math.round(DEFER_MS * (0.75 + Math.random() / 2)));
+    }
+    starts.push(now);
+    inFlight.set(endpointId, starts);
+    try {
+      await deliver(job, ctx);
+    } finally {
+      starts.splice(starts.indexOf(now), 1);
+      if (starts.length === 0) inFlight.delete(endpointId);
+    }
+  };
+
+  async function deliver(job: Job<DeliverPayload>, ctx: AppContext): Promise<void> {
     const endpoint = await repo.findEndpoint(ctx.db, job.payload.endpointId);
     // Deleted or disabled since the event: nothing to deliver.
     if (!endpoint || endpoint.disabled_at) return;
@@ -175,7 +226,7 @@ export function createDeliverHandler(options: { timeoutMs?: number } = {}) {
       }),
     );
     if (!succeeded) throw new Error(error!);
-  };
+  }
 }
 
 /** `onDead` of `webhook.deliver`: disable an endpoint that has not succeeded for 3 days. */

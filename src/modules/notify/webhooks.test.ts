@@ -343,6 +343,97 @@ describe("webhook delivery", async () => {
     expect(receiver.requests).toHaveLength(1);
   });
 
+  it("a slow endpoint gets at most 4 deliveries at once: other endpoints' deliveries go on", async () => {
+    const slow = await startReceiver();
+    slow.respond = () => "hang";
+    const slowEndpoint = await createEndpoint({ url: slow.url, org_id: orgId });
+    const otherOrg = await app.createOrg();
+    await createEndpoint({ org_id: otherOrg });
+    for (let i = 0; i < 10; i++) await emit();
+    for (let i = 0; i < 3; i++) {
+      await ctx.db
+        .transaction()
+        .execute((trx) =>
+          emitEvent(trx, ctx, { type: "balance.low", orgId: otherOrg, data: { balance: "1" } }),
+        );
+    }
+    // 6 slots; an endpoint counts as slow at once here (default: after a second).
+    const runner = createJobRunner(ctx, {
+      batchSize: 6,
+      pollIntervalMs: 20,
+      webhookTimeoutMs: 1_500,
+      webhookSlowAfterMs: 0,
+    });
+    await runner.tick();
+    await waitFor(() => receiver.requests.length === 3);
+    expect(slow.requests).toHaveLength(4);
+    // The slow endpoint's other six wait, their attempt not counted.
+    const waiting = await ctx.db
+      .selectFrom("jobs")
+      .select(["status", "attempts"])
+      .where("queue", "=", "webhook.deliver")
+      .where(sql`payload->>'endpointId'`, "=", slowEndpoint.id)
+      .where("status", "=", "pending")
+      .execute();
+    expect(waiting).toEqual(Array(6).fill({ status: "pending", attempts: 0 }));
+    await runner.shutdown(); // the four time out (attempt 1 failed)
+
+    // Once it answers, every delivery arrives; the deferred ones on their first attempt.
+    slow.respond = () => 204;
+    const fresh = createJobRunner(ctx, { webhookSlowAfterMs: 0 });
+    for (let i = 0; i < 10 && slow.requests.length < 14; i++) {
+      app.clock.advance(60_000);
+      await fresh.runDueJobs();
+    }
+    const log = await deliveries(slowEndpoint.id);
+    expect(log.filter((d) => d.succeeded)).toHaveLength(10);
+    expect(log.filter((d) => !d.succeeded).map((d) => d.attempt)).toEqual([1, 1, 1, 1]);
+    expect(
+      log
+        .filter((d) => d.succeeded)
+        .map((d) => d.attempt)
+        .sort(),
+    ).toEqual([1, 1, 1, 1, 1, 1, 2, 2, 2, 2]);
+  });
+
+  it("a quick endpoint is not limited: a burst is delivered in one round, nothing deferred", async () => {
+    const quick = await startReceiver();
+    const endpoint = await createEndpoint({ url: quick.url, org_id: orgId });
+    for (let i = 0; i < 30; i++) await emit();
+    await createJobRunner(ctx, { batchSize: 10 }).runDueJobs();
+    expect(quick.requests).toHaveLength(30);
+    const jobs = await ctx.db
+      .selectFrom("jobs")
+      .select(["status", "attempts"])
+      .where("queue", "=", "webhook.deliver")
+      .where(sql`payload->>'endpointId'`, "=", endpoint.id)
+      .execute();
+    expect(jobs).toEqual(Array(30).fill({ status: "done", attempts: 1 }));
+  });
+
+  it("an organisation has at most 20 endpoints, and so does the platform-wide set", async () => {
+    const org = await app.createOrg();
+    const results = await Promise.all(
+      Array.from({ length: 23 }, () =>
+        app.call("POST", "/v1/webhook-endpoints", { body: { url: receiver.url, org_id: org } }),
+      ),
+    );
+    expect(results.filter((r) => r.statusCode === 201)).toHaveLength(20);
+    const refused = results.filter((r) => r.statusCode !== 201);
+    expect(refused.map((r) => r.statusCode)).toEqual([409, 409, 409]);
+    expect(refused[0]!.json().error).toMatchObject({ code: "invalid_state" });
+    expect(refused[0]!.json().error.message).toMatch(/20 webhook endpoints/);
+    // Platform-wide endpoints are counted on their own.
+    expect((await createEndpoint()).id).toEqual(expect.any(String));
+    // Deleting one makes room.
+    const one = results.find((r) => r.statusCode === 201)!.json().id;
+    expect((await app.call("DELETE", `/v1/webhook-endpoints/${one}`)).statusCode).toBe(204);
+    const again = await app.call("POST", "/v1/webhook-endpoints", {
+      body: { url: receiver.url, org_id: org },
+    });
+    expect(again.statusCode).toBe(201);
+  });
+
   it("createNotifyWorker is a periodic task that runs the context's due jobs", async () => {
     await createEndpoint();
     const task = createNotifyWorker(ctx);
