@@ -66,7 +66,7 @@ export class Workers {
     }
   }
 
-  /** Runs every task once now (tests, CLI). */
+  /** Runs every task once now (tests, CLI); the jobs task starts due jobs and waits for quick ones. */
   async runAllOnce(): Promise<void> {
     for (const task of this.tasks) await task.run(this.ctx);
   }

@@ -280,7 +280,14 @@ function listenPostgres(
     let beating = false;
     heartbeat = setInterval(() => {
       // The previous beat is still unanswered a whole interval later: the connection is dead.
-      if (beating) return drop(client);
+      // Checked after the event loop's pending reads (setImmediate), so a loop that merely
+      // stalled does not drop a connection whose answer is waiting to be read.
+      if (beating) {
+        setImmediate(() => {
+          if (beating) drop(client);
+        });
+        return;
+      }
       beating = true;
       client.query("select 1").then(
         () => {
@@ -298,7 +305,12 @@ function listenPostgres(
     stopHeartbeat();
     const client = current;
     current = null;
-    await client?.end().catch(() => {});
+    if (!client) return;
+    // A connection gone silent would never acknowledge the goodbye: give it a second.
+    const ended = client.end().catch(() => {});
+    const late = setTimeout(() => drop(client), 1_000);
+    await ended;
+    clearTimeout(late);
   };
 }
 

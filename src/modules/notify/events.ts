@@ -82,6 +82,11 @@ export function eventBody(event: repo.EventRow) {
   };
 }
 
+/** The concurrency key of an endpoint's deliveries (`jobs.concurrency_key`). */
+export function endpointKey(endpointId: string): string {
+  return `webhook:${endpointId}`;
+}
+
 /**
  * One delivery job per matching endpoint. Re-running (a crash after the commit below but before
  * the job was marked done) enqueues nothing twice: the dedupe key names event and endpoint.
@@ -99,6 +104,7 @@ export async function fanOutEvent(job: Job<FanoutPayload>, ctx: AppContext): Pro
         orgId: event.org_id,
         payload: { eventId: event.id, endpointId: endpoint.id },
         dedupeKey: `webhook:${endpoint.id}:${event.id}`,
+        concurrencyKey: endpointKey(endpoint.id),
       });
     }
   });

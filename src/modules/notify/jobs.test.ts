@@ -237,6 +237,109 @@ describe("job queue", async () => {
     expect(ran).toContain(0);
   });
 
+  it("jobs of one concurrency key run at most the queue's limit at once; the others wait unclaimed, other keys go on", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const queue = `test.${++n}`;
+    const ran: string[] = [];
+    const runner = new JobRunner({ ctx, batchSize: 6, pollIntervalMs: 20 }).register(
+      queue,
+      async (job: Job<{ key: string }>) => {
+        if (job.payload.key === "busy") await gate;
+        ran.push(job.payload.key);
+      },
+      { concurrency: (key) => (key === "busy" ? 2 : 100) },
+    );
+    for (let i = 0; i < 6; i++) {
+      await enqueueJob(ctx.db, ctx, { queue, payload: { key: "busy" }, concurrencyKey: "busy" });
+    }
+    for (const key of ["a", "a", "b"]) {
+      await enqueueJob(ctx.db, ctx, { queue, payload: { key }, concurrencyKey: key });
+    }
+    await enqueueJob(ctx.db, ctx, { queue, payload: { key: "none" } });
+    const jobs = () =>
+      ctx.db
+        .selectFrom("jobs")
+        .select(["concurrency_key", "status", "attempts"])
+        .where("queue", "=", queue)
+        .execute();
+    try {
+      await runner.tick();
+      await waitFor(() => ran.length === 4);
+      expect(ran.sort()).toEqual(["a", "a", "b", "none"]);
+      const busy = (await jobs()).filter((j) => j.concurrency_key === "busy");
+      expect(busy.filter((j) => j.status === "running")).toHaveLength(2);
+      expect(busy.filter((j) => j.status === "pending")).toEqual(
+        Array(4).fill({ concurrency_key: "busy", status: "pending", attempts: 0 }),
+      );
+      // Further rounds do not claim them while two run.
+      await runner.tick();
+      expect((await jobs()).filter((j) => j.status === "running")).toHaveLength(2);
+    } finally {
+      release();
+      await runner.shutdown();
+    }
+    await new JobRunner({ ctx, batchSize: 6 })
+      .register(queue, async () => {}, { concurrency: () => 2 })
+      .runDueJobs();
+    expect((await jobs()).every((j) => j.status === "done" && j.attempts === 1)).toBe(true);
+  });
+
+  it("shutdown during a round's claim waits for the jobs that claim starts", async () => {
+    const queue = `test.${++n}`;
+    let started = 0;
+    let finished = 0;
+    const runner = new JobRunner({ ctx, batchSize: 4 }).register(queue, async () => {
+      started++;
+      await new Promise((r) => setTimeout(r, 100));
+      finished++;
+    });
+    for (let i = 0; i < 3; i++) await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    // The process is told to stop while the round's claim is on its way to the database.
+    const claim = runner.claimDueJobs.bind(runner);
+    let stopped: Promise<void> | undefined;
+    runner.claimDueJobs = (limit) => {
+      const rows = claim(limit);
+      stopped ??= runner.shutdown();
+      return rows;
+    };
+    const round = runner.tick();
+    await waitFor(() => stopped !== undefined);
+    await stopped;
+    expect(started).toBe(3);
+    expect(finished).toBe(3);
+    expect(await round).toBe(3);
+  });
+
+  it("two rounds of one runner at once never run more jobs than its slots", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const queue = `test.${++n}`;
+    let running = 0;
+    let most = 0;
+    const runner = new JobRunner({ ctx, batchSize: 3, pollIntervalMs: 20 }).register(
+      queue,
+      async () => {
+        most = Math.max(most, ++running);
+        await gate;
+        running--;
+      },
+    );
+    for (let i = 0; i < 8; i++) await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    const rounds = Promise.all([runner.runDueJobs(), runner.runDueJobs()]);
+    await waitFor(() => running === 3);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(most).toBe(3);
+    release();
+    const [a, b] = await rounds;
+    expect(a + b).toBe(8);
+    expect(most).toBe(3);
+  });
+
   it("slow jobs holding most slots do not stop the free ones from claiming at the poll interval", async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => {

@@ -41,6 +41,12 @@ export interface QueueOptions {
   maxAgeMs?: number;
   /** Called once when a job goes dead (its last error kept on the row). */
   onDead?: (job: Job, error: string, ctx: AppContext) => Promise<void>;
+  /**
+   * How many jobs of one `concurrencyKey` a runner runs at once (default: no limit), given how
+   * long the oldest of them has been running and the runner's slots. Jobs of a key at its limit
+   * are not claimed: they wait, their attempts not counted, while other keys' jobs go on.
+   */
+  concurrency?: (key: string, load: { oldestRunningMs: number; slots: number }) => number;
 }
 
 export const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 5_000, maxMs: 60 * 60_000, jitter: 0.25 };
@@ -48,16 +54,6 @@ export const DEFAULT_MAX_AGE_MS = 24 * 60 * 60_000;
 
 /** Thrown by a handler for a failure that no retry can fix: the job goes dead at once. */
 export class PermanentJobError extends Error {}
-
-/**
- * Thrown by a handler that must not run yet for a reason that is no failure (a limit of this
- * runner): the job is claimed again after `delayMs`, and this run does not count as an attempt.
- */
-export class DeferJob extends Error {
-  constructor(readonly delayMs: number) {
-    super(`deferred for ${delayMs} ms`);
-  }
-}
 
 export interface EnqueueJobInput<P = unknown> {
   queue: string;
@@ -67,6 +63,8 @@ export interface EnqueueJobInput<P = unknown> {
   dedupeKey?: string;
   /** Not before this time (default now). */
   runAt?: Date;
+  /** Groups jobs for the queue's `concurrency` limit (webhook deliveries: their endpoint). */
+  concurrencyKey?: string;
 }
 
 /**
@@ -94,6 +92,7 @@ export async function enqueueJob<P>(
       locked_until: null,
       locked_by: null,
       last_error: null,
+      concurrency_key: input.concurrencyKey ?? null,
       created_at: now,
       updated_at: now,
     })
@@ -144,6 +143,7 @@ interface QueueDefinition {
   backoff: BackoffPolicy;
   maxAgeMs: number;
   onDead?: QueueOptions["onDead"];
+  concurrency?: QueueOptions["concurrency"];
 }
 
 const PURGE_EVERY_MS = 10 * 60_000;
@@ -173,6 +173,12 @@ export class JobRunner {
   private lastPurge = 0;
   /** The jobs this runner is running, whichever round started them. */
   private readonly running = new Set<Promise<void>>();
+  /** Slots a round is claiming for (its claim not back yet): no other round may fill them. */
+  private reserved = 0;
+  /** Rounds under way (`shutdown` waits for them: a claim in flight starts jobs). */
+  private readonly rounds = new Set<Promise<number>>();
+  /** When each running job with a concurrency key started, per key (oldest first). */
+  private readonly keyed = new Map<string, { queue: string; starts: number[] }>();
 
   constructor(options: JobRunnerOptions) {
     this.ctx = options.ctx;
@@ -192,6 +198,7 @@ export class JobRunner {
       backoff: options.backoff ?? DEFAULT_BACKOFF,
       maxAgeMs: options.maxAgeMs ?? DEFAULT_MAX_AGE_MS,
       onDead: options.onDead,
+      concurrency: options.concurrency,
     });
     return this;
   }
@@ -226,7 +233,8 @@ export class JobRunner {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     await this.loop;
-    await Promise.all(this.running);
+    await Promise.allSettled([...this.rounds]);
+    while (this.running.size > 0) await Promise.allSettled([...this.running]);
   }
 
   /** Stops claiming; waits for the handlers already running. */
@@ -257,9 +265,9 @@ export class JobRunner {
   /**
    * Claims and runs due jobs until none is due (or `limit` jobs were claimed), at most
    * `batchSize` at once (the slots are shared by every round of this runner). With `wait` (the
-   * default) it returns once every job it started has ended, so jobs those handlers enqueue for
-   * now run in the same call; without, it returns once a poll interval passed with nothing
-   * more due, leaving slow jobs running. Returns how many jobs it claimed.
+   * default) it returns once every job of the runner has ended, so jobs those handlers enqueue
+   * for now run in the same call; without, it returns once a poll interval passed with a free
+   * slot and nothing due, leaving slow jobs running. Returns how many jobs it started.
    *
    * A slot is refilled as soon as its job ends, not when the whole batch has: a slow handler (a
    * webhook endpoint that hangs until its timeout, a processor that does not answer) holds one
@@ -267,26 +275,32 @@ export class JobRunner {
    * half the slots are free (so quick jobs still cost one claim round trip per batch), and every
    * `pollIntervalMs` while only slow jobs are running.
    */
-  async runDueJobs(options: { limit?: number; wait?: boolean } = {}): Promise<number> {
-    const wait = options.wait ?? true;
-    const limit = options.limit ?? (wait ? 1000 : Number.POSITIVE_INFINITY);
+  runDueJobs(options: { limit?: number; wait?: boolean } = {}): Promise<number> {
+    const round = this.round(options.wait ?? true, options.limit);
+    this.rounds.add(round);
+    return round.finally(() => this.rounds.delete(round));
+  }
+
+  private async round(wait: boolean, limitOption: number | undefined): Promise<number> {
+    const limit = limitOption ?? (wait ? 1000 : Number.POSITIVE_INFINITY);
     const refillAt = Math.max(1, Math.ceil(this.batchSize / 2));
     let claimed = 0;
     let polled = false;
     while (!this.stopping) {
       if (!wait) await this.purgeIfDue();
-      const free = Math.min(this.batchSize - this.running.size, limit - claimed);
+      if (this.stopping) break;
+      const free = Math.min(this.batchSize - this.running.size - this.reserved, limit - claimed);
       let drained = false;
       if (free > 0 && (this.running.size === 0 || free >= refillAt || polled)) {
-        const jobs = await this.claimDueJobs(free);
-        claimed += jobs.length;
-        drained = jobs.length < free;
-        for (const job of jobs) {
-          const run: Promise<void> = this.execute(job)
-            .catch((err) => this.ctx.logger.error({ err, job: job.id }, "job execution failed"))
-            .finally(() => this.running.delete(run));
-          this.running.add(run);
+        this.reserved += free;
+        let jobs: JobRow[];
+        try {
+          jobs = await this.claimDueJobs(free);
+        } finally {
+          this.reserved -= free;
         }
+        drained = jobs.length < free;
+        claimed += await this.launch(jobs);
       }
       if (this.running.size === 0) break;
       // Without `wait`, a round ends once a whole poll interval brought nothing due: the jobs
@@ -303,8 +317,69 @@ export class JobRunner {
       ]);
       clearTimeout(timer);
     }
-    if (wait) await Promise.all(this.running);
+    if (wait) while (this.running.size > 0) await Promise.allSettled([...this.running]);
     return claimed;
+  }
+
+  /**
+   * Starts claimed jobs; one whose concurrency key is at its limit (a batch may hold several of
+   * one key) goes back to pending, its attempt not counted. Returns how many started.
+   */
+  private async launch(jobs: JobRow[]): Promise<number> {
+    const back: string[] = [];
+    for (const job of jobs) {
+      const key = job.concurrency_key;
+      const startedAt = performance.now();
+      if (key !== null) {
+        const entry = this.keyed.get(key) ?? { queue: job.queue, starts: [] };
+        if (entry.starts.length >= this.limitOf(key, entry, startedAt)) {
+          back.push(job.id);
+          continue;
+        }
+        entry.starts.push(startedAt);
+        this.keyed.set(key, entry);
+      }
+      const run: Promise<void> = this.execute(job)
+        .catch((err) => this.ctx.logger.error({ err, job: job.id }, "job execution failed"))
+        .finally(() => {
+          this.running.delete(run);
+          const entry = key === null ? undefined : this.keyed.get(key);
+          if (!entry) return;
+          entry.starts.splice(entry.starts.indexOf(startedAt), 1);
+          if (entry.starts.length === 0) this.keyed.delete(key!);
+        });
+      this.running.add(run);
+    }
+    if (back.length > 0) {
+      await this.ctx.db
+        .updateTable("jobs")
+        .set((eb) => ({
+          status: "pending",
+          attempts: eb("attempts", "-", 1),
+          locked_until: null,
+          locked_by: null,
+        }))
+        .where("id", "in", back)
+        .where("locked_by", "=", this.workerId)
+        .execute()
+        .catch((err) => this.ctx.logger.error({ err }, "could not hand back jobs over a limit"));
+    }
+    return jobs.length - back.length;
+  }
+
+  private limitOf(key: string, entry: { queue: string; starts: number[] }, now: number): number {
+    const concurrency = this.queues.get(entry.queue)?.concurrency;
+    if (!concurrency) return Number.POSITIVE_INFINITY;
+    const oldestRunningMs = entry.starts.length > 0 ? now - entry.starts[0]! : 0;
+    return concurrency(key, { oldestRunningMs, slots: this.batchSize });
+  }
+
+  /** Keys this runner runs at their limit: not claimed until one of their jobs ends. */
+  private saturatedKeys(): string[] {
+    const now = performance.now();
+    return [...this.keyed]
+      .filter(([key, entry]) => entry.starts.length >= this.limitOf(key, entry, now))
+      .map(([key]) => key);
   }
 
   /**
@@ -323,6 +398,7 @@ export class JobRunner {
         where queue in (${sql.join(queues)})
           and ((status = 'pending' and run_at <= ${now})
             or (status = 'running' and locked_until <= now()))
+          and (concurrency_key is null or concurrency_key <> all(${this.saturatedKeys()}::text[]))
         order by run_at, id
         limit ${limit}
         for update skip locked
@@ -346,8 +422,7 @@ export class JobRunner {
     try {
       await definition.handler(job, this.ctx);
     } catch (error) {
-      if (error instanceof DeferJob) await this.defer(row, error.delayMs);
-      else await this.fail(row, job, definition, error);
+      await this.fail(row, job, definition, error);
       return;
     }
     const finished = await this.ctx.db
@@ -373,25 +448,6 @@ export class JobRunner {
         "job finished after its lease was taken over; it may have run twice",
       );
     }
-  }
-
-  private async defer(row: JobRow, delayMs: number): Promise<void> {
-    const now = this.ctx.clock.now();
-    await this.ctx.db
-      .updateTable("jobs")
-      .set({
-        status: "pending",
-        run_at: new Date(now.getTime() + delayMs),
-        attempts: row.attempts - 1,
-        locked_until: null,
-        locked_by: null,
-        updated_at: now,
-      })
-      .where("id", "=", row.id)
-      .where("locked_by", "=", this.workerId)
-      .where("attempts", "=", row.attempts)
-      .execute()
-      .catch((err) => this.ctx.logger.error({ err, job: row.id }, "could not defer job"));
   }
 
   private async fail(

@@ -14,6 +14,8 @@ export interface JobsTable {
   /** The runner holding the lease: only it may finish the job while the lease lasts. */
   locked_by: string | null;
   last_error: string | null;
+  /** Jobs with one key run at most the queue's `concurrency` at once per runner. */
+  concurrency_key: string | null;
   created_at: Date;
   updated_at: Date;
 }

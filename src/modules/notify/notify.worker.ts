@@ -9,25 +9,28 @@ import {
 import { DELIVER_QUEUE, type DeliverPayload, FANOUT_QUEUE, fanOutEvent } from "./events.js";
 import { JobRunner, type JobRunnerOptions } from "./jobs.js";
 import { purgeOlderThan } from "./notify.repo.js";
-import { createDeliverHandler, onDeliveryDead, WEBHOOK_QUEUE_OPTIONS } from "./webhooks.service.js";
+import {
+  createDeliverHandler,
+  EndpointPacing,
+  onDeliveryDead,
+  WEBHOOK_QUEUE_OPTIONS,
+} from "./webhooks.service.js";
 
 export interface NotifyJobOptions {
   /** Webhook request deadline (default 10 s). */
   webhookTimeoutMs?: number;
-  /** An endpoint is slow once a delivery to it has run this long (default 1 s). */
+  /** An endpoint is slow while a delivery to it runs, or once one took, this long (default 1 s). */
   webhookSlowAfterMs?: number;
 }
 
 /** Registers the notify queues (webhook fan-out and delivery, email) on a runner. */
 export function registerNotifyJobs(runner: JobRunner, options: NotifyJobOptions = {}): JobRunner {
   runner.register(FANOUT_QUEUE, fanOutEvent);
+  const pacing = new EndpointPacing(options.webhookSlowAfterMs);
   runner.register<DeliverPayload>(
     DELIVER_QUEUE,
-    createDeliverHandler({
-      timeoutMs: options.webhookTimeoutMs,
-      slowAfterMs: options.webhookSlowAfterMs,
-    }),
-    { ...WEBHOOK_QUEUE_OPTIONS, onDead: onDeliveryDead },
+    createDeliverHandler({ timeoutMs: options.webhookTimeoutMs, pacing }),
+    { ...WEBHOOK_QUEUE_OPTIONS, onDead: onDeliveryDead, concurrency: pacing.concurrency },
   );
   runner.register<EmailMessage>(EMAIL_QUEUE, createEmailHandler().handle, EMAIL_QUEUE_OPTIONS);
   return runner;

@@ -2,8 +2,8 @@ import { sql } from "kysely";
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
 import { resolveOrganization } from "../orgs/orgs.service.js";
-import { type DeliverPayload, type EventType, eventBody } from "./events.js";
-import { DeferJob, type Job, type QueueOptions } from "./jobs.js";
+import { type DeliverPayload, type EventType, endpointKey, eventBody } from "./events.js";
+import type { Job, QueueOptions } from "./jobs.js";
 import * as repo from "./notify.repo.js";
 import { checkWebhookUrl } from "./ssrf.js";
 import { generateWebhookSecret, postWebhook, signedHeaders } from "./webhooks.delivery.js";
@@ -27,14 +27,37 @@ const NOT_FOUND = "Webhook endpoint not found.";
  */
 export const MAX_ENDPOINTS = 20;
 
-/**
- * A slow endpoint — one whose oldest delivery under way started `SLOW_AFTER_MS` ago or more —
- * gets at most this many deliveries at once from a runner (of its 20 slots); its other
- * deliveries wait `DEFER_MS` (±25 %). A quick endpoint is not limited.
- */
-export const MAX_IN_FLIGHT_PER_SLOW_ENDPOINT = 4;
+/** A delivery that takes this long (or a timeout) makes its endpoint slow for `SLOW_FOR_MS`. */
 const SLOW_AFTER_MS = 1_000;
-const DEFER_MS = 5_000;
+const SLOW_FOR_MS = 60_000;
+
+/**
+ * How many deliveries to one endpoint a runner makes at once: half its slots (10 of 20), so
+ * that even a burst to one endpoint leaves room for the others; a fifth (4 of 20) while the
+ * endpoint is slow — a delivery to it under way for `SLOW_AFTER_MS`, or one that took that long
+ * in the last minute. Its other deliveries wait unclaimed, their attempts not counted.
+ */
+export class EndpointPacing {
+  private readonly slowUntil = new Map<string, number>();
+
+  constructor(private readonly slowAfterMs = SLOW_AFTER_MS) {}
+
+  /** A delivery to the endpoint of `key` took `ms` (a timeout: the whole deadline). */
+  noteDuration(key: string, ms: number): void {
+    const now = performance.now();
+    if (ms >= this.slowAfterMs) this.slowUntil.set(key, now + SLOW_FOR_MS);
+    if (this.slowUntil.size > 1_000) {
+      for (const [k, until] of this.slowUntil) if (until <= now) this.slowUntil.delete(k);
+    }
+  }
+
+  readonly concurrency: NonNullable<QueueOptions["concurrency"]> = (key, load) => {
+    const slow =
+      load.oldestRunningMs >= this.slowAfterMs ||
+      (this.slowUntil.get(key) ?? 0) > performance.now();
+    return Math.max(1, slow ? Math.floor(load.slots / 5) : Math.ceil(load.slots / 2));
+  };
+}
 
 function visible(endpoint: WebhookEndpoint | undefined, scope: EndpointScope) {
   return endpoint !== undefined && (scope.orgId === null || endpoint.org_id === scope.orgId);
@@ -168,29 +191,10 @@ export const WEBHOOK_QUEUE_OPTIONS: Required<Pick<QueueOptions, "backoff" | "max
 };
 
 /** The `webhook.deliver` handler: one signed POST, logged; a failure throws so the job retries. */
-export function createDeliverHandler(options: { timeoutMs?: number; slowAfterMs?: number } = {}) {
-  const slowAfterMs = options.slowAfterMs ?? SLOW_AFTER_MS;
-  /** When each delivery this runner has under way started, per endpoint, oldest first. */
-  const inFlight = new Map<string, number[]>();
+export function createDeliverHandler(
+  options: { timeoutMs?: number; pacing?: EndpointPacing } = {},
+) {
   return async function deliverWebhook(job: Job<DeliverPayload>, ctx: AppContext): Promise<void> {
-    const endpointId = job.payload.endpointId;
-    const starts = inFlight.get(endpointId) ?? [];
-    const now = performance.now();
-    // One slow endpoint must not take every slot of the runner: its other deliveries wait.
-    if (starts.length >= MAX_IN_FLIGHT_PER_SLOW_ENDPOINT && now - starts[0]! >= slowAfterMs) {
-      throw new DeferJob(Math.round(DEFER_MS * (0.75 + Math.random() / 2)));
-    }
-    starts.push(now);
-    inFlight.set(endpointId, starts);
-    try {
-      await deliver(job, ctx);
-    } finally {
-      starts.splice(starts.indexOf(now), 1);
-      if (starts.length === 0) inFlight.delete(endpointId);
-    }
-  };
-
-  async function deliver(job: Job<DeliverPayload>, ctx: AppContext): Promise<void> {
     const endpoint = await repo.findEndpoint(ctx.db, job.payload.endpointId);
     // Deleted or disabled since the event: nothing to deliver.
     if (!endpoint || endpoint.disabled_at) return;
@@ -204,6 +208,7 @@ export function createDeliverHandler(options: { timeoutMs?: number; slowAfterMs?
       allowPrivate: ctx.config.allowPrivateWebhookUrls,
       timeoutMs: options.timeoutMs,
     });
+    options.pacing?.noteDuration(endpointKey(endpoint.id), result.durationMs);
     const succeeded =
       result.statusCode !== null && result.statusCode >= 200 && result.statusCode < 300;
     const error = succeeded
@@ -226,7 +231,7 @@ export function createDeliverHandler(options: { timeoutMs?: number; slowAfterMs?
       }),
     );
     if (!succeeded) throw new Error(error!);
-  }
+  };
 }
 
 /** `onDead` of `webhook.deliver`: disable an endpoint that has not succeeded for 3 days. */

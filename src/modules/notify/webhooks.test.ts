@@ -2,10 +2,12 @@ import { createHmac } from "node:crypto";
 import { sql } from "kysely";
 import { beforeEach, describe, expect, it } from "vitest";
 import { createTestApp, waitFor } from "../../../test/support/app.js";
+import { FANOUT_QUEUE, fanOutEvent } from "./events.js";
+import { JobRunner } from "./jobs.js";
 import { type EventType, emitEvent, runDueJobs } from "./notify.service.js";
 import { createJobRunner, createNotifyWorker } from "./notify.worker.js";
 import { startReceiver } from "./test-receiver.js";
-import { WEBHOOK_QUEUE_OPTIONS } from "./webhooks.service.js";
+import { EndpointPacing, WEBHOOK_QUEUE_OPTIONS } from "./webhooks.service.js";
 
 /** Standard Webhooks verification written from the spec, not with the library that signs. */
 function verifySignature(secret: string, headers: Record<string, unknown>, body: string) {
@@ -343,7 +345,7 @@ describe("webhook delivery", async () => {
     expect(receiver.requests).toHaveLength(1);
   });
 
-  it("a slow endpoint gets at most 4 deliveries at once: other endpoints' deliveries go on", async () => {
+  it("one endpoint gets at most half of a runner's slots, a slow one a fifth: other endpoints' deliveries go on", async () => {
     const slow = await startReceiver();
     slow.respond = () => "hang";
     const slowEndpoint = await createEndpoint({ url: slow.url, org_id: orgId });
@@ -357,43 +359,65 @@ describe("webhook delivery", async () => {
           emitEvent(trx, ctx, { type: "balance.low", orgId: otherOrg, data: { balance: "1" } }),
         );
     }
-    // 6 slots; an endpoint counts as slow at once here (default: after a second).
+    // Fanned out first: the 13 deliveries are due together, the hanging endpoint's first.
+    await new JobRunner({ ctx }).register(FANOUT_QUEUE, fanOutEvent).runDueJobs();
     const runner = createJobRunner(ctx, {
       batchSize: 6,
       pollIntervalMs: 20,
       webhookTimeoutMs: 1_500,
-      webhookSlowAfterMs: 0,
     });
-    await runner.tick();
-    await waitFor(() => receiver.requests.length === 3);
-    expect(slow.requests).toHaveLength(4);
-    // The slow endpoint's other six wait, their attempt not counted.
-    const waiting = await ctx.db
-      .selectFrom("jobs")
-      .select(["status", "attempts"])
-      .where("queue", "=", "webhook.deliver")
-      .where(sql`payload->>'endpointId'`, "=", slowEndpoint.id)
-      .where("status", "=", "pending")
-      .execute();
-    expect(waiting).toEqual(Array(6).fill({ status: "pending", attempts: 0 }));
-    await runner.shutdown(); // the four time out (attempt 1 failed)
+    try {
+      await waitFor(
+        async () => {
+          await runner.tick();
+          return receiver.requests.length === 3;
+        },
+        { timeoutMs: 5_000 },
+      );
+      // 3 of the 6 slots (half), though its deliveries came first and none was slow yet.
+      expect(slow.requests).toHaveLength(3);
+      const waiting = await ctx.db
+        .selectFrom("jobs")
+        .select(["status", "attempts"])
+        .where("concurrency_key", "=", `webhook:${slowEndpoint.id}`)
+        .where("status", "=", "pending")
+        .execute();
+      // Not claimed (or handed straight back): no attempt counted.
+      expect(waiting).toEqual(Array(7).fill({ status: "pending", attempts: 0 }));
+    } finally {
+      await runner.shutdown(); // waits for the three to time out (attempt 1, failed)
+    }
 
-    // Once it answers, every delivery arrives; the deferred ones on their first attempt.
+    // Once it answers, every delivery arrives; the ones that waited on their first attempt.
     slow.respond = () => 204;
-    const fresh = createJobRunner(ctx, { webhookSlowAfterMs: 0 });
-    for (let i = 0; i < 10 && slow.requests.length < 14; i++) {
+    const fresh = createJobRunner(ctx);
+    for (let i = 0; i < 10 && slow.requests.length < 13; i++) {
       app.clock.advance(60_000);
       await fresh.runDueJobs();
     }
     const log = await deliveries(slowEndpoint.id);
-    expect(log.filter((d) => d.succeeded)).toHaveLength(10);
-    expect(log.filter((d) => !d.succeeded).map((d) => d.attempt)).toEqual([1, 1, 1, 1]);
+    expect(log.filter((d) => !d.succeeded).map((d) => d.attempt)).toEqual([1, 1, 1]);
     expect(
       log
         .filter((d) => d.succeeded)
         .map((d) => d.attempt)
         .sort(),
-    ).toEqual([1, 1, 1, 1, 1, 1, 2, 2, 2, 2]);
+    ).toEqual([1, 1, 1, 1, 1, 1, 1, 2, 2, 2]);
+  });
+
+  it("pacing: an endpoint is slow while a delivery runs a second, and for a minute after one took that long", () => {
+    const pacing = new EndpointPacing();
+    const limit = (key: string, oldestRunningMs = 0) =>
+      pacing.concurrency(key, { oldestRunningMs, slots: 20 });
+    expect(limit("webhook:a")).toBe(10);
+    expect(limit("webhook:a", 999)).toBe(10);
+    expect(limit("webhook:a", 1_000)).toBe(4);
+    pacing.noteDuration("webhook:a", 999);
+    expect(limit("webhook:a")).toBe(10);
+    pacing.noteDuration("webhook:a", 10_000);
+    expect(limit("webhook:a")).toBe(4);
+    expect(limit("webhook:b")).toBe(10);
+    expect(pacing.concurrency("webhook:a", { oldestRunningMs: 0, slots: 3 })).toBe(1);
   });
 
   it("a quick endpoint is not limited: a burst is delivered in one round, nothing deferred", async () => {

@@ -232,7 +232,6 @@ export async function insertPortalSession(
     .execute();
 }
 
-/** One-time: marks the link used and returns it, or nothing if unknown, used or expired. */
 /** The portal link with this token hash if it can still be used (unused, not expired). */
 export function findUsablePortalSession(db: Db, tokenHash: string, now: Date) {
   return db
@@ -244,6 +243,7 @@ export function findUsablePortalSession(db: Db, tokenHash: string, now: Date) {
     .executeTakeFirst();
 }
 
+/** One-time: marks the link used and returns it, or nothing if unknown, used or expired. */
 export function consumePortalSession(db: Db, tokenHash: string, now: Date) {
   return db
     .updateTable("portal_sessions")

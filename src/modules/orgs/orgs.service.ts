@@ -157,10 +157,6 @@ export function findUser(ctx: AppContext, orgId: string, userId: string) {
   return repo.findUser(ctx.db, orgId, userId);
 }
 
-/**
- * Redeems a portal link: one time, before it expires. Returns what the link grants, or null
- * for an unknown, used or expired token.
- */
 /** Whom a portal link that can still be used signs in, without using it. */
 export async function peekPortalLink(
   ctx: AppContext,
@@ -170,6 +166,10 @@ export async function peekPortalLink(
   return row ? { orgId: row.org_id, userId: row.user_id } : null;
 }
 
+/**
+ * Redeems a portal link: one time, before it expires. Returns what the link grants, or null
+ * for an unknown, used or expired token.
+ */
 export async function redeemPortalLink(
   ctx: AppContext,
   token: string,

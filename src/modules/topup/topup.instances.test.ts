@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import { afterAll, describe, expect, it } from "vitest";
 import { createTestApp, TestClock, twoInstances } from "../../../test/support/app.js";
 import { onPostgres } from "../../../test/support/db.js";
@@ -171,6 +172,10 @@ describe("auto-topup across a crash", async () => {
     const other = await secondInstance();
     await runDueJobs(other.ctx);
     expect((await attemptsOf(orgId))[0]).toMatchObject({ status: "in_flight" });
+    // The lease ends (leases run on the database's clock).
+    await sql`update jobs set locked_until = now() - interval '1 second' where status = 'running'`.execute(
+      app.runtime.ctx.db,
+    );
     app.clock.advance(3 * 60_000);
     await runDueJobs(other.ctx);
 
