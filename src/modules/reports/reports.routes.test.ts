@@ -786,4 +786,37 @@ describe("reports", async () => {
       expect(doc.paths[path]?.get, path).toBeDefined();
     }
   });
+
+  // Last: it changes the price catalogue.
+  it("a meter whose unit changes within a month is summarised per unit, never added up", async () => {
+    const orgId = await app.createOrg({ name: "Unit change" });
+    const compute = (quantity: string, timestamp: string) => ({
+      id: `u-${++n}`,
+      org_id: orgId,
+      type: "compute",
+      meter: "compute.vcpu_seconds",
+      quantity,
+      timestamp,
+    });
+    await ingest([compute("100", "2026-10-10T00:00:00Z")]);
+    const current = await ok("/v1/prices");
+    const put = await app.call("PUT", "/v1/prices", {
+      body: {
+        effective_from: "2026-10-15T00:00:00Z",
+        models: current.models,
+        meters: current.meters.map(({ aggregation: _a, ...m }: Json) =>
+          m.meter === "compute.vcpu_seconds" ? { ...m, unit: "vCPU-hour", rate: "7.2" } : m,
+        ),
+      },
+    });
+    expect(put.statusCode, put.body).toBe(200);
+    await ingest([compute("2", "2026-10-20T00:00:00Z"), compute("1", "2026-10-21T00:00:00Z")]);
+    const [oct] = await summaries(orgId, "?year=2026&month=10");
+    // 100 vCPU-seconds × 0.002 = 0.2; 3 vCPU-hours × 7.2 = 21.6
+    expect(oct!.by_type).toEqual([
+      { type: "compute", unit: "vCPU-hour", quantity: "3", cost: "21.6", events: 2 },
+      { type: "compute", unit: "vCPU-second", quantity: "100", cost: "0.2", events: 1 },
+    ]);
+    expect(oct).toMatchObject({ total_cost: "21.8", events: 3 });
+  });
 });

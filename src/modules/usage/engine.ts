@@ -836,7 +836,7 @@ function upsertRollups(accepted: readonly Accepted[]): WriteStep[] {
     const e = a.event;
     const iso = isoString(e.timestamp);
     const period = `${iso.slice(0, 7)}-01`;
-    const k = `${e.orgId}\u0000${period}\u0000${e.type}\u0000${e.model ?? ""}\u0000${e.operation ?? ""}\u0000${e.userId ?? ""}\u0000${e.resource ?? ""}\u0000${e.meter ?? ""}`;
+    const k = `${e.orgId}\u0000${period}\u0000${e.type}\u0000${e.model ?? ""}\u0000${e.operation ?? ""}\u0000${e.userId ?? ""}\u0000${e.resource ?? ""}\u0000${e.meter ?? ""}\u0000${e.unit}`;
     let row = monthly.get(k);
     if (!row) {
       row = {
@@ -914,7 +914,7 @@ function upsertRollups(accepted: readonly Accepted[]): WriteStep[] {
       name: "usage:rollups",
       statement: q`insert into usage_rollups (${join(ROLLUP_COLUMNS.map(([c]) => ident(c)))})
         ${monthlySource}
-        on conflict (org_id, period, type, model, operation, user_id, resource, meter) do update
+        on conflict (org_id, period, type, model, operation, user_id, resource, meter, unit) do update
           set ${join(ROLLUP_SUMS.map(add))}
         returning 1`,
     },
