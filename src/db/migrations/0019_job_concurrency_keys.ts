@@ -1,4 +1,4 @@
-import type { Kysely } from "kysely";
+import { type Kysely, sql } from "kysely";
 
 /**
  * Jobs that share a `concurrency_key` (webhook deliveries: their endpoint) run only so many at
@@ -7,6 +7,9 @@ import type { Kysely } from "kysely";
  */
 export async function up(db: Kysely<unknown>): Promise<void> {
   await db.schema.alterTable("jobs").addColumn("concurrency_key", "text").execute();
+  // Deliveries already queued are paced like new ones: keyed by their endpoint.
+  await sql`update jobs set concurrency_key = 'webhook:' || (payload->>'endpointId')
+    where queue = 'webhook.deliver' and status in ('pending', 'running')`.execute(db);
 }
 
 export async function down(db: Kysely<unknown>): Promise<void> {

@@ -287,6 +287,41 @@ describe("job queue", async () => {
     expect((await jobs()).every((j) => j.status === "done" && j.attempts === 1)).toBe(true);
   });
 
+  it("a key below its limit is claimed only up to it: a burst of one key is not claimed and handed back over and over", async () => {
+    const queue = `test.${++n}`;
+    let running = 0;
+    let most = 0;
+    const runner = new JobRunner({ ctx, batchSize: 6, pollIntervalMs: 20 }).register(
+      queue,
+      async () => {
+        most = Math.max(most, ++running);
+        await new Promise((r) => setTimeout(r, 5));
+        running--;
+      },
+      { concurrency: () => 2 },
+    );
+    for (let i = 0; i < 30; i++) {
+      await enqueueJob(ctx.db, ctx, { queue, payload: null, concurrencyKey: "burst" });
+    }
+    const claim = runner.claimDueJobs.bind(runner);
+    let rows = 0;
+    runner.claimDueJobs = async (limit) => {
+      const claimed = await claim(limit);
+      rows += claimed.length;
+      return claimed;
+    };
+    expect(await runner.runDueJobs()).toBe(30);
+    expect(most).toBe(2);
+    // Only the first batch, before the key ran, held more than its limit (6 claimed, 4 back).
+    expect(rows).toBeLessThanOrEqual(34);
+    const jobs = await ctx.db
+      .selectFrom("jobs")
+      .select(["status", "attempts"])
+      .where("queue", "=", queue)
+      .execute();
+    expect(jobs).toEqual(Array(30).fill({ status: "done", attempts: 1 }));
+  });
+
   it("shutdown during a round's claim waits for the jobs that claim starts", async () => {
     const queue = `test.${++n}`;
     let started = 0;

@@ -358,8 +358,10 @@ export class JobRunner {
           attempts: eb("attempts", "-", 1),
           locked_until: null,
           locked_by: null,
+          updated_at: this.ctx.clock.now(),
         }))
         .where("id", "in", back)
+        .where("status", "=", "running")
         .where("locked_by", "=", this.workerId)
         .execute()
         .catch((err) => this.ctx.logger.error({ err }, "could not hand back jobs over a limit"));
@@ -371,15 +373,25 @@ export class JobRunner {
     const concurrency = this.queues.get(entry.queue)?.concurrency;
     if (!concurrency) return Number.POSITIVE_INFINITY;
     const oldestRunningMs = entry.starts.length > 0 ? now - entry.starts[0]! : 0;
-    return concurrency(key, { oldestRunningMs, slots: this.batchSize });
+    const limit = concurrency(key, { oldestRunningMs, slots: this.batchSize });
+    return Number.isNaN(limit) ? 1 : Math.max(1, limit); // a key always gets to run
   }
 
-  /** Keys this runner runs at their limit: not claimed until one of their jobs ends. */
-  private saturatedKeys(): string[] {
+  /** A queue's limit for a key this runner does not run yet (no limit: a million). */
+  private freshKeyLimit(queue: string): number {
+    if (!this.queues.get(queue)?.concurrency) return 1_000_000;
+    return Math.min(1_000_000, Math.floor(this.limitOf("", { queue, starts: [] }, 0)));
+  }
+
+  /** For each key this runner runs, how many more of its jobs may start (0: at its limit). */
+  private keyCapacity(): Map<string, number> {
     const now = performance.now();
-    return [...this.keyed]
-      .filter(([key, entry]) => entry.starts.length >= this.limitOf(key, entry, now))
-      .map(([key]) => key);
+    const room = new Map<string, number>();
+    for (const [key, entry] of this.keyed) {
+      const left = this.limitOf(key, entry, now) - entry.starts.length;
+      room.set(key, Number.isFinite(left) ? Math.max(0, Math.floor(left)) : 1_000_000);
+    }
+    return room;
   }
 
   /**
@@ -392,16 +404,39 @@ export class JobRunner {
     const now = this.ctx.clock.now();
     // Leases are set and compared on the database's clock, the one clock every instance shares:
     // an instance whose clock runs ahead must not take over a lease that is still running.
+    // Keys this runner runs: none beyond its limit (a key at it is left out). Other keys: each
+    // queue's limit for a key it does not run yet; `launch` hands back what still exceeds one.
+    const capped = this.keyCapacity();
+    const saturated = [...capped].filter(([, room]) => room <= 0).map(([key]) => key);
+    const room = [...capped].filter(([, n]) => n > 0);
+    const fresh = queues.map((q) => this.freshKeyLimit(q));
+    // Candidates are locked as they are read (SKIP LOCKED: runners at once take different
+    // rows, and a row another runner claimed meanwhile is re-checked); the rest of this
+    // statement drops those beyond their key's limit, which stay pending, unclaimed (and are
+    // unlocked when the statement ends). A batch may so come back short while more is due:
+    // the next claim, with that key at its limit, takes others.
     const { rows } = await sql<JobRow>`
-      with due as (
-        select id from jobs
+      with candidates as (
+        select id, queue, run_at, concurrency_key from jobs
         where queue in (${sql.join(queues)})
           and ((status = 'pending' and run_at <= ${now})
             or (status = 'running' and locked_until <= now()))
-          and (concurrency_key is null or concurrency_key <> all(${this.saturatedKeys()}::text[]))
+          and (concurrency_key is null or concurrency_key <> all(${saturated}::text[]))
         order by run_at, id
         limit ${limit}
         for update skip locked
+      ), due as (
+        select c.id from (
+          select id, queue, run_at, concurrency_key,
+            row_number() over (partition by concurrency_key order by run_at, id) as rank
+          from candidates
+        ) c
+        left join unnest(${room.map(([key]) => key)}::text[], ${room.map(([, n]) => n)}::int[])
+          as k(key, room) on k.key = c.concurrency_key
+        join unnest(${queues}::text[], ${fresh}::int[]) as q(queue, fresh) on q.queue = c.queue
+        where c.concurrency_key is null or c.rank <= coalesce(k.room, q.fresh)
+        order by c.run_at, c.id
+        limit ${limit}
       )
       update jobs set
         status = 'running',
