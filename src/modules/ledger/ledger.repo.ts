@@ -64,15 +64,30 @@ export function findEntry(db: Db, orgId: string, id: string) {
 }
 
 /** Ascending chunk of the chain, for verification and exports. */
-export function entriesAfter(db: Db, orgId: string, afterSequence: string, limit: number) {
-  return db
+export function entriesAfter(
+  db: Db,
+  orgId: string,
+  afterSequence: string,
+  limit: number,
+  upTo?: string,
+) {
+  let query = db
     .selectFrom("ledger_entries")
     .selectAll()
     .where("org_id", "=", orgId)
-    .where("sequence", ">", afterSequence)
-    .orderBy("sequence")
-    .limit(limit)
-    .execute();
+    .where("sequence", ">", afterSequence);
+  if (upTo !== undefined) query = query.where("sequence", "<=", upTo);
+  return query.orderBy("sequence").limit(limit).execute();
+}
+
+/** The organisation's highest entry sequence ("0" without entries). */
+export async function lastSequence(db: Db, orgId: string): Promise<string> {
+  const row = await db
+    .selectFrom("ledger_entries")
+    .select(sql<string>`coalesce(max(sequence), 0)`.as("last"))
+    .where("org_id", "=", orgId)
+    .executeTakeFirstOrThrow();
+  return row.last;
 }
 
 export async function sumActiveBlocks(db: Db, orgId: string): Promise<string> {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
 import { creditsFromDb, parseCredits } from "./credits.js";
-import { expireDueBlocks } from "./ledger.service.js";
+import { expireDueBlocks, verifyLedger } from "./ledger.service.js";
 import { postEntries } from "./posting.js";
 
 const HOUR = 3_600_000;
@@ -733,6 +733,85 @@ describe("ledger routes", async () => {
         first_bad_sequence: null,
         problems: [],
       });
+    });
+  });
+
+  describe("verification under traffic, and tampering it must see", () => {
+    it("writes committing while it runs never look like a fault", async () => {
+      const orgId = await app.createOrg();
+      await grant(orgId, "+100");
+      for (let i = 0; i < 40; i++) {
+        const [report, direct] = await Promise.all([
+          verify(orgId),
+          verifyLedger(app.runtime.ctx.db, orgId),
+          grant(orgId, "+1"),
+          grant(orgId, "+1"),
+        ]);
+        expect([...report.problems, ...direct.problems]).toEqual([]);
+        expect(report.ok && direct.ok).toBe(true);
+      }
+    });
+
+    it("a debt that disagrees with the entries is reported, even when the totals still balance", async () => {
+      const orgId = await app.createOrg();
+      await grant(orgId, "+10");
+      expect(await verify(orgId)).toMatchObject({ ok: true });
+      const db = app.runtime.ctx.db;
+      // Debt and a block both raised by 1: balance = Σ blocks − debt still holds.
+      await db
+        .updateTable("org_balances")
+        .set((eb) => ({ debt: eb("debt", "+", "1") }))
+        .where("org_id", "=", orgId)
+        .execute();
+      await db
+        .updateTable("credit_blocks")
+        .set((eb) => ({ remaining: eb("remaining", "+", "1"), original: eb("original", "+", "1") }))
+        .where("org_id", "=", orgId)
+        .execute();
+      expect(await verify(orgId)).toMatchObject({
+        ok: false,
+        problems: ["balance row: debt ≠ Σ entry debt changes"],
+      });
+    });
+  });
+
+  it("a text Tally composes (a processor's message cut mid-emoji) is stored as hashed: the chain verifies", async () => {
+    const orgId = await app.createOrg();
+    const ctx = app.runtime.ctx;
+    const cut = `Refund refused: card declined 💳`.slice(0, -1); // a lone high surrogate
+    const posted = await ctx.db.transaction().execute((tx) =>
+      postEntries(tx, ctx, orgId, [
+        {
+          kind: "credit",
+          type: "adjustment",
+          amount: parseCredits("5"),
+          block: { source: "adjustment" },
+          actor: { type: "system", id: "tally" },
+          reason: cut,
+          description: "nul\u0000inside",
+        },
+      ]),
+    );
+    expect(posted.ok).toBe(true);
+    const [entry] = await transactions(orgId);
+    expect(entry.reason).toBe(`${cut.slice(0, -1)}\ufffd`);
+    expect(entry.description).toBe("nulinside");
+    expect(await verify(orgId)).toMatchObject({ ok: true, entries: 1 });
+  });
+
+  describe("clocks", () => {
+    it("credits are drawable at once, even by a writer whose clock is a little behind", async () => {
+      const orgId = await app.createOrg();
+      await grant(orgId, "+100");
+      app.clock.advance(-20); // another instance, 20 ms behind
+      try {
+        await ok(adjust(orgId, { amount: "-10", reason: "behind" }), 201);
+        expect(await balance(orgId)).toMatchObject({ balance: "90" });
+        const [entry] = await transactions(orgId);
+        expect(entry).toMatchObject({ amount: "-10", debt_change: "0" });
+      } finally {
+        app.clock.advance(20);
+      }
     });
   });
 

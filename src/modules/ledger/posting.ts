@@ -241,7 +241,7 @@ export class OrgLedger {
     );
   }
 
-  /** Credits that debits can draw now (active, effective, unexpired blocks). */
+  /** Credits that debits can draw now (active, unexpired blocks). */
   get drawable(): Credits {
     let total = 0n;
     for (const b of this.requireBlocks()) if (this.isDrawable(b)) total += b.remaining;
@@ -358,12 +358,13 @@ export class OrgLedger {
     return this.append(meta, meta.type, -amount, 0n, [{ block_id: block.id, amount: -amount }]);
   }
 
+  /**
+   * Active and unexpired. A block is drawable from its creation: its `effective_at` is the
+   * creating transaction's clock, which another instance's (or a transaction that read its
+   * clock before waiting for this lock) may see as a moment in the future.
+   */
   private isDrawable(b: Block): boolean {
-    return (
-      b.status === "active" &&
-      b.effective_at <= this.now &&
-      (b.expires_at === null || b.expires_at > this.now)
-    );
+    return b.status === "active" && (b.expires_at === null || b.expires_at > this.now);
   }
 
   /** Drops depleted blocks from the front so hot debits stay O(1). */
@@ -405,8 +406,8 @@ export class OrgLedger {
       actor_type: meta.actor.type,
       actor_id: meta.actor.id,
       user_id: meta.userId ?? null,
-      reason: meta.reason ?? null,
-      description: meta.description ?? null,
+      reason: storable(meta.reason),
+      description: storable(meta.description),
       reference_type: meta.reference?.type ?? null,
       reference_id: meta.reference?.id ?? null,
       created_at: this.now,
@@ -436,6 +437,18 @@ export class OrgLedger {
     this.version += 1n;
     this.initial = { balance: this.balance, reserved: this.reserved, sequence: this.lastSequence };
   }
+}
+
+/**
+ * Text as PostgreSQL stores it, so that the hash covers exactly what is stored: a text column
+ * refuses NUL and keeps a lone surrogate as U+FFFD. Request bodies are checked for both at the
+ * edge; this covers texts Tally composes itself (a processor's message cut at 500 characters can
+ * split a surrogate pair).
+ */
+function storable(text: string | null | undefined): string | null {
+  if (text === null || text === undefined) return null;
+  if (text.isWellFormed() && !text.includes("\0")) return text;
+  return text.replaceAll("\0", "").toWellFormed();
 }
 
 /**
