@@ -225,6 +225,26 @@ describe("tally CLI: orgs, balance, keys", () => {
     }
   }, 180_000);
 
+  it("text output shows control characters from stored names as \\xNN, never raw", async () => {
+    const dir = await pgliteDataDir(seed);
+    const created = await tally(dir, [
+      "orgs",
+      "create",
+      "--name",
+      "Evil\u001b[2J\u001b]0;owned\u0007 Co",
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    const listed = await tally(dir, ["orgs", "list"]);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toContain("Evil\\x1b[2J\\x1b]0;owned\\x07 Co");
+    expect([...listed.stdout].filter((c) => c < " " && c !== "\n")).toEqual([]);
+    // JSON for scripts keeps the name as stored (JSON escapes it).
+    const data = await json(dir, ["orgs", "list"]);
+    expect(data.data.map((o: { name: string }) => o.name)).toContain(
+      "Evil\u001b[2J\u001b]0;owned\u0007 Co",
+    );
+  }, 120_000);
+
   it("keys create|list|revoke", async () => {
     const dir = await pgliteDataDir(seed);
 

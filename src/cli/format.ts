@@ -2,6 +2,15 @@ import { InvalidArgumentError } from "commander";
 
 /** Plain-text output helpers for the CLI (tables a person reads; `--json` is for scripts). */
 
+/** Control characters other than newline and tab, shown as `\xNN` (C0, DEL and C1). */
+export function visible(text: string): string {
+  return text.replace(
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
+
 /** Left-aligned columns separated by two spaces; `null`/`undefined` cells print as "-". */
 export function table(
   header: readonly string[],

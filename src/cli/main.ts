@@ -26,13 +26,17 @@ import {
 import { USAGE_SUMMARY_CSV_COLUMNS, usageSummaryCsvRows } from "../modules/reports/reports.csv.js";
 import { ledgerSummaries, usageSummaries } from "../modules/reports/reports.service.js";
 import { reportText } from "../modules/reports/reports.text.js";
-import { fields, intOption, table } from "./format.js";
+import { fields, intOption, table, visible } from "./format.js";
 
 // The HTTP server and every module load only for `start`: one-shot commands and configuration
 // errors answer about a second sooner.
 const runtimeModule = () => import("../app/runtime.js");
 
-const out = (line: string) => process.stdout.write(`${line}\n`);
+/**
+ * A line for the terminal. Names, labels and ids come from API clients: control characters
+ * (escape sequences that could rewrite the screen, carriage returns) are shown as `\xNN`.
+ */
+const out = (line: string) => process.stdout.write(`${visible(line)}\n`);
 
 /** Opens the configured database, migrated, as a context for one-shot commands. */
 async function withContext<T>(fn: (ctx: AppContext) => Promise<T>): Promise<T> {

@@ -773,6 +773,17 @@ describe("reports", async () => {
     expect(res.json().error.details).toEqual([{ field: "query.month", message: "needs year" }]);
   });
 
+  it("names CSV files by period, the month on two digits", async () => {
+    const orgId = await app.createOrg();
+    const name = async (query: string) =>
+      (await app.call("GET", `/v1/organizations/${orgId}/usage-summaries.csv${query}`)).headers[
+        "content-disposition"
+      ];
+    expect(await name("?year=2026&month=1")).toMatch(/-2026-01\.csv"$/);
+    expect(await name("?year=2026&month=11")).toMatch(/-2026-11\.csv"$/);
+    expect(await name("?year=2026")).toMatch(/-2026\.csv"$/);
+  });
+
   it("documents the routes in the OpenAPI document", async () => {
     const doc = (await app.call("GET", "/openapi.json", { key: null })).json();
     for (const path of [

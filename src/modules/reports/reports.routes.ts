@@ -59,7 +59,11 @@ function csvReply(reply: FastifyReply, filename: string) {
 }
 
 const suffix = (q: service.PeriodFilter) =>
-  q.year === undefined ? "" : q.month === undefined ? `-${q.year}` : `-${q.year}-${q.month}`;
+  q.year === undefined
+    ? ""
+    : q.month === undefined
+      ? `-${q.year}`
+      : `-${q.year}-${String(q.month).padStart(2, "0")}`;
 
 export function registerReportsRoutes(app: App, ctx: AppContext): void {
   const tags = ["reports"];
