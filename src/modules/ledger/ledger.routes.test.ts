@@ -271,6 +271,21 @@ describe("ledger routes", async () => {
       expect(await verify(orgId)).toMatchObject({ ok: true });
     });
 
+    it("credits that an open reservation holds cannot be removed", async () => {
+      const orgId = await app.createOrg();
+      await grant(orgId, "+100");
+      await ok(app.call("POST", url(orgId, "reservations"), { body: { amount: "60" } }), 201);
+      const before = await snapshot(orgId);
+      expectError(
+        await adjust(orgId, { amount: "-40.000000000001", reason: "into the hold" }),
+        402,
+        "insufficient_credits",
+      );
+      expect(await snapshot(orgId)).toEqual(before);
+      await ok(adjust(orgId, { amount: "-40", reason: "all that is free" }), 201);
+      expect(await balance(orgId)).toMatchObject({ balance: "60", reserved: "60", available: "0" });
+    });
+
     const future = "2030-01-01T00:00:00Z";
     it.each([
       ["zero", { amount: "+0", reason: "r" }, "/amount"],

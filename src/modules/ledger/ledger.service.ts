@@ -140,7 +140,8 @@ export interface AdjustInput {
 
 /**
  * A manual correction: positive → a new block (promotional or adjustment, free credits);
- * negative → drawn from blocks in burn order, never into debt.
+ * negative → drawn from blocks in burn order, never into debt nor into credits that open
+ * reservations hold.
  */
 export async function adjustCredits(
   ctx: AppContext,
@@ -177,7 +178,10 @@ export async function adjustCredits(
   }
   if (!result.ok) {
     return result.code === "insufficient_credits"
-      ? fail("insufficient_credits", "The organisation does not hold enough credits to remove.")
+      ? fail(
+          "insufficient_credits",
+          "The organisation does not hold enough credits to remove (credits held by open reservations cannot be removed).",
+        )
       : fail("invalid_request", "Nothing to adjust.");
   }
   return ok(result.entries[0]!);

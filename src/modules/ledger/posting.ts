@@ -60,7 +60,10 @@ export type Posting =
       kind: "debit";
       type: "usage" | "adjustment";
       amount: Credits;
-      /** Usage is a fact: what blocks cannot cover becomes debt. Anything else is refused. */
+      /**
+       * Usage is a fact: what blocks cannot cover becomes debt. Anything else is refused, and so
+       * is taking credits that open reservations hold (beyond what is available).
+       */
       allowDebt: boolean;
     } & PostingMeta)
   | ({ kind: "void"; type: "refund" | "expiry"; blockId: string } & PostingMeta);
@@ -325,7 +328,7 @@ export class OrgLedger {
   private debit(p: Extract<Posting, { kind: "debit" }>): ApplyOutcome {
     if (p.amount < 0n) throw new RangeError("a debit amount must not be negative");
     const blocks = this.requireBlocks();
-    if (!p.allowDebt && this.drawable < p.amount)
+    if (!p.allowDebt && (this.drawable < p.amount || this.available < p.amount))
       return { ok: false, code: "insufficient_credits" };
     let left = p.amount;
     const allocations: Allocation[] = [];
