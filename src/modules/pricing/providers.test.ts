@@ -107,6 +107,15 @@ describe("normaliseProviderUsage — OpenAI Chat Completions", () => {
     expect(
       problems(normaliseProviderUsage("openai", { prompt_tokens: 5, completion_tokens: null })),
     ).toEqual([{ field: "/completion_tokens", message: "is required" }]);
+    // Embeddings: no completion_tokens, and the total says there was no output.
+    expect(normaliseProviderUsage("openai", { prompt_tokens: 8, total_tokens: 8 })).toEqual({
+      ok: true,
+      value: { input: 8n, cached_input: 0n, cache_write: 0n, output: 0n },
+    });
+    // A total above the prompt means output was left out: still required.
+    expect(
+      problems(normaliseProviderUsage("openai", { prompt_tokens: 8, total_tokens: 20 })),
+    ).toEqual([{ field: "/completion_tokens", message: "is required" }]);
     expect(
       problems(
         normaliseProviderUsage("openai", {

@@ -92,7 +92,13 @@ function openai(r: UsageReader, u: Record<string, unknown>): TokenCounts | null 
     : (["input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"] as const);
 
   const prompt = r.required(u, inName);
-  const completion = r.required(u, outName);
+  // Embeddings answer `{prompt_tokens, total_tokens}` alone: no output, as the total shows.
+  const embeddings =
+    chat &&
+    u[outName] === undefined &&
+    u.total_tokens !== undefined &&
+    u.total_tokens === u[inName];
+  const completion = embeddings ? 0n : r.required(u, outName);
   r.optional(u, "total_tokens");
   const inD = r.details(u, inDetails);
   const outD = r.details(u, outDetails);
