@@ -27,6 +27,15 @@ describe("job queue", async () => {
     return { queue, runner };
   }
 
+  /** A promise and the function that resolves it: handlers wait on it until the test opens it. */
+  function latch(): [Promise<void>, () => void] {
+    let open!: () => void;
+    const promise = new Promise<void>((r) => {
+      open = r;
+    });
+    return [promise, open];
+  }
+
   /** Ends a job's lease now, as the database's clock would once it passed. */
   async function expireLease(id: string) {
     await sql`update jobs set locked_until = now() - interval '1 second' where id = ${id}`.execute(
@@ -151,10 +160,7 @@ describe("job queue", async () => {
   });
 
   it("a runner whose lease was taken over cannot overwrite the new owner's result", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const [gate, release] = latch();
     const queue = `test.${++n}`;
     const slow = new JobRunner({ ctx, leaseMs: 1000 }).register(queue, async () => {
       await gate;
@@ -172,10 +178,7 @@ describe("job queue", async () => {
   });
 
   it("leases run on the database's clock: a runner whose clock is an hour ahead does not take over a live lease", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const [gate, release] = latch();
     const queue = `test.${++n}`;
     let runs = 0;
     const handler = async () => {
@@ -207,10 +210,7 @@ describe("job queue", async () => {
   });
 
   it("a polling round does not wait for a slow job: the jobs after it run while it hangs", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const [gate, release] = latch();
     const queue = `test.${++n}`;
     const ran: number[] = [];
     const runner = new JobRunner({ ctx, batchSize: 4, pollIntervalMs: 20 }).register(
@@ -238,10 +238,7 @@ describe("job queue", async () => {
   });
 
   it("jobs of one concurrency key run at most the queue's limit at once; the others wait unclaimed, other keys go on", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const [gate, release] = latch();
     const queue = `test.${++n}`;
     const ran: string[] = [];
     const runner = new JobRunner({ ctx, batchSize: 6, pollIntervalMs: 20 }).register(
@@ -349,10 +346,7 @@ describe("job queue", async () => {
   });
 
   it("two rounds of one runner at once never run more jobs than its slots", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const [gate, release] = latch();
     const queue = `test.${++n}`;
     let running = 0;
     let most = 0;
@@ -376,10 +370,7 @@ describe("job queue", async () => {
   });
 
   it("slow jobs holding most slots do not stop the free ones from claiming at the poll interval", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const [gate, release] = latch();
     const queue = `test.${++n}`;
     const ran: number[] = [];
     // 4 slots, refilled in halves: 3 hanging jobs leave 1 free, below the half.
@@ -416,10 +407,7 @@ describe("job queue", async () => {
   });
 
   it("after shutdown a round claims nothing more and ends with its running jobs", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const [gate, release] = latch();
     const queue = `test.${++n}`;
     const runner = new JobRunner({ ctx, batchSize: 1, pollIntervalMs: 20 }).register(
       queue,
