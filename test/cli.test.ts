@@ -245,6 +245,18 @@ describe("tally CLI: orgs, balance, keys", () => {
     );
   }, 120_000);
 
+  it("an argument commander refuses is exit 2 with its message and a hint, not the whole help", async () => {
+    const dir = "/nonexistent-never-opened";
+    for (const args of [["report"], ["orgs", "list", "--limit", "abc"], ["nosuch"]]) {
+      const r = await tally(dir, args);
+      expect(r.code, args.join(" ")).toBe(2);
+      const lines = r.stderr.trim().split("\n");
+      expect(lines[0]).toMatch(/^error: /);
+      expect(lines.slice(1)).toEqual(["(run the command with --help for its usage)"]);
+    }
+    expect((await tally(dir, ["--help"])).code).toBe(0);
+  }, 60_000);
+
   it("keys create|list|revoke", async () => {
     const dir = await pgliteDataDir(seed);
 

@@ -1,4 +1,4 @@
-import { Command, Option } from "commander";
+import { Command, CommanderError, Option } from "commander";
 import { ConfigError, loadConfig } from "../app/config.js";
 import type { AppContext } from "../app/context.js";
 import { systemClock } from "../app/context.js";
@@ -72,9 +72,12 @@ async function withContext<T>(fn: (ctx: AppContext) => Promise<T>): Promise<T> {
 }
 
 export function buildCli(): Command {
+  // Commander's own argument errors throw (inherited by every subcommand) instead of exiting:
+  // `runCli` gives them exit code 2 like Tally's, after one line of message and a hint.
   const program = new Command("tally")
     .description("Tally — prepaid credits billing service")
-    .showHelpAfterError();
+    .showHelpAfterError("(run the command with --help for its usage)")
+    .exitOverride();
 
   program
     .command("start")
@@ -576,6 +579,13 @@ export async function runCli(argv: string[]): Promise<number> {
     await buildCli().parseAsync(argv);
     return 0;
   } catch (error) {
+    if (error instanceof CommanderError) {
+      // Already printed by commander. Help keeps commander's code (0 when asked for, 1 when
+      // shown for a missing command); a bad argument is a usage error like Tally's own.
+      return ["commander.helpDisplayed", "commander.help", "commander.version"].includes(error.code)
+        ? error.exitCode
+        : 2;
+    }
     if (
       error instanceof ConfigError ||
       error instanceof UsageError ||
