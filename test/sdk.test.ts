@@ -105,6 +105,18 @@ describe("SDK against a live server", () => {
     expect((await admin.balance(`ext:${externalId}`)).balance).toBe("98.95");
   });
 
+  it("reads a CSV export as text through the raw client (parseAs: text)", async () => {
+    const { orgId, ingestKey } = await setup("10");
+    await createTallyClient({ baseUrl, apiKey: ingestKey }).ingest(chat());
+    const { data, response } = await admin.api.GET(
+      "/v1/organizations/{org_id}/usage-summaries.csv",
+      { params: { path: { org_id: orgId } }, parseAs: "text" },
+    );
+    expect(response.status).toBe(200);
+    expect(typeof data).toBe("string");
+    expect((data as string).split("\r\n")[0]).toMatch(/^org_id,/);
+  });
+
   it("reserve → settle with usage, reserve → release", async () => {
     const { orgId, ingestKey } = await setup("50");
     const tally = createTallyClient({ baseUrl, apiKey: ingestKey });
