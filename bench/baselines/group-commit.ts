@@ -274,7 +274,7 @@ async function flush(): Promise<void> {
           from unnest($26::text[], $27::text[], $28::text[], $29::numeric[], $30::bigint[],
             $31::bigint[], $32::bigint[], $33::bigint[], $34::numeric[], $35::bigint[])
             as v(model, operation, user_id, q, i, c, w, o, cost, events)
-          on conflict (org_id, period, type, model, operation, user_id, resource, meter) do update
+          on conflict (org_id, period, type, model, operation, user_id, resource, meter, unit) do update
             set quantity = r.quantity + excluded.quantity,
                 input_tokens = r.input_tokens + excluded.input_tokens,
                 cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens,
