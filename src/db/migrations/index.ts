@@ -18,6 +18,7 @@ import * as m0017 from "./0017_notify_retention.js";
 import * as m0018 from "./0018_idempotency_claim_tokens.js";
 import * as m0019 from "./0019_job_concurrency_keys.js";
 import * as m0020 from "./0020_rollup_units.js";
+import * as m0021 from "./0021_ledger_usage_indexes.js";
 
 /** Every migration, in order. Never edit one that has shipped: add the next. */
 export const migrations: Record<string, Migration> = {
@@ -40,4 +41,5 @@ export const migrations: Record<string, Migration> = {
   "0018_idempotency_claim_tokens": m0018,
   "0019_job_concurrency_keys": m0019,
   "0020_rollup_units": m0020,
+  "0021_ledger_usage_indexes": m0021,
 };

@@ -29,8 +29,15 @@ export interface EntryFilters {
   user_id?: string;
   from?: Date;
   to?: Date;
-  reference_id?: string;
+  /**
+   * Entries referring to `id`. Usage entries are not in the reference index (migration 0021):
+   * the usage entry of an event `id` is named by the usage module (`usageEntryId`).
+   */
+  reference?: { id: string; usageEntryId: string | null };
 }
+
+/** Written literally, so that the partial indexes of migration 0021 match the query. */
+const NOT_USAGE = sql<boolean>`type <> 'usage'`;
 
 /** Newest first; keyset paging on the per-org sequence. */
 export function listEntries(
@@ -45,11 +52,25 @@ export function listEntries(
     .where("org_id", "=", orgId)
     .orderBy("sequence", "desc")
     .limit(opts.limit + 1);
-  if (filters.type) q = q.where("type", "=", filters.type);
+  if (filters.type) {
+    q = q.where("type", "=", filters.type);
+    if (filters.type !== "usage") q = q.where(NOT_USAGE);
+  }
   if (filters.user_id) q = q.where("user_id", "=", filters.user_id);
   if (filters.from) q = q.where("created_at", ">=", filters.from);
   if (filters.to) q = q.where("created_at", "<", filters.to);
-  if (filters.reference_id) q = q.where("reference_id", "=", filters.reference_id);
+  const reference = filters.reference;
+  if (reference) {
+    q = q.where((eb) => {
+      const others = eb.and([eb("reference_id", "=", reference.id), NOT_USAGE]);
+      if (reference.usageEntryId === null) return others;
+      const usage = eb.and([
+        eb("id", "=", reference.usageEntryId),
+        eb("reference_id", "=", reference.id),
+      ]);
+      return eb.or([others, usage]);
+    });
+  }
   if (opts.beforeSequence) q = q.where("sequence", "<", opts.beforeSequence);
   return q.execute();
 }

@@ -496,17 +496,22 @@ describe("ledger routes", async () => {
         ),
       );
       app.clock.advance(HOUR);
+      // A usage entry as the ingest engine writes it: its reference is the stored event's id.
+      await ok(
+        app.call("POST", "/v1/usage-events", {
+          body: {
+            id: "evt-1",
+            org_id: orgId,
+            user_id: "u-1",
+            type: "compute",
+            meter: "compute.vcpu_seconds",
+            quantity: "0.0625",
+          },
+        }),
+        200,
+      );
       const posted = await ctx.db.transaction().execute((tx) =>
         postEntries(tx, ctx, orgId, [
-          {
-            kind: "debit",
-            type: "usage",
-            amount: parseCredits("0.000125"),
-            allowDebt: true,
-            actor: { type: "api_key", id: "key_test" },
-            userId: "u-1",
-            reference: { type: "usage_event", id: "evt-1" },
-          },
           {
             kind: "credit",
             type: "purchase",
@@ -538,7 +543,7 @@ describe("ledger routes", async () => {
         amount: "-0.000125",
         user_id: "u-1",
         reference: { type: "usage_event", id: "evt-1" },
-        actor: { type: "api_key", id: "key_test" },
+        actor: { type: "api_key" },
       });
       expect(all[1]).toMatchObject({ actor: { type: "system", id: "tally" } });
       for (let i = 0; i < all.length - 1; i++) expect(all[i].prev_hash).toBe(all[i + 1].hash);
@@ -551,6 +556,10 @@ describe("ledger routes", async () => {
       expect(await seqs("&user_id=u-1")).toEqual([3, 2]);
       expect(await seqs("&reference_id=evt-1")).toEqual([3]);
       expect(await seqs("&reference_id=pur_1")).toEqual([4]);
+      expect(await seqs("&reference_id=evt-1&type=usage&user_id=u-1")).toEqual([3]);
+      expect(await seqs("&reference_id=evt-1&type=purchase")).toEqual([]);
+      expect(await seqs("&reference_id=pur_1&type=usage")).toEqual([]);
+      expect(await seqs("&reference_id=evt-2")).toEqual([]);
       const at = (h: number) =>
         encodeURIComponent(new Date(start.getTime() + h * HOUR).toISOString());
       expect(await seqs(`&from=${at(1)}`)).toEqual([5, 4, 3, 2]);

@@ -17,6 +17,7 @@ import {
 } from "../../app/http.js";
 import { requestOrg, requestPrincipal } from "../orgs/auth.js";
 import type { Organization } from "../orgs/orgs.service.js";
+import { usageEntryOfEvent } from "../usage/usage.service.js";
 import { creditsFromDb, formatCredits, parseCredits } from "./credits.js";
 import * as repo from "./ledger.repo.js";
 import * as service from "./ledger.service.js";
@@ -329,7 +330,8 @@ export function registerLedgerRoutes(
       if (beforeSequence !== undefined && !/^\d{1,18}$/.test(beforeSequence)) {
         throw invalidField("query.cursor", "not a cursor of this list");
       }
-      const rows = await repo.listEntries(ctx.db, requestOrg(request).id, toFilters(filters), {
+      const orgId = requestOrg(request).id;
+      const rows = await repo.listEntries(ctx.db, orgId, await toFilters(ctx, orgId, filters), {
         limit,
         beforeSequence,
       });
@@ -356,7 +358,7 @@ export function registerLedgerRoutes(
     },
     async (request, reply) => {
       const org = requestOrg(request);
-      const filters = toFilters(request.query);
+      const filters = await toFilters(ctx, org.id, request.query);
       reply
         .type("text/csv; charset=utf-8")
         .header("content-disposition", `attachment; filename="${org.id}-transactions.csv"`);
@@ -470,19 +472,29 @@ export const TRANSACTION_CSV_COLUMNS = [
   "hash",
 ] as const;
 
-function toFilters(q: {
-  type?: repo.EntryFilters["type"];
-  user_id?: string;
-  from?: string;
-  to?: string;
-  reference_id?: string;
-}): repo.EntryFilters {
+async function toFilters(
+  ctx: AppContext,
+  orgId: string,
+  q: {
+    type?: repo.EntryFilters["type"];
+    user_id?: string;
+    from?: string;
+    to?: string;
+    reference_id?: string;
+  },
+): Promise<repo.EntryFilters> {
   return {
     type: q.type,
     user_id: q.user_id,
     from: q.from ? new Date(q.from) : undefined,
     to: q.to ? new Date(q.to) : undefined,
-    reference_id: q.reference_id,
+    reference:
+      q.reference_id === undefined
+        ? undefined
+        : {
+            id: q.reference_id,
+            usageEntryId: await usageEntryOfEvent(ctx.db, orgId, q.reference_id),
+          },
   };
 }
 

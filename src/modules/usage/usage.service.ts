@@ -25,6 +25,21 @@ export async function ingestUsage(
   return engine.submit({ events: prepared, actor: principal.actor });
 }
 
+/** The `usage` ledger entry of a stored usage event (the ledger's reference filter asks). */
+export async function usageEntryOfEvent(
+  db: Db,
+  orgId: string,
+  eventId: string,
+): Promise<string | null> {
+  const row = await db
+    .selectFrom("usage_events")
+    .select("transaction_id")
+    .where("org_id", "=", orgId)
+    .where("id", "=", eventId)
+    .executeTakeFirst();
+  return row?.transaction_id ?? null;
+}
+
 export const MAX_HOLD_SECONDS = 86_400;
 
 /**
