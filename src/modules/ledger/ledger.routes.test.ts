@@ -837,6 +837,25 @@ describe("ledger routes", async () => {
         app.clock.advance(20);
       }
     });
+
+    it("entries never go back in time along their sequence, whatever a writer's clock says", async () => {
+      const orgId = await app.createOrg();
+      const start = app.clock.now();
+      await grant(orgId, "+100");
+      app.clock.advance(-20); // a writer whose clock is 20 ms behind the one before
+      try {
+        await ok(adjust(orgId, { amount: "+1", reason: "behind" }), 201);
+        const [second, first] = await transactions(orgId);
+        expect(first.created_at).toBe(start.toISOString());
+        expect(second.created_at).toBe(start.toISOString());
+      } finally {
+        app.clock.advance(20);
+      }
+      app.clock.advance(1_000);
+      await ok(adjust(orgId, { amount: "+1", reason: "later" }), 201);
+      const [third] = await transactions(orgId);
+      expect(third.created_at).toBe(app.clock.now().toISOString());
+    });
   });
 
   describe("plan eligibility", () => {

@@ -217,5 +217,6 @@ describe("ledger posting against a reference model", async () => {
       }),
       { numRuns: 150 },
     );
-  });
+    // 150 sequences take ~7 s alone; allow for a machine busy with other test files.
+  }, 120_000);
 });

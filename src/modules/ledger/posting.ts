@@ -142,6 +142,18 @@ export interface LedgerState {
   lastSequence: bigint;
   headHash: string;
   version: bigint;
+  /** `org_balances.updated_at`: the instant of the organisation's latest write. */
+  updatedAt: Date;
+}
+
+/**
+ * The instant a ledger writes at: the clock, but never before the organisation's latest write.
+ * Entries then carry non-decreasing `created_at` along their sequence even when a writer read its
+ * clock before waiting for the balance lock, or instances' clocks differ a little — so "entries
+ * before a month" is the same set by time as by sequence.
+ */
+function writeInstant(clock: Date, state: LedgerState): Date {
+  return clock.getTime() >= state.updatedAt.getTime() ? clock : new Date(state.updatedAt.getTime());
 }
 
 export type ApplyOutcome =
@@ -172,6 +184,8 @@ export class OrgLedger {
   /** `org_balances.version` as of the last save (each save writes version + 1). */
   version: bigint;
   readonly entries: LedgerEntry[] = [];
+  /** When this ledger's entries and changes are stamped (see `writeInstant`). */
+  readonly now: Date;
   private initial: { balance: Credits; reserved: Credits; sequence: bigint };
   private savedEntries = 0;
   /** Active blocks in burn order; null until loaded. */
@@ -183,8 +197,9 @@ export class OrgLedger {
     readonly ctx: AppContext,
     readonly orgId: string,
     state: LedgerState,
-    readonly now: Date,
+    clock: Date,
   ) {
+    this.now = writeInstant(clock, state);
     this.balance = state.balance;
     this.reserved = state.reserved;
     this.debt = state.debt;
@@ -217,6 +232,7 @@ export class OrgLedger {
         lastSequence: this.lastSequence,
         headHash: this.headHash,
         version: this.version,
+        updatedAt: this.now,
       },
       blocks: this.blocks.filter((b) => b.status === "active").map((b) => ({ ...b })),
     };
@@ -490,6 +506,7 @@ export async function openLedgers(
       lastSequence: BigInt(row.last_sequence),
       headHash: row.head_hash,
       version: BigInt(row.version),
+      updatedAt: row.updated_at,
     };
     ledgers.set(row.org_id, new OrgLedger(ctx, row.org_id, state, now));
   }

@@ -728,6 +728,28 @@ describe("reports", async () => {
     expect(last12[11]).toEqual(nov);
   });
 
+  it("a month's ledger summary is the same asked alone or in its year, when a writer's clock lags across the boundary", async () => {
+    const orgId = await app.createOrg();
+    const adjust = (amount: string) =>
+      app.call("POST", `/v1/organizations/${orgId}/adjustments`, {
+        body: { amount, reason: "clocks" },
+      });
+    try {
+      app.clock.set("2026-11-01T00:00:00.010Z");
+      expect((await adjust("+100")).statusCode).toBe(201);
+      app.clock.set("2026-10-31T23:59:59.990Z"); // another instance, 20 ms behind
+      expect((await adjust("+1")).statusCode).toBe(201);
+    } finally {
+      app.clock.set(NOW);
+    }
+    const year = (await ok(`/v1/organizations/${orgId}/ledger-summaries?year=2026`)).data as Json[];
+    const nov = (await ok(`/v1/organizations/${orgId}/ledger-summaries?year=2026&month=11`))
+      .data as Json[];
+    expect(year.find((s) => s.period === "2026-10")).toMatchObject({ net: "0", entries: 0 });
+    expect(nov).toEqual([year.find((s) => s.period === "2026-11")]);
+    expect(nov[0]).toMatchObject({ opening_balance: "0", net: "101", closing_balance: "101" });
+  });
+
   it("answers for the last year it accepts: December 9999 ends in year 10000", async () => {
     const orgId = await app.createOrg();
     for (const path of [

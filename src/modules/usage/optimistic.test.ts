@@ -683,6 +683,7 @@ describe("optimistic ingest", async () => {
       lastSequence: 1n,
       headHash: GENESIS_HASH,
       version,
+      updatedAt: NOW,
     });
     const block = (orgId: string, id: string, remaining: string): Block => ({
       org_id: orgId,
