@@ -6,6 +6,7 @@ import {
   type App,
   decodeCursor,
   encodeCursor,
+  filterBound,
   findUnstorableText,
   installErrorHandling,
   installValidation,
@@ -176,6 +177,15 @@ describe("http plumbing", async () => {
     expect(
       (await app.inject({ method: "GET", url: "/things/a%00b" })).json().error.details,
     ).toEqual([{ field: "path.id", message: "contains a NUL character or an unpaired surrogate" }]);
+  });
+
+  it("rounds filter bounds finer than a millisecond up, and leaves the others exact", () => {
+    const iso = (text: string) => filterBound(text).toISOString();
+    expect(iso("2026-11-24T10:00:00Z")).toBe("2026-11-24T10:00:00.000Z");
+    expect(iso("2026-11-24T10:00:00.123Z")).toBe("2026-11-24T10:00:00.123Z");
+    expect(iso("2026-11-24T10:00:00.123000Z")).toBe("2026-11-24T10:00:00.123Z");
+    expect(iso("2026-11-24T10:00:00.0005Z")).toBe("2026-11-24T10:00:00.001Z");
+    expect(iso("2026-11-24T10:00:00.999001+01:00")).toBe("2026-11-24T09:00:01.000Z");
   });
 
   it("takes only timestamps that name an instant the database can hold", () => {

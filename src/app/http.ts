@@ -201,6 +201,17 @@ function makeAjv(coerce: boolean): Ajv {
 }
 
 /** The instant a timestamp names, if it is one the database can store (years 1–9999 UTC). */
+/**
+ * A `from`/`to` filter bound (a valid RFC 3339 time) at the millisecond precision Tally stores
+ * instants with. Digits past the millisecond are rounded up, not dropped as `Date` does: the
+ * rounded bound selects exactly the stored instants the exact one would, with `>=` and `<` alike.
+ */
+export function filterBound(text: string): Date {
+  const at = new Date(text);
+  const fraction = /\.(\d+)/.exec(text)?.[1] ?? "";
+  return /[1-9]/.test(fraction.slice(3)) ? new Date(at.getTime() + 1) : at;
+}
+
 export function parseInstant(text: string): Date | null {
   const ms = Date.parse(text);
   if (!Number.isFinite(ms)) return null;

@@ -560,6 +560,18 @@ describe("ledger routes", async () => {
       expect(await seqs("&reference_id=evt-1&type=purchase")).toEqual([]);
       expect(await seqs("&reference_id=pur_1&type=usage")).toEqual([]);
       expect(await seqs("&reference_id=evt-2")).toEqual([]);
+      // Bounds finer than the millisecond select what the exact bound would.
+      const entry2 = all[3].created_at as string; // "…T11:00:00.000Z"
+      const past = (iso: string) => `${iso.slice(0, -1)}0005Z`;
+      expect(await seqs(`&to=${encodeURIComponent(past(entry2))}`)).toEqual([2, 1]);
+      expect(await seqs(`&from=${encodeURIComponent(past(entry2))}`)).toEqual([5, 4, 3]);
+      for (const empty of ["user_id=", "reference_id="]) {
+        expectError(
+          await app.call("GET", url(orgId, `transactions?${empty}`)),
+          400,
+          "invalid_request",
+        );
+      }
       const at = (h: number) =>
         encodeURIComponent(new Date(start.getTime() + h * HOUR).toISOString());
       expect(await seqs(`&from=${at(1)}`)).toEqual([5, 4, 3, 2]);

@@ -8,6 +8,7 @@ import {
   CsvResponse,
   decodeCursor,
   encodeCursor,
+  filterBound,
   ListQuery,
   OrgParams,
   Page,
@@ -143,10 +144,10 @@ export function entryDto(e: LedgerEntry): LedgerEntryDto {
 
 const TransactionFilters = {
   type: Type.Optional(EntryTypeSchema),
-  user_id: Type.Optional(Type.String({ maxLength: 128 })),
+  user_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   from: Type.Optional(Timestamp("Entries created at or after.")),
   to: Type.Optional(Timestamp("Entries created before.")),
-  reference_id: Type.Optional(Type.String({ maxLength: 200 })),
+  reference_id: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
 };
 
 /** An organisation's balance as `GET …/balance` answers it (and the CLI prints it). */
@@ -486,8 +487,8 @@ async function toFilters(
   return {
     type: q.type,
     user_id: q.user_id,
-    from: q.from ? new Date(q.from) : undefined,
-    to: q.to ? new Date(q.to) : undefined,
+    from: q.from ? filterBound(q.from) : undefined,
+    to: q.to ? filterBound(q.to) : undefined,
     reference:
       q.reference_id === undefined
         ? undefined

@@ -784,6 +784,9 @@ describe("reports", async () => {
       `/v1/organizations/${orgId}/usage-daily?from=2025-01-01&to=2026-11-01`,
       `/v1/organizations/${orgId}/usage-daily?from=2026-11-01T00:00:00Z`,
       `/v1/organizations/${orgId}/usage-daily?days=3`,
+      `/v1/organizations/${orgId}/usage-daily?from=0000-12-31`,
+      `/v1/organizations/${orgId}/usage-daily?from=0000-12-31&to=0001-01-02`,
+      `/v1/organizations/${orgId}/usage-daily?to=0000-12-31`,
     ];
     for (const url of bad) {
       const res = await app.call("GET", url);
@@ -791,6 +794,9 @@ describe("reports", async () => {
       expect(res.json().error.code).toBe("invalid_request");
       expect(res.json().error.details.length, url).toBeGreaterThan(0);
     }
+    // The default window ending early in year 1 starts on its first day.
+    const early = await ok(`/v1/organizations/${orgId}/usage-daily?to=0001-01-10`);
+    expect(early).toMatchObject({ from: "0001-01-01", to: "0001-01-10", data: [] });
     const res = await app.call("GET", `/v1/organizations/${orgId}/usage-summaries?month=11`);
     expect(res.json().error.details).toEqual([{ field: "query.month", message: "needs year" }]);
   });

@@ -65,6 +65,9 @@ const suffix = (q: service.PeriodFilter) =>
       ? `-${q.year}`
       : `-${q.year}-${String(q.month).padStart(2, "0")}`;
 
+/** PostgreSQL's first `date` after 1 BC (year 0000 is a 500 there). */
+const FIRST_DAY = "0001-01-01";
+
 export function registerReportsRoutes(app: App, ctx: AppContext): void {
   const tags = ["reports"];
 
@@ -196,11 +199,21 @@ export function registerReportsRoutes(app: App, ctx: AppContext): void {
       config: orgAccess,
     },
     async (request) => {
+      // `format: "date"` takes year 0000, which PostgreSQL's date has not (a 500).
+      for (const field of ["from", "to"] as const) {
+        const day = request.query[field];
+        if (day !== undefined && day < FIRST_DAY) {
+          throw new AppError("invalid_request", `${field} must be 0001-01-01 or later.`, [
+            { field: `query.${field}`, message: "before year 1" },
+          ]);
+        }
+      }
       const today = ctx.clock.now().toISOString().slice(0, 10);
       const to = request.query.to ?? today;
-      const from =
-        request.query.from ??
-        new Date(Date.parse(to) - (DEFAULT_DAILY_DAYS - 1) * DAY_MS).toISOString().slice(0, 10);
+      const defaultFrom = new Date(Date.parse(to) - (DEFAULT_DAILY_DAYS - 1) * DAY_MS)
+        .toISOString()
+        .slice(0, 10);
+      const from = request.query.from ?? (defaultFrom < FIRST_DAY ? FIRST_DAY : defaultFrom);
       const days = (Date.parse(to) - Date.parse(from)) / DAY_MS + 1;
       if (days < 1) {
         throw new AppError("invalid_request", "from must not be after to.", [

@@ -9,6 +9,7 @@ import {
   decodeCursor,
   detailsOf,
   encodeCursor,
+  filterBound,
   ListQuery,
   OrgParams,
   Page,
@@ -180,8 +181,8 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
           {
             ...ListQuery,
             type: Type.Optional(UsageTypeSchema),
-            model: Type.Optional(Type.String({ maxLength: 200 })),
-            user_id: Type.Optional(Type.String({ maxLength: 128 })),
+            model: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+            user_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
             from: Type.Optional(Timestamp("Usage at or after.")),
             to: Type.Optional(Timestamp("Usage before.")),
           },
@@ -202,10 +203,10 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         .orderBy("id", "desc")
         .limit(limit + 1);
       if (q.type) query = query.where("type", "=", q.type);
-      if (q.model) query = query.where("model", "=", q.model);
-      if (q.user_id) query = query.where("user_id", "=", q.user_id);
-      if (q.from) query = query.where("timestamp", ">=", new Date(q.from));
-      if (q.to) query = query.where("timestamp", "<", new Date(q.to));
+      if (q.model !== undefined) query = query.where("model", "=", q.model);
+      if (q.user_id !== undefined) query = query.where("user_id", "=", q.user_id);
+      if (q.from) query = query.where("timestamp", ">=", filterBound(q.from));
+      if (q.to) query = query.where("timestamp", "<", filterBound(q.to));
       if (q.cursor) {
         const [ts, id] = decodeCursor(q.cursor, 2);
         const at = parseInstant(String(ts));
