@@ -288,25 +288,36 @@ function refuseText(problem: TextProblem, field: string): AppError {
 }
 
 /**
- * Query integers must be written as plain decimal integers: the validator's type coercion
- * (`+value`) would also take `0x10`, `1e1`, `1.0` or ` 5`.
+ * Path and query integers must be written as plain decimal integers: the validator's type
+ * coercion (`+value`) would also take `0x10`, `1e1`, `1.0` or ` 5`.
  */
-function looseIntegers(schema: unknown, query: unknown): AppError | undefined {
-  const properties = (schema as { properties?: Record<string, { type?: unknown }> } | undefined)
-    ?.properties;
-  if (!properties || typeof query !== "object" || query === null) return undefined;
+function looseIntegers(request: FastifyRequest): AppError | undefined {
+  const schema = request.routeOptions.schema;
   const details: ErrorDetail[] = [];
-  for (const [name, value] of Object.entries(query)) {
-    if (properties[name]?.type !== "integer") continue;
-    for (const v of [value].flat()) {
-      if (typeof v === "string" && !/^-?\d+$/.test(v)) {
-        details.push({ field: `query.${name}`, message: "must be a decimal integer" });
+  for (const [part, partSchema, values] of [
+    ["path", schema?.params, request.params],
+    ["query", schema?.querystring, request.query],
+  ] as const) {
+    const properties = (
+      partSchema as { properties?: Record<string, { type?: unknown }> } | undefined
+    )?.properties;
+    if (!properties || typeof values !== "object" || values === null) continue;
+    for (const [name, value] of Object.entries(values)) {
+      if (properties[name]?.type !== "integer") continue;
+      for (const v of [value].flat()) {
+        if (typeof v === "string" && !/^-?\d+$/.test(v)) {
+          details.push({ field: `${part}.${name}`, message: "must be a decimal integer" });
+        }
       }
     }
   }
-  return details.length > 0
-    ? new AppError("invalid_request", "Invalid query string.", details)
-    : undefined;
+  if (details.length === 0) return undefined;
+  const inPath = details[0]!.field?.startsWith("path.");
+  return new AppError(
+    "invalid_request",
+    inPath ? "Invalid path." : "Invalid query string.",
+    details,
+  );
 }
 
 export function installValidation(app: App): void {
@@ -323,7 +334,7 @@ export function installValidation(app: App): void {
         return;
       }
     }
-    done(looseIntegers(request.routeOptions.schema?.querystring, request.query));
+    done(looseIntegers(request));
   });
   app.addHook("preValidation", (request, _reply, done) => {
     const problem =

@@ -162,6 +162,13 @@ describe("pricing routes", async () => {
     expectError(await app.call("GET", "/v1/prices?at=1969-07-20T20:17:00Z"), 404, "not_found");
     expectError(await app.call("GET", "/v1/prices/versions/999999"), 404, "not_found");
     expectError(await app.call("GET", "/v1/prices/versions/abc"), 400, "invalid_request");
+    for (const loose of ["0x1", "1e0", "1.0", "%201"]) {
+      const res = await app.call("GET", `/v1/prices/versions/${loose}`);
+      expectError(res, 400, "invalid_request");
+      expect(res.json().error.details, loose).toEqual([
+        { field: "path.version", message: "must be a decimal integer" },
+      ]);
+    }
     expectError(await app.call("GET", "/v1/prices?at=yesterday"), 400, "invalid_request");
   });
 

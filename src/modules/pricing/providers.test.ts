@@ -171,6 +171,44 @@ describe("normaliseProviderUsage — OpenAI Responses", () => {
       { field: "/output_tokens", message: "is required" },
     ]);
   });
+
+  it("reads the Realtime API's input_token_details / output_token_details", () => {
+    const result = normaliseProviderUsage("openai", {
+      total_tokens: 1300,
+      input_tokens: 1000,
+      output_tokens: 300,
+      input_token_details: { cached_tokens: 800, text_tokens: 600, audio_tokens: 400 },
+      output_token_details: { text_tokens: 100, audio_tokens: 200 },
+    });
+    expect(result).toEqual({ ok: true, value: buckets(200, 800, 0, 300) });
+    expect(
+      problems(
+        normaliseProviderUsage("openai", {
+          input_tokens: 1000,
+          output_tokens: 0,
+          input_tokens_details: { cached_tokens: 800 },
+          input_token_details: { cached_tokens: 800 },
+        }),
+      ),
+    ).toEqual([
+      {
+        field: "/input_token_details",
+        message: "must not be given together with input_tokens_details",
+      },
+    ]);
+  });
+
+  it("takes a total_tokens up to both counts at their largest", () => {
+    const max = 1_000_000_000_000;
+    const total = { input_tokens: max, output_tokens: max, total_tokens: 2 * max };
+    expect(normaliseProviderUsage("openai", total)).toEqual({
+      ok: true,
+      value: buckets(max, 0, 0, max),
+    });
+    expect(
+      problems(normaliseProviderUsage("openai", { ...total, total_tokens: 2 * max + 1 })),
+    ).toEqual([{ field: "/total_tokens", message: `must be at most ${2 * max}` }]);
+  });
 });
 
 describe("normaliseProviderUsage — Anthropic", () => {

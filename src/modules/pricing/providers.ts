@@ -7,7 +7,9 @@
  *   input = prompt − cached; reasoning (and audio) tokens are part of `completion_tokens`, so
  *   output = completion_tokens. Audio input tokens are priced as input.
  * - OpenAI Responses: `{input_tokens, input_tokens_details: {cached_tokens}, output_tokens,
- *   output_tokens_details: {reasoning_tokens}, total_tokens}` — same inclusions.
+ *   output_tokens_details: {reasoning_tokens}, total_tokens}` — same inclusions. The Realtime
+ *   API answers the same counts with `input_token_details` / `output_token_details` (singular
+ *   "token"); either spelling is read, both at once is refused.
  * - Anthropic Messages: `{input_tokens, output_tokens, cache_creation_input_tokens,
  *   cache_read_input_tokens}`; the cache counts come in addition to `input_tokens`, so
  *   cached_input = cache_read, cache_write = cache_creation. (The 5-minute / 1-hour split in
@@ -15,7 +17,8 @@
  *
  * OpenAI charges nothing extra for cache writes, so its `cache_write` is always 0. Unknown fields
  * are ignored (providers add fields); optional counts may be absent or null (= 0). Counts must be
- * integers in 0..10^12; `total_tokens` is checked as a count but not against the sum.
+ * integers in 0..10^12; `total_tokens` (input and output together: up to 2 × 10^12) is checked
+ * as a count but not against the sum.
  */
 import { type ErrorDetail, fail, ok, type Result } from "../../app/errors.js";
 import type { TokenCounts } from "./rating.js";
@@ -82,14 +85,11 @@ function openai(r: UsageReader, u: Record<string, unknown>): TokenCounts | null 
     );
     return null;
   }
-  const [inName, outName, inDetails, outDetails] = chat
-    ? ([
-        "prompt_tokens",
-        "completion_tokens",
-        "prompt_tokens_details",
-        "completion_tokens_details",
-      ] as const)
-    : (["input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"] as const);
+  const [inName, outName] = chat
+    ? (["prompt_tokens", "completion_tokens"] as const)
+    : (["input_tokens", "output_tokens"] as const);
+  const inDetails = chat ? "prompt_tokens_details" : detailsName(r, u, "input");
+  const outDetails = chat ? "completion_tokens_details" : detailsName(r, u, "output");
 
   const prompt = r.required(u, inName);
   // Embeddings answer `{prompt_tokens, total_tokens}` alone: no output, as the total shows.
@@ -99,7 +99,7 @@ function openai(r: UsageReader, u: Record<string, unknown>): TokenCounts | null 
     u.total_tokens !== undefined &&
     u.total_tokens === u[inName];
   const completion = embeddings ? 0n : r.required(u, outName);
-  r.optional(u, "total_tokens");
+  r.optional(u, "total_tokens", undefined, 2 * MAX_TOKEN_COUNT);
   const inD = r.details(u, inDetails);
   const outD = r.details(u, outDetails);
   const cached = inD ? r.optional(inD, "cached_tokens", inDetails) : 0n;
@@ -117,6 +117,17 @@ function openai(r: UsageReader, u: Record<string, unknown>): TokenCounts | null 
   }
   if (prompt === null || completion === null || cached === null) return null;
   return { input: prompt - cached, cached_input: cached, cache_write: 0n, output: completion };
+}
+
+/** Responses: `input_tokens_details`; Realtime: `input_token_details` (likewise for output). */
+function detailsName(r: UsageReader, u: Record<string, unknown>, side: "input" | "output"): string {
+  const plural = `${side}_tokens_details`;
+  const singular = `${side}_token_details`;
+  if (u[singular] === undefined || u[singular] === null) return plural;
+  if (u[plural] !== undefined && u[plural] !== null) {
+    r.problem(singular, `must not be given together with ${plural}`);
+  }
+  return singular;
 }
 
 function anthropic(r: UsageReader, u: Record<string, unknown>): TokenCounts | null {
@@ -148,10 +159,15 @@ class UsageReader {
   }
 
   /** Absent or null → 0. */
-  optional(obj: Record<string, unknown>, name: string, parent?: string): bigint | null {
+  optional(
+    obj: Record<string, unknown>,
+    name: string,
+    parent?: string,
+    max = MAX_TOKEN_COUNT,
+  ): bigint | null {
     const value = obj[name];
     if (value === undefined || value === null) return 0n;
-    return this.count(value, join(parent, name));
+    return this.count(value, join(parent, name), max);
   }
 
   details(obj: Record<string, unknown>, name: string): Record<string, unknown> | null {
@@ -164,7 +180,7 @@ class UsageReader {
     return value;
   }
 
-  private count(value: unknown, path: string): bigint | null {
+  private count(value: unknown, path: string, max = MAX_TOKEN_COUNT): bigint | null {
     if (typeof value !== "number" || !Number.isInteger(value)) {
       this.problem(path, "must be an integer token count");
       return null;
@@ -173,8 +189,8 @@ class UsageReader {
       this.problem(path, "must not be negative");
       return null;
     }
-    if (value > MAX_TOKEN_COUNT) {
-      this.problem(path, `must be at most ${MAX_TOKEN_COUNT}`);
+    if (value > max) {
+      this.problem(path, `must be at most ${max}`);
       return null;
     }
     return BigInt(value);
