@@ -200,7 +200,6 @@ function makeAjv(coerce: boolean): Ajv {
   return ajv;
 }
 
-/** The instant a timestamp names, if it is one the database can store (years 1–9999 UTC). */
 /**
  * A `from`/`to` filter bound (a valid RFC 3339 time) at the millisecond precision Tally stores
  * instants with. Digits past the millisecond are rounded up, not dropped as `Date` does: the
@@ -212,6 +211,7 @@ export function filterBound(text: string): Date {
   return /[1-9]/.test(fraction.slice(3)) ? new Date(at.getTime() + 1) : at;
 }
 
+/** The instant a timestamp names, if it is one the database can store (years 1–9999 UTC). */
 export function parseInstant(text: string): Date | null {
   const ms = Date.parse(text);
   if (!Number.isFinite(ms)) return null;

@@ -867,6 +867,17 @@ describe("ledger routes", async () => {
       await ok(adjust(orgId, { amount: "+1", reason: "later" }), 201);
       const [third] = await transactions(orgId);
       expect(third.created_at).toBe(app.clock.now().toISOString());
+      // A clock more than a minute behind is a misconfigured instance: it writes at its own time
+      // (and is logged) rather than adopting, and spreading, another instance's far-ahead time.
+      app.clock.advance(-120_000);
+      try {
+        await ok(adjust(orgId, { amount: "+1", reason: "far behind" }), 201);
+        const [fourth] = await transactions(orgId);
+        expect(fourth.created_at).toBe(app.clock.now().toISOString());
+      } finally {
+        app.clock.advance(120_000);
+      }
+      expect(await verify(orgId)).toMatchObject({ ok: true, entries: 4 });
     });
   });
 

@@ -146,14 +146,26 @@ export interface LedgerState {
   updatedAt: Date;
 }
 
+/** The furthest a write adopts the organisation's latest write instant ahead of its own clock. */
+const MAX_CLOCK_LAG_MS = 60_000;
+
 /**
  * The instant a ledger writes at: the clock, but never before the organisation's latest write.
  * Entries then carry non-decreasing `created_at` along their sequence even when a writer read its
  * clock before waiting for the balance lock, or instances' clocks differ a little — so "entries
- * before a month" is the same set by time as by sequence.
+ * before a month" is the same set by time as by sequence. A clock more than a minute behind is a
+ * misconfigured instance, not a race: it is logged and its own clock is used, so one instance
+ * whose clock ran far ahead cannot pin every other one's time (blocks expiring early).
  */
-function writeInstant(clock: Date, state: LedgerState): Date {
-  return clock.getTime() >= state.updatedAt.getTime() ? clock : new Date(state.updatedAt.getTime());
+function writeInstant(ctx: AppContext, orgId: string, clock: Date, state: LedgerState): Date {
+  const lag = state.updatedAt.getTime() - clock.getTime();
+  if (lag <= 0) return clock;
+  if (lag <= MAX_CLOCK_LAG_MS) return new Date(state.updatedAt.getTime());
+  ctx.logger.warn(
+    { org_id: orgId, lag_ms: lag },
+    "this instance's clock is behind the organisation's latest write by more than a minute; writing at its own time",
+  );
+  return clock;
 }
 
 export type ApplyOutcome =
@@ -199,7 +211,7 @@ export class OrgLedger {
     state: LedgerState,
     clock: Date,
   ) {
-    this.now = writeInstant(clock, state);
+    this.now = writeInstant(ctx, orgId, clock, state);
     this.balance = state.balance;
     this.reserved = state.reserved;
     this.debt = state.debt;

@@ -371,7 +371,8 @@ export async function writeBatch(
   }
   const ledgers = restored ?? (await openLedgers(tx, ctx, [...orgIds], { blocks: true }));
   options.opened?.(ledgers);
-  const now = [...ledgers.values()][0]?.now ?? ctx.clock.now();
+  // Each organisation's writes are stamped with its ledger's instant (see OrgLedger.now).
+  const nowOf = (orgId: string) => ledgers.get(orgId)!.now;
 
   const existing = options.lookUpStored
     ? await findExisting(tx, requests)
@@ -437,7 +438,7 @@ export async function writeBatch(
     }
     if (request.reservation) {
       const hold = holds.get(key(request.reservation.orgId, request.reservation.id));
-      if (!hold || hold.status !== "held" || hold.expires_at <= now) {
+      if (!hold || hold.status !== "held" || hold.expires_at <= nowOf(hold.org_id)) {
         outcomes[requestIndex] = {
           ok: false,
           code: hold ? "invalid_state" : "not_found",
@@ -486,14 +487,14 @@ export async function writeBatch(
 
   // Settle holds: release what was reserved, in the same transaction as the events.
   const settled = new Map<number, Credits>();
-  const settledRows: [string, string, string][] = [];
+  const settledRows: [string, string, string, Date][] = [];
   for (const [i, request] of requests.entries()) {
     if (!request.reservation || outcomes[i]) continue;
     const hold = holds.get(key(request.reservation.orgId, request.reservation.id))!;
     const cost = accepted.filter((a) => a.requestIndex === i).reduce((s, a) => s + a.cost, 0n);
     ledgers.get(hold.org_id)!.release(creditsFromDb(hold.amount));
     settled.set(i, cost);
-    settledRows.push([hold.org_id, hold.id, creditsToDb(cost)]);
+    settledRows.push([hold.org_id, hold.id, creditsToDb(cost), nowOf(hold.org_id)]);
   }
   if (settledRows.length > 0) {
     const source = unnestRows(
@@ -501,20 +502,21 @@ export async function writeBatch(
         ["org_id", "text"],
         ["id", "text"],
         ["settled_cost", "numeric"],
+        ["closed_at", "timestamptz"],
       ],
       settledRows,
     );
     steps.push({
       name: "usage:settled",
       statement: q`update reservations as r
-        set status = 'settled', settled_cost = v.settled_cost, closed_at = ${now.toISOString()}::timestamptz
+        set status = 'settled', settled_cost = v.settled_cost, closed_at = v.closed_at
         from (${source}) as v
         where r.org_id = v.org_id and r.id = v.id returning 1`,
     });
   }
 
   if (accepted.length > 0) {
-    steps.push(insertEvents(accepted, requests, now));
+    steps.push(insertEvents(accepted, requests, nowOf));
     steps.push(...upsertRollups(accepted));
   }
   const written = await saveLedgers(
@@ -763,7 +765,7 @@ const EVENTS_STEP = "usage:events";
 function insertEvents(
   accepted: readonly Accepted[],
   requests: readonly IngestRequest[],
-  now: Date,
+  nowOf: (orgId: string) => Date,
 ): WriteStep {
   const rows = accepted.map((a) => {
     const e = a.event;
@@ -791,7 +793,7 @@ function insertEvents(
       a.transactionId,
       requests[a.requestIndex]!.reservation?.id ?? null,
       e.payloadHash,
-      now,
+      nowOf(e.orgId),
     ];
   });
   return {

@@ -213,6 +213,41 @@ describe("optimistic ingest", async () => {
     await expectVerified(orgId, 7);
   });
 
+  it("an optimistic flush whose clock reads earlier than the last write is stamped at that write's instant", async () => {
+    const { orgId, key } = await setup("100");
+    const at = app.clock.now();
+    await ingest(key, [usage(1)]); // locking path: the engine now remembers the ledger
+    app.clock.advance(-20); // read before the previous flush's instant (or a lagging clock)
+    try {
+      const events = [usage(1)];
+      const optimistic = await ingestCounted(key, events);
+      expect(optimistic.delta).toEqual({ written: 1 });
+    } finally {
+      app.clock.advance(20);
+    }
+    const rows = await ctx.db
+      .selectFrom("ledger_entries")
+      .select(["sequence", "created_at"])
+      .where("org_id", "=", orgId)
+      .where("type", "=", "usage")
+      .orderBy("sequence")
+      .execute();
+    expect(rows.map((r) => r.created_at.toISOString())).toEqual([
+      at.toISOString(),
+      at.toISOString(),
+    ]);
+    const received = await ctx.db
+      .selectFrom("usage_events")
+      .select("received_at")
+      .where("org_id", "=", orgId)
+      .execute();
+    expect(received.map((r) => r.received_at.toISOString())).toEqual([
+      at.toISOString(),
+      at.toISOString(),
+    ]);
+    await expectVerified(orgId, 3);
+  });
+
   it("a ledger changed through another path is refused as stale and written exactly under the locks", async () => {
     const { orgId, key } = await setup("100");
     const [a] = await ingest(key, [usage(1)]);
