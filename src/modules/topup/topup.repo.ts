@@ -19,6 +19,16 @@ export function findSettings(db: Db, orgId: string) {
   return db.selectFrom("topup_settings").selectAll().where("org_id", "=", orgId).executeTakeFirst();
 }
 
+/** The settings row, locked until the transaction ends. */
+export function lockSettings(db: Db, orgId: string) {
+  return db
+    .selectFrom("topup_settings")
+    .selectAll()
+    .where("org_id", "=", orgId)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
 export function findEnabledSettings(db: Db, orgIds: readonly string[]) {
   return db
     .selectFrom("topup_settings")

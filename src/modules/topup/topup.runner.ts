@@ -20,6 +20,7 @@ import {
   markPending,
   markSucceeded,
   reconcileAttempt,
+  refusalBeforeCharge,
   TOPUP_QUEUE,
   type TopupAttempt,
 } from "./topup.service.js";
@@ -132,6 +133,11 @@ async function purchaseOf(ctx: AppContext, attempt: TopupAttempt): Promise<Purch
     return existing;
   }
   return ctx.db.transaction().execute(async (tx) => {
+    const refusal = await refusalBeforeCharge(tx, attempt);
+    if (refusal) {
+      await markFailed(tx, ctx, attempt, { error: refusal, countsAsFailure: false });
+      return null;
+    }
     const created = await createOffSessionPurchase(tx, ctx, {
       orgId: attempt.org_id,
       packageId: attempt.package_id,

@@ -240,14 +240,46 @@ export async function onBalanceChanges(
     }
     const armed = s.armed || (s.rearm_month !== null && monthKey(now) >= s.rearm_month);
     if (!armed) continue;
-    // A refund takes credits away on purpose: buying them straight back would undo it.
-    if (change.entryTypes.length > 0 && change.entryTypes.every((t) => t === "refund")) continue;
+    // A refund takes credits away on purpose: buying them straight back would undo it. Blocks
+    // that fell due are expired in the same transaction as the refund; they do not make it a
+    // write of another kind.
+    const types = change.entryTypes;
+    if (types.includes("refund") && types.every((t) => t === "refund" || t === "expiry")) continue;
     const started = await startAttempt(tx, ctx, s, change.after, now);
     if (started) {
       s.armed = false;
       s.rearm_month = started === "skipped_limit" ? nextMonthKey(now) : null;
     }
   }
+}
+
+/**
+ * Why an attempt about to charge for the first time must not: auto-topup was turned off since it
+ * started (by the customer, or by `max_failures` from a decline reported meanwhile), or its
+ * package's price changed and the new price would break the monthly limit the attempt was
+ * admitted under. Null when it may charge. Locks the settings row, so a concurrent change waits.
+ */
+export async function refusalBeforeCharge(tx: Db, attempt: TopupAttempt): Promise<string | null> {
+  const s = await repo.lockSettings(tx, attempt.org_id);
+  if (!s?.enabled) return "Auto-topup was turned off before the payment was made.";
+  const pkg = await findPackageIn(tx, attempt.package_id);
+  if (!pkg || s.monthly_limit_minor === null) return null; // an unavailable package: purchase says
+  const price = BigInt(pkg.price_minor);
+  if (pkg.currency === attempt.currency && price === BigInt(attempt.amount_minor)) return null;
+  const limit = BigInt(s.monthly_limit_minor);
+  const others =
+    (await repo.sumAmounts(tx, attempt.org_id, pkg.currency, monthStart(attempt.created_at), [
+      "succeeded",
+      "in_flight",
+      "action_required",
+    ])) - (pkg.currency === attempt.currency ? BigInt(attempt.amount_minor) : 0n);
+  if (others + price <= limit) return null;
+  const money = (minor: bigint) =>
+    `${formatMoney({ minor, currency: pkg.currency })} ${pkg.currency}`;
+  return (
+    `The package's price changed to ${money(price)}: the monthly limit of ${money(limit)} ` +
+    `would be exceeded (${money(others)} spent or pending this month).`
+  );
 }
 
 async function startAttempt(

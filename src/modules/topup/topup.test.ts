@@ -331,6 +331,34 @@ describe("auto-topup", async () => {
     expect((await h.attempts(orgId)).map((a) => a.status)).toEqual(["in_flight"]);
   });
 
+  it("a refund that also expires a block that fell due starts no topup either", async () => {
+    const orgId = await h.orgWithCard(packageId); // balance 1200, all from one purchase
+    const promo = await app.call("POST", `/v1/organizations/${orgId}/adjustments`, {
+      body: {
+        amount: "+5",
+        reason: "promotion",
+        category: "promotional",
+        expires_at: new Date(app.clock.now().getTime() + 3_600_000).toISOString(),
+      },
+    });
+    expect(promo.statusCode, promo.body).toBe(201);
+    await h.enable(orgId, { threshold: "100", package_id: packageId });
+    const [bought] = await h.purchases(orgId, "checkout");
+    app.clock.advance(2 * 3_600_000); // the promotion is due; the expiry task has not run
+    try {
+      const refund = await app.call(
+        "POST",
+        `/v1/organizations/${orgId}/purchases/${bought!.id}/refund`,
+        { body: { reason: "customer asked" } },
+      );
+      expect(refund.statusCode, refund.body).toBe(200);
+      expect((await h.balance(orgId)).balance).toBe("0");
+      expect(await h.attempts(orgId)).toEqual([]);
+    } finally {
+      app.clock.advance(-2 * 3_600_000);
+    }
+  });
+
   it("the database holds at most one attempt in flight per organisation", async () => {
     const orgId = await app.createOrg();
     const row = (id: string) => ({
