@@ -120,6 +120,41 @@ describe("low-balance alerts", async () => {
     expect(balance.low_balance).toBe(true);
   });
 
+  it("a write that also expires a block that fell due is still one write: one balance.low", async () => {
+    const orgId = await setup(["500", "100"], "450");
+    const promo = await app.call("POST", `/v1/organizations/${orgId}/adjustments`, {
+      body: {
+        amount: "+100",
+        reason: "promotion",
+        category: "promotional",
+        expires_at: new Date(app.clock.now().getTime() + 3_600_000).toISOString(),
+      },
+    });
+    expect(promo.statusCode, promo.body).toBe(201); // 550
+    app.clock.advance(2 * 3_600_000); // the promotion is due; the expiry task has not run
+    try {
+      await adjust(orgId, "-400"); // 550 → 450 (expiry) → 50, one transaction
+    } finally {
+      app.clock.advance(-2 * 3_600_000);
+    }
+    expect(await events(orgId, "balance.low")).toEqual([
+      {
+        type: "balance.low",
+        data: {
+          threshold: "100",
+          crossed_thresholds: ["500", "100"],
+          balance: "50",
+          previous_balance: "550",
+          available: "50",
+        },
+      },
+    ]);
+    const types = (await app.call("GET", `/v1/organizations/${orgId}/transactions?limit=10`))
+      .json()
+      .data.map((e: { type: string }) => e.type);
+    expect(types.slice(0, 2)).toEqual(["adjustment", "expiry"]);
+  });
+
   it("crossing the thresholds one write at a time: one notice each", async () => {
     const orgId = await setup(["500", "100"], "600");
     await adjust(orgId, "-150"); // 450 < 500

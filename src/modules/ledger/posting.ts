@@ -896,14 +896,20 @@ export async function postEntries(
 ): Promise<PostResult> {
   const needsBlocks = postings.some((p) => p.kind !== "credit");
   const ledger = (await openLedgers(tx, ctx, [orgId], { blocks: needsBlocks })).get(orgId)!;
-  // Expiries found while loading the blocks are facts: keep them even if a posting is refused.
-  await saveLedgers(tx, [ledger]);
   const entries: LedgerEntry[] = [];
   for (const [index, posting] of postings.entries()) {
     const outcome = ledger.apply(posting);
-    if (!outcome.ok) return { ok: false, code: outcome.code, index };
+    if (!outcome.ok) {
+      // Expiries found while loading the blocks are facts: keep them even though a posting is
+      // refused — from a ledger opened afresh, since this one holds the postings before it.
+      const fresh = (await openLedgers(tx, ctx, [orgId], { blocks: needsBlocks })).get(orgId)!;
+      await saveLedgers(tx, [fresh]);
+      return { ok: false, code: outcome.code, index };
+    }
     if (outcome.entry) entries.push(outcome.entry);
   }
+  // One save: the expiries and the postings are one write, one balance change for the observers
+  // (one alert for the lowest threshold crossed, not one per step).
   await saveLedgers(tx, [ledger]);
   return { ok: true, entries, ledger };
 }
