@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import pino, { type Logger } from "pino";
 import { type Database, migrateToLatest, openDatabase } from "../db/index.js";
 import { createPaymentProvider, type PaymentProvider } from "../modules/billing/providers/index.js";
@@ -165,6 +166,14 @@ export async function createRuntime(
     ctx.balanceObservers.push(balanceReactions);
     registerTopupJobs(ctx);
     const generatedAdminKey = await bootstrapPlatformKey(ctx);
+    if (generatedAdminKey) {
+      // Shown at once: it is stored already, and a start that fails later (a port in use) must
+      // not leave the operator without it — the next start finds a platform key and makes none.
+      print("A platform API key was generated. It is shown only this once — store it now:");
+      print(`  ${generatedAdminKey}`);
+      print("(sign in to the dashboard with it)");
+      print("");
+    }
     const app = await buildServer(ctx, { sessions: createSessionAuthenticator(ctx) });
     // TALLY_DEMO is for the embedded database only (API.md): explicit true seeds it; unset seeds
     // only an empty one that this runtime opened itself (not one handed in by tests). On
@@ -211,7 +220,15 @@ export async function createRuntime(
   }
 }
 
+/**
+ * Nothing an operator set up: no organisation, credit package or webhook endpoint, and no price
+ * catalogue but the seeded one. (A database with a package and no organisation yet is someone's
+ * setup: demo packages must not go on sale beside it.)
+ */
 async function isEmpty(ctx: AppContext): Promise<boolean> {
-  const row = await ctx.db.selectFrom("organizations").select("id").limit(1).executeTakeFirst();
-  return row === undefined;
+  const row = await sql<{ used: boolean }>`select
+      exists (select 1 from organizations) or exists (select 1 from credit_packages)
+      or exists (select 1 from webhook_endpoints)
+      or (select count(*) from price_versions) > 1 as used`.execute(ctx.db);
+  return row.rows[0]?.used === false;
 }

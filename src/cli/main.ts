@@ -93,12 +93,6 @@ export function buildCli(): Command {
       );
       out(`  Dashboard: ${config.publicUrl}/dashboard`);
       out(`  API docs:  ${config.publicUrl}/docs`);
-      if (runtime.generatedAdminKey) {
-        out("");
-        out("  A platform API key was generated. It is shown only this once — store it now:");
-        out(`    ${runtime.generatedAdminKey}`);
-        out("  (sign in to the dashboard with it)");
-      }
       if (runtime.demo) {
         out("");
         out('  Demo data: organisation ext:demo ("Demo Labs"), users ada/grace/linus.');
