@@ -253,11 +253,17 @@ describe("startup", { timeout: 90_000 }, () => {
     });
 
     it("refuses ambiguous or incomplete options", async () => {
-      const [both, noRole, badRole] = await Promise.all([
+      const [both, noRole, badRole, blank, long] = await Promise.all([
         runCli(["keys", "create", "--platform", "--org", "org_x", "--role", "read"], {}),
         runCli(["keys", "create", "--org", "org_x"], {}),
         runCli(["keys", "create", "--org", "org_x", "--role", "platform"], {}),
+        runCli(["keys", "create", "--platform", "--name", "   "], {}),
+        runCli(["keys", "create", "--platform", "--name", "k".repeat(201)], {}),
       ]);
+      for (const bad of [blank, long]) {
+        expect(bad.code).toBe(2);
+        expect(bad.stderr).toContain("--name must be 1–200 characters.");
+      }
       expect(both.code).toBe(2);
       expect(both.stderr).toContain("exactly one of --platform or --org");
       expect(noRole.code).toBe(2);

@@ -224,6 +224,21 @@ describe("loadConfig", () => {
     expect(loadConfig({ TALLY_ADMIN_KEY: "x".repeat(24) }).adminKey).toBe("x".repeat(24));
   });
 
+  it("refuses a TALLY_ADMIN_KEY that cannot be sent as a bearer token", () => {
+    for (const key of ["correct horse battery staple 42", `${"x".repeat(24)}é`]) {
+      expect(problemsOf({ TALLY_ADMIN_KEY: key }), key).toEqual([
+        "TALLY_ADMIN_KEY must be visible ASCII characters only (no spaces): it is sent as a bearer token",
+      ]);
+    }
+  });
+
+  it("refuses TALLY_CREDIT_PLANS naming plans no organisation can have", () => {
+    expect(problemsOf({ TALLY_CREDIT_PLANS: "professional;enterprise, pro plan,team" })).toEqual([
+      'TALLY_CREDIT_PLANS: "professional;enterprise" is not a plan name (1–64 letters, digits, ".", "_" or "-"; plans are separated by commas)',
+      'TALLY_CREDIT_PLANS: "pro plan" is not a plan name (1–64 letters, digits, ".", "_" or "-"; plans are separated by commas)',
+    ]);
+  });
+
   it("refuses the stripe provider without its secrets", () => {
     const problems = problemsOf({ TALLY_PAYMENT_PROVIDER: "stripe" });
     expect(problems).toHaveLength(2);

@@ -117,6 +117,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (adminKey !== null && adminKey.length < 24) {
     problems.push("TALLY_ADMIN_KEY must be at least 24 characters");
   }
+  // A bearer token is one run of visible ASCII: a key with a space or a non-ASCII character
+  // would be registered and never authenticate.
+  if (adminKey !== null && !/^[\x21-\x7e]+$/.test(adminKey)) {
+    problems.push(
+      "TALLY_ADMIN_KEY must be visible ASCII characters only (no spaces): it is sent as a bearer token",
+    );
+  }
   const publicUrl = (
     url("TALLY_PUBLIC_URL", ["http:", "https:"]) ??
     `http://${host.includes(":") ? `[${host}]` : host}:${port}`
@@ -144,6 +151,15 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     .map((p) => p.trim())
     .filter(Boolean);
   if (plans.length === 0) problems.push("TALLY_CREDIT_PLANS must name at least one plan");
+  for (const plan of plans) {
+    // The plan names an organisation can have (POST /v1/organizations): a typo such as
+    // "professional;enterprise" would otherwise silently turn credits billing off for everyone.
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(plan)) {
+      problems.push(
+        `TALLY_CREDIT_PLANS: "${plan}" is not a plan name (1–64 letters, digits, ".", "_" or "-"; plans are separated by commas)`,
+      );
+    }
+  }
 
   const logLevel = str("LOG_LEVEL") ?? "info";
   if (!LOG_LEVELS.includes(logLevel)) {

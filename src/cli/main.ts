@@ -152,6 +152,7 @@ export function buildCli(): Command {
         }
         if (opts.org && !opts.role)
           throw new UsageError("--org needs --role admin|billing|ingest|read.");
+        const name = nameOption(opts.name);
         await withContext(async (ctx) => {
           let orgId: string | null = null;
           if (opts.org) {
@@ -160,7 +161,7 @@ export function buildCli(): Command {
             orgId = org.id;
           }
           const role = opts.platform ? "platform" : (opts.role as "admin");
-          const { row, secret } = await createApiKey(ctx, { orgId, name: opts.name, role });
+          const { row, secret } = await createApiKey(ctx, { orgId, name, role });
           if (opts.json) out(JSON.stringify({ id: row.id, org_id: orgId, role, key: secret }));
           else out(`${row.id} (${role}${orgId ? ` of ${orgId}` : ""}): ${secret}`);
         });
@@ -276,10 +277,7 @@ export function buildCli(): Command {
     )
     .option("--json", "print JSON: the organisation as the API returns it")
     .action(async (opts: { name: string; externalId?: string; plan: string; json?: boolean }) => {
-      const name = opts.name.trim();
-      if (name.length === 0 || name.length > 200) {
-        throw new UsageError("--name must be 1–200 characters.");
-      }
+      const name = nameOption(opts.name);
       if (opts.externalId !== undefined && !new RegExp(CLIENT_ID_PATTERN).test(opts.externalId)) {
         throw new UsageError("--external-id must be 1–128 characters of A-Z a-z 0-9 . _ : -");
       }
@@ -533,6 +531,15 @@ class UsageError extends Error {}
  * One line for a failure of the surroundings — the database, the port, the data directory — which
  * the operator fixes without a stack trace. Null for anything else (a fault of Tally's own).
  */
+/** A `--name`, as the API takes names: 1–200 characters once trimmed. */
+function nameOption(raw: string): string {
+  const name = raw.trim();
+  if (name.length === 0 || name.length > 200) {
+    throw new UsageError("--name must be 1–200 characters.");
+  }
+  return name;
+}
+
 function environmentProblem(error: unknown): string | null {
   const e = error as {
     code?: unknown;
