@@ -25,6 +25,41 @@ describe("operational routes", async () => {
     expect(res.body).toContain("process_cpu_seconds_total");
   });
 
+  it("counts usage events refused before the engine as rejected, one per event", async () => {
+    const rejected = async () => {
+      const text = (await app.call("GET", "/metrics", { key: null })).body;
+      return Number(/^tally_usage_events_total\{status="rejected"\} (\d+)/m.exec(text)?.[1] ?? 0);
+    };
+    const org = await app.createOrg();
+    const before = await rejected();
+    const invalid = await app.call("POST", "/v1/usage-events", {
+      body: {
+        events: [
+          { id: "r-1", org_id: org, type: "compute", meter: "compute.vcpu_seconds", quantity: "1" },
+          {
+            id: "r-2",
+            org_id: org,
+            type: "compute",
+            meter: "compute.vcpu_seconds",
+            quantity: "-1",
+          },
+        ],
+      },
+    });
+    expect(invalid.statusCode).toBe(400);
+    const unpriced = await app.call("POST", "/v1/usage-events", {
+      body: { id: "r-3", org_id: org, type: "ai_tokens", model: "no-such-model", tokens: {} },
+    });
+    expect(unpriced.statusCode).toBe(422);
+    expect(await rejected()).toBe(before + 3);
+  });
+
+  it("GET /openapi.json describes the answers of /healthz and /metrics", async () => {
+    const doc = (await app.call("GET", "/openapi.json", { key: null })).json();
+    expect(doc.paths["/healthz"].get.responses["200"].content["application/json"]).toBeDefined();
+    expect(doc.paths["/metrics"].get.responses["200"].content["text/plain"]).toBeDefined();
+  });
+
   it("GET /openapi.json describes the v1 routes with the error envelope", async () => {
     const res = await app.call("GET", "/openapi.json", { key: null });
     expect(res.statusCode).toBe(200);

@@ -171,10 +171,15 @@ function registerOperationalRoutes(app: App, ctx: AppContext): void {
   app.get(
     "/healthz",
     {
-      schema: { tags: ["operations"], summary: "Process is up", security: [] },
+      schema: {
+        tags: ["operations"],
+        summary: "Process is up",
+        security: [],
+        response: { 200: Type.Object({ status: Type.Literal("ok") }) },
+      },
       config: publicAccess,
     },
-    async () => ({ status: "ok" }),
+    async () => ({ status: "ok" as const }),
   );
   app.get(
     "/readyz",
@@ -207,7 +212,18 @@ function registerOperationalRoutes(app: App, ctx: AppContext): void {
   app.get(
     "/metrics",
     {
-      schema: { tags: ["operations"], summary: "Prometheus metrics", security: [] },
+      schema: {
+        tags: ["operations"],
+        summary: "Prometheus metrics",
+        security: [],
+        response: {
+          200: {
+            description: "Prometheus text exposition format.",
+            // A plain JSON schema: the handler replies with text, not a typed value.
+            content: { "text/plain": { schema: { type: "string" } } },
+          },
+        },
+      },
       config: publicAccess,
     },
     async (_request, reply) => {

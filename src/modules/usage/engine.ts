@@ -135,6 +135,11 @@ export class IngestEngine {
     });
   }
 
+  /** Counts events of a request refused before it reached the engine. */
+  countRejected(events: number): void {
+    this.metrics.events.inc({ status: "rejected" }, events);
+  }
+
   /** Resolves when everything submitted so far is written. */
   async drain(): Promise<void> {
     while (this.queue.length > 0 || this.active > 0) {

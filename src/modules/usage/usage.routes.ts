@@ -63,6 +63,12 @@ function parseUsageBody(body: unknown): { events: UsageEventInput[]; single: boo
     : { events: [body as UsageEventInput], single: true };
 }
 
+/** How many events a request body carried, as far as it can be told. */
+function submittedEvents(body: unknown): number {
+  const events = (body as { events?: unknown } | null)?.events;
+  return Array.isArray(events) ? events.length : 1;
+}
+
 function ingestResponse(outcome: IngestOutcome) {
   if (!outcome.ok) throw new AppError(outcome.code, outcome.message, outcome.details);
   return {
@@ -158,14 +164,18 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
       config: { access: { roles: ROLES.ingest } },
     },
     async (request) => {
-      const { events, single } = parseUsageBody(request.body);
-      const outcome = await service.ingestUsage(
-        ctx,
-        engine,
-        requestPrincipal(request),
-        events,
-        (i) => (single ? "" : `/events/${i}`),
-      );
+      let outcome: IngestOutcome;
+      try {
+        const { events, single } = parseUsageBody(request.body);
+        outcome = await service.ingestUsage(ctx, engine, requestPrincipal(request), events, (i) =>
+          single ? "" : `/events/${i}`,
+        );
+      } catch (error) {
+        // Refused before the engine (schema, price, time window, plan): counted like the
+        // engine counts the requests it refuses.
+        if (error instanceof AppError) engine.countRejected(submittedEvents(request.body));
+        throw error;
+      }
       return ingestResponse(outcome);
     },
   );
