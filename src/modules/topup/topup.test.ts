@@ -697,4 +697,55 @@ describe("auto-topup", async () => {
     await runDueJobs(ctx);
     expect((await h.attempts(orgId)).map((a) => a.status)).toEqual(["succeeded", "failed"]);
   });
+
+  /** What an attempt checks once more before its first charge (refusalBeforeCharge). */
+  describe("checks before the first charge", () => {
+    /** A saved card, 1000 credits, auto-topup below 100 and an attempt in flight. */
+    async function attemptInFlight(monthlyLimit: string | null) {
+      const pkg = await h.pkg({ bonus_credits: "0" });
+      const orgId = await h.orgWithCard(pkg);
+      await h.enable(orgId, {
+        threshold: "100",
+        package_id: pkg,
+        ...(monthlyLimit ? { monthly_limit: monthlyLimit } : {}),
+      });
+      await h.adjust(orgId, "-950");
+      expect((await h.attempts(orgId)).map((a) => a.status)).toEqual(["in_flight"]);
+      return { orgId, pkg };
+    }
+    const reprice = async (pkg: string, price: string) => {
+      const res = await app.call("PATCH", `/v1/credit-packages/${pkg}`, { body: { price } });
+      expect(res.statusCode, res.body).toBe(200);
+    };
+
+    it("a price raised past the monthly limit while the attempt waited: no charge", async () => {
+      const { orgId, pkg } = await attemptInFlight("60.00");
+      await reprice(pkg, "500.00");
+      await runDueJobs(ctx);
+      const [attempt] = await h.attempts(orgId);
+      expect(attempt).toMatchObject({ status: "failed" });
+      expect(attempt!.error).toContain("monthly limit of 60.00 USD would be exceeded");
+      expect(await h.settings(orgId)).toMatchObject({ spent_this_month: "0.00", enabled: true });
+      expect((await h.balance(orgId)).balance).toBe("50");
+    });
+
+    it("a price changed within the limit: charged at the new price", async () => {
+      const { orgId, pkg } = await attemptInFlight("60.00");
+      await reprice(pkg, "59.00");
+      await runDueJobs(ctx);
+      expect(await h.attempts(orgId)).toMatchObject([{ status: "succeeded", amount: "59.00" }]);
+      expect(await h.settings(orgId)).toMatchObject({ spent_this_month: "59.00" });
+    });
+
+    it("auto-topup turned off while the attempt waited: no charge", async () => {
+      const { orgId, pkg } = await attemptInFlight(null);
+      const off = await h.put(orgId, { enabled: false, threshold: "100", package_id: pkg });
+      expect(off.statusCode, off.body).toBe(200);
+      await runDueJobs(ctx);
+      expect(await h.attempts(orgId)).toMatchObject([
+        { status: "failed", error: "Auto-topup was turned off before the payment was made." },
+      ]);
+      expect(await h.settings(orgId)).toMatchObject({ spent_this_month: "0.00" });
+    });
+  });
 });
