@@ -1,5 +1,6 @@
 import { isIP } from "node:net";
 import { isCurrency } from "../modules/ledger/money.js";
+import { PLAN_NAME_PATTERN } from "./ids.js";
 
 /**
  * A host name: dot-separated labels of letters, digits and inner hyphens — or underscores, which
@@ -154,7 +155,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   for (const plan of plans) {
     // The plan names an organisation can have (POST /v1/organizations): a typo such as
     // "professional;enterprise" would otherwise silently turn credits billing off for everyone.
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(plan)) {
+    if (!new RegExp(PLAN_NAME_PATTERN).test(plan)) {
       problems.push(
         `TALLY_CREDIT_PLANS: "${plan}" is not a plan name (1–64 letters, digits, ".", "_" or "-"; plans are separated by commas)`,
       );

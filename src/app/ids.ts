@@ -71,5 +71,8 @@ export function createIdGenerator(now: () => number = Date.now): IdGenerator {
   };
 }
 
+/** Plan names an organisation can have (and TALLY_CREDIT_PLANS may name). */
+export const PLAN_NAME_PATTERN = "^[A-Za-z0-9._-]{1,64}$";
+
 /** Client-supplied ids: organisation external ids, user ids, usage event ids. */
 export const CLIENT_ID_PATTERN = "^[A-Za-z0-9._:-]{1,128}$";

@@ -4,7 +4,7 @@ import type { AppContext } from "../app/context.js";
 import { systemClock } from "../app/context.js";
 import { csvLine } from "../app/csv.js";
 import { limitHeapGrowth } from "../app/heap.js";
-import { CLIENT_ID_PATTERN, createIdGenerator } from "../app/ids.js";
+import { CLIENT_ID_PATTERN, createIdGenerator, PLAN_NAME_PATTERN } from "../app/ids.js";
 import { createMetrics } from "../app/metrics.js";
 import {
   DataDirLockedError,
@@ -281,7 +281,7 @@ export function buildCli(): Command {
       if (opts.externalId !== undefined && !new RegExp(CLIENT_ID_PATTERN).test(opts.externalId)) {
         throw new UsageError("--external-id must be 1–128 characters of A-Z a-z 0-9 . _ : -");
       }
-      if (!/^[A-Za-z0-9._-]{1,64}$/.test(opts.plan)) {
+      if (!new RegExp(PLAN_NAME_PATTERN).test(opts.plan)) {
         throw new UsageError("--plan must be 1–64 characters of A-Z a-z 0-9 . _ -");
       }
       await withContext(async (ctx) => {

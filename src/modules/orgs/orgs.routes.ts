@@ -16,6 +16,7 @@ import {
   ROLES,
   Timestamp,
 } from "../../app/http.js";
+import { PLAN_NAME_PATTERN } from "../../app/ids.js";
 import { creditsFromDb, formatCredits, parseCredits } from "../ledger/credits.js";
 import { requestOrg, requestPrincipal } from "./auth.js";
 import * as repo from "./orgs.repo.js";
@@ -24,7 +25,7 @@ import * as service from "./orgs.service.js";
 const PlanName = Type.String({
   minLength: 1,
   maxLength: 64,
-  pattern: "^[A-Za-z0-9._-]+$",
+  pattern: PLAN_NAME_PATTERN,
   description: "Plan of the organisation; only plans in TALLY_CREDIT_PLANS get credits billing.",
   examples: ["professional", "enterprise"],
 });
