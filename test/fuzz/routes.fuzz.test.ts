@@ -3,6 +3,8 @@ import type { LightMyRequestResponse } from "fastify";
 import { sql } from "kysely";
 import { afterAll, describe, expect, it } from "vitest";
 import { ERRORS } from "../../src/app/errors.js";
+import { parseCredits } from "../../src/modules/ledger/credits.js";
+import { adjustCredits } from "../../src/modules/ledger/ledger.service.js";
 import { createTestApp } from "../support/app.js";
 
 /**
@@ -1147,9 +1149,21 @@ describe("hostile input on every route", async () => {
         await ok(201, "POST", `${orgUrl}/api-keys`, { name: "victim", role: "read" })
       ).id;
     }
-    const balance = await ok(200, "GET", `${orgUrl}/balance`);
-    if (Number(balance.available) < 500) {
-      await ok(201, "POST", `${orgUrl}/adjustments`, { amount: "+1000", reason: "fuzz top-up" });
+    const { available } = await ok(200, "GET", `${orgUrl}/balance`);
+    if (Number(available) < 500) {
+      // Usage can leave a debt larger than one adjustment may add (15 digits): the service
+      // takes any amount, so 1000 credits on top of the debt is one entry.
+      const topUp = await adjustCredits(app.runtime.ctx, {
+        orgId: own,
+        amount: parseCredits("1000") - parseCredits(available),
+        reason: "fuzz top-up",
+        category: "correction",
+        expiresAt: null,
+        priority: null,
+        actor: { type: "system", id: "fuzz" },
+        userId: null,
+      });
+      if (!topUp.ok) throw new Error(`fuzz top-up: ${topUp.message}`);
     }
     const held =
       fixtures.reservation !== "" &&
