@@ -29,13 +29,14 @@ export interface SummaryLine {
  * monthly rollups, which the primary key (org_id, period, …) range-scans. Sums are done by
  * PostgreSQL in NUMERIC, so they are exact. Two queries: the lines with quantities and tokens,
  * and the cost-only lines per operation and per user — on PostgreSQL they run side by side on
- * two connections, which about halves the latency. The month's total is the sum of its `type`
- * lines (every event has exactly one type).
+ * two connections, which about halves the latency; if a write landed between them, they are
+ * read again from one snapshot. The month's total is the sum of its `type` lines (every event
+ * has exactly one type).
  */
 export function summaryLinesQueries(orgId: string, from: string, to: string) {
   const rollups = sql`usage_rollups
      where org_id = ${orgId} and period >= ${from}::date and period <= ${to}::date`;
-  const quantities = sql<Omit<SummaryLine, "kind" | "operation" | "user_id"> & { mask: number }>`
+  const quantities = sql<QuantityRow>`
     select to_char(period, 'YYYY-MM') as period, grouping(type, unit, model, resource) as mask,
            type, unit, model, resource,
            sum(quantity)::text as quantity,
@@ -47,14 +48,7 @@ export function summaryLinesQueries(orgId: string, from: string, to: string) {
            sum(events)::text as events
       from ${rollups}
      group by grouping sets ((period, type, unit), (period, model), (period, resource, type, unit))`;
-  const costs = sql<{
-    period: string;
-    mask: number;
-    operation: string | null;
-    user_id: string | null;
-    cost: string;
-    events: string;
-  }>`
+  const costs = sql<CostRow>`
     select to_char(period, 'YYYY-MM') as period, grouping(operation, user_id) as mask,
            operation, user_id, sum(cost)::text as cost, sum(events)::text as events
       from ${rollups}
@@ -78,14 +72,34 @@ export async function summaryLines(
 ): Promise<SummaryLine[]> {
   const q = summaryLinesQueries(orgId, from, to);
   const [quantities, costs] = await Promise.all([q.quantities.execute(db), q.costs.execute(db)]);
+  let lines = toLines(quantities.rows, costs.rows);
+  if (!breakdownsAgree(lines)) {
+    // A usage write committed between the two queries. Rare: read again from one snapshot.
+    lines = await db
+      .transaction()
+      .setIsolationLevel("repeatable read")
+      .execute(async (tx) => {
+        const quantities = await q.quantities.execute(tx);
+        return toLines(quantities.rows, (await q.costs.execute(tx)).rows);
+      });
+  }
+  return lines;
+}
+
+type QuantityRow = Omit<SummaryLine, "kind" | "operation" | "user_id"> & { mask: number };
+type CostRow = Pick<SummaryLine, "period" | "operation" | "user_id" | "cost" | "events"> & {
+  mask: number;
+};
+
+function toLines(quantities: readonly QuantityRow[], costs: readonly CostRow[]): SummaryLine[] {
   return [
-    ...quantities.rows.map(({ mask, ...r }) => ({
+    ...quantities.map(({ mask, ...r }) => ({
       ...r,
       operation: null,
       user_id: null,
       kind: QUANTITY_KINDS[Number(mask)]!,
     })),
-    ...costs.rows.map(({ mask, ...r }) => ({
+    ...costs.map(({ mask, ...r }) => ({
       ...r,
       type: null,
       unit: null,
@@ -99,6 +113,20 @@ export async function summaryLines(
       kind: COST_KINDS[Number(mask)]!,
     })),
   ];
+}
+
+/**
+ * Whether the two queries saw the same rollups: each month's events, summed over its `type`
+ * lines and over its `user` lines, are equal. Rollups only ever grow by a positive event count,
+ * so a write between the queries always shows here.
+ */
+export function breakdownsAgree(lines: readonly SummaryLine[]): boolean {
+  const events = new Map<string, bigint>();
+  for (const l of lines) {
+    const sign = l.kind === "type" ? 1n : l.kind === "user" ? -1n : 0n;
+    events.set(l.period, (events.get(l.period) ?? 0n) + sign * BigInt(l.events));
+  }
+  return [...events.values()].every((n) => n === 0n);
 }
 
 export interface OrgTypeLine {

@@ -393,6 +393,18 @@ describe("reports", async () => {
     );
   }, 120_000);
 
+  it("a summary read while usage is written still adds up (Σ by_user, by_operation = total)", async () => {
+    const orgId = await app.createOrg();
+    await ingest([tokens(orgId, NOW, { user_id: "u-0" })]);
+    for (let i = 1; i <= 150; i++) {
+      const [, [summary]] = await Promise.all([
+        ingest([tokens(orgId, NOW, { user_id: `u-${i % 7}`, operation: `op-${i % 3}` })]),
+        summaries(orgId, "?year=2026&month=11"),
+      ]);
+      checkShape(summary!);
+    }
+  });
+
   it("puts events in calendar months by UTC timestamp", async () => {
     const orgId = await app.createOrg();
     await ingest([
