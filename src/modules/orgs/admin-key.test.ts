@@ -21,6 +21,27 @@ describe("TALLY_ADMIN_KEY", async () => {
     expect(rows).not.toContain(FIRST);
   });
 
+  it("its listed prefix shows at most a quarter of it, also for a key listed before with more", async () => {
+    // What `tally keys list` shows.
+    const listed = async () =>
+      (
+        await ctx.db
+          .selectFrom("api_keys")
+          .select("key_prefix")
+          .where("name", "=", "TALLY_ADMIN_KEY")
+          .where("revoked_at", "is", null)
+          .executeTakeFirstOrThrow()
+      ).key_prefix;
+    expect(await listed()).toBe(FIRST.slice(0, 8));
+    await ctx.db
+      .updateTable("api_keys")
+      .set({ key_prefix: FIRST.slice(0, 12) })
+      .where("name", "=", "TALLY_ADMIN_KEY")
+      .execute();
+    await startWith(FIRST);
+    expect(await listed()).toBe(FIRST.slice(0, 8));
+  });
+
   it("changing it rotates the key: the earlier value stops working", async () => {
     const other = await app.call("POST", "/v1/platform-keys", { body: { name: "ops" } });
     expect(other.statusCode).toBe(201);

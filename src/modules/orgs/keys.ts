@@ -33,7 +33,11 @@ export function presentedKeyHash(request: { headers: { authorization?: string } 
   return hash;
 }
 
-/** What a list shows to identify a key without revealing it. */
+/**
+ * What a list shows to identify a key without revealing it: 12 characters of a generated key
+ * (`tally_` and 6 of its 40 random ones), never more than a quarter of a chosen one
+ * (`TALLY_ADMIN_KEY`, 24 characters or more).
+ */
 export function keyPrefix(secret: string): string {
-  return secret.slice(0, 12);
+  return secret.slice(0, Math.min(12, Math.ceil(secret.length / 4)));
 }

@@ -133,7 +133,13 @@ export async function registerApiKeyByHash(db: Db, row: ApiKeyRow): Promise<ApiK
   await db
     .insertInto("api_keys")
     .values(row)
-    .onConflict((oc) => oc.column("key_hash").doNothing())
+    // A key registered before `keyPrefix` showed less keeps nothing more than it shows now.
+    .onConflict((oc) =>
+      oc
+        .column("key_hash")
+        .doUpdateSet({ key_prefix: (eb) => eb.ref("excluded.key_prefix") })
+        .whereRef("api_keys.key_prefix", "<>", "excluded.key_prefix"),
+    )
     .execute();
   return db
     .selectFrom("api_keys")
