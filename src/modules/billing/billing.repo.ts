@@ -105,6 +105,32 @@ export async function purgeRefundNotices(db: Db, before: Date): Promise<number> 
   return Number(r.numDeletedRows);
 }
 
+/**
+ * Serialises, until the transaction ends, everything that links a processor payment to a
+ * purchase: the payment being applied, and a refund of it being reflected or kept. Without it,
+ * a payment and its refund notified at the same moment each miss the other's uncommitted row
+ * and the refund is never applied.
+ */
+export async function lockPayment(db: Db, provider: ProviderName, paymentId: string) {
+  await sql`select pg_advisory_xact_lock(hashtext(${`payment:${provider}:${paymentId}`}))`.execute(
+    db,
+  );
+}
+
+/** Paid purchases whose payment has a kept refund notice (the recovery task applies them). */
+export function purchasesWithRefundNotices(db: Db, limit: number) {
+  return db
+    .selectFrom("refund_notices as n")
+    .innerJoin("purchases as p", (join) =>
+      join
+        .onRef("p.provider", "=", "n.provider")
+        .onRef("p.provider_payment_id", "=", "n.payment_id"),
+    )
+    .selectAll("p")
+    .limit(limit)
+    .execute();
+}
+
 /** Removes and returns the kept refund notice of a payment, if any. */
 export function takeRefundNotice(db: Db, provider: ProviderName, paymentId: string) {
   return db

@@ -239,6 +239,8 @@ export async function fulfilPurchaseInTx(
   const now = ctx.clock.now();
   const current = await repo.findPurchase(tx, orgId, purchaseId);
   if (!current) return fail("not_found", "Purchase not found.");
+  // Before any lock of the ledger, as `reflectProviderRefundInTx` does.
+  await repo.lockPayment(tx, current.provider, payment.providerPaymentId);
   const owner = await repo.findPurchaseByPaymentId(tx, current.provider, payment.providerPaymentId);
   if (owner && (owner.org_id !== orgId || owner.id !== purchaseId)) {
     ctx.logger.warn(

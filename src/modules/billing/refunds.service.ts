@@ -339,10 +339,28 @@ export const refundRecoveryTask: PeriodicTask = {
   everyMs: 60_000,
   run: async (ctx) => {
     await resumePendingRefunds(ctx);
+    await applyKeptRefunds(ctx);
     const before = ctx.clock.now().getTime() - REFUND_NOTICE_RETENTION_DAYS * 86_400_000;
     await repo.purgeRefundNotices(ctx.db, new Date(before));
   },
 };
+
+/**
+ * Kept refund notices whose payment a purchase now carries: applied here. Normally the payment
+ * takes its notice as it is applied; this catches one left by a crash or by an earlier version
+ * that had no `lockPayment`.
+ */
+export async function applyKeptRefunds(ctx: AppContext): Promise<number> {
+  let applied = 0;
+  for (const purchase of await repo.purchasesWithRefundNotices(ctx.db, 100)) {
+    const outcome = await ctx.db.transaction().execute(async (tx) => {
+      await repo.lockPayment(tx, purchase.provider, purchase.provider_payment_id!);
+      return applyKeptRefundInTx(tx, ctx, purchase);
+    });
+    if (outcome?.status === "processed") applied++;
+  }
+  return applied;
+}
 
 export interface ProviderRefundNotice {
   provider: ProviderName;
@@ -392,6 +410,9 @@ export async function reflectProviderRefundInTx(
   ctx: AppContext,
   notice: ProviderRefundNotice,
 ): Promise<ReflectOutcome> {
+  // A payment being applied meanwhile either committed (found below) or takes the notice kept
+  // below once this transaction ends.
+  await repo.lockPayment(tx, notice.provider, notice.paymentId);
   const found = await repo.findPurchaseByPaymentId(tx, notice.provider, notice.paymentId);
   if (!found) {
     // The payment's own notification may be late (or retried after a failure): keep the refund

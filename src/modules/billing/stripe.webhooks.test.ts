@@ -1,9 +1,15 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
 import { startFakeStripe } from "../../../test/support/fake-stripe.js";
+import type { Db } from "../../db/index.js";
 import { insertPurchase } from "./billing.repo.js";
 import type { StripeProvider } from "./providers/stripe.js";
-import { resumePendingRefunds } from "./refunds.service.js";
+import { fulfilPurchaseInTx } from "./purchases.service.js";
+import {
+  applyKeptRefunds,
+  reflectProviderRefundInTx,
+  resumePendingRefunds,
+} from "./refunds.service.js";
 
 // biome-ignore lint/suspicious/noExplicitAny: JSON bodies
 type Json = Record<string, any>;
@@ -590,6 +596,66 @@ describe("Stripe webhooks against the fake Stripe", async () => {
       expect((await app.call("GET", `/v1/organizations/${orgId}/ledger/verify`)).json().ok).toBe(
         true,
       );
+    });
+
+    it("a payment and its refund applied at the same moment: the refund is applied, in either order", async () => {
+      for (const first of ["payment", "refund"] as const) {
+        const { purchase: p, sessionId } = await checkout({ save_payment_method: false });
+        fake.completeSession(sessionId);
+        const intentId = fake.sessions.get(sessionId)!.payment_intent as string;
+        const before = await balance();
+        const pay = (tx: Db) =>
+          fulfilPurchaseInTx(tx, ctx, orgId, p.id, { providerPaymentId: intentId });
+        const refund = (tx: Db) =>
+          reflectProviderRefundInTx(tx, ctx, {
+            provider: "stripe",
+            paymentId: intentId,
+            refundedTotalMinor: 4900n,
+            currency: "usd",
+          });
+        // The first one's transaction stays open, its work done, while the second one runs.
+        let reached!: () => void;
+        let release!: () => void;
+        const atGate = new Promise<void>((r) => (reached = r));
+        const gate = new Promise<void>((r) => (release = r));
+        const held = ctx.db.transaction().execute(async (tx) => {
+          await (first === "payment" ? pay(tx) : refund(tx));
+          reached();
+          await gate;
+        });
+        await atGate;
+        const second = ctx.db.transaction().execute(async (tx) => {
+          await (first === "payment" ? refund(tx) : pay(tx));
+        });
+        await new Promise((r) => setTimeout(r, 300));
+        release();
+        await Promise.all([held, second]);
+        expect(await purchase(p.id), first).toMatchObject({
+          status: "refunded",
+          refunded_amount: "49.00",
+        });
+        expect(await balance(), first).toBe(before);
+      }
+    });
+
+    it("the recovery task applies a kept refund whose payment a purchase carries", async () => {
+      const { p, intentId } = await paidPurchase();
+      const before = await balance();
+      // What a crash, or a version without the payment lock, could leave behind.
+      await ctx.db
+        .insertInto("refund_notices")
+        .values({
+          provider: "stripe",
+          payment_id: intentId,
+          refunded_total_minor: "4900",
+          currency: "USD",
+          received_at: app.clock.now(),
+        })
+        .execute();
+      expect(await applyKeptRefunds(ctx)).toBe(1);
+      expect(await purchase(p.id)).toMatchObject({ status: "refunded", refunded_amount: "49.00" });
+      expect(Number(before) - Number(await balance())).toBe(1200);
+      expect(await applyKeptRefunds(ctx)).toBe(0);
     });
 
     it("charge.refunded from the dashboard is reflected: credits voided, a provider refund", async () => {
