@@ -13,7 +13,7 @@ function runPrefix(): string {
   return `tally_t_${template.replace(/^tally_tpl_/, "")}_`;
 }
 
-export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? null;
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL || null;
 export const onPostgres = TEST_DATABASE_URL !== null;
 
 let templateBlob: Blob | null = null;

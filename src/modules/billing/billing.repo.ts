@@ -23,8 +23,9 @@ export async function insertPackage(db: Db, row: PackageRow): Promise<void> {
   await db.insertInto("credit_packages").values(row).execute();
 }
 
-export function findPackage(db: Db, id: string) {
-  return db.selectFrom("credit_packages").selectAll().where("id", "=", id).executeTakeFirst();
+export function findPackage(db: Db, id: string, lock?: "share") {
+  const q = db.selectFrom("credit_packages").selectAll().where("id", "=", id);
+  return (lock ? q.forShare() : q).executeTakeFirst();
 }
 
 /** Catalogue order: oldest first, paged by id. */

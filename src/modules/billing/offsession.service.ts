@@ -15,9 +15,16 @@ import { newPurchaseRow, type Purchase } from "./purchases.service.js";
 
 export type CreditPackageRow = repo.PackageRow;
 
-/** A package by id, read in the caller's transaction (`db`). */
-export function findPackageIn(db: Db, id: string): Promise<CreditPackageRow | undefined> {
-  return repo.findPackage(db, id);
+/**
+ * A package by id, read in the caller's transaction (`db`); with `share`, locked against changes
+ * until that transaction ends (what was checked is what `createOffSessionPurchase` charges).
+ */
+export function findPackageIn(
+  db: Db,
+  id: string,
+  lock?: "share",
+): Promise<CreditPackageRow | undefined> {
+  return repo.findPackage(db, id, lock);
 }
 
 export interface SavedCard {

@@ -162,6 +162,32 @@ export async function hasInFlight(db: Db, orgId: string): Promise<boolean> {
   return row !== undefined;
 }
 
+/**
+ * What the monthly limit counts — Σ amount (minor units) of the organisation's attempts in
+ * `currency` created since `from` that succeeded or may still be charged — and whether one is in
+ * flight, from one snapshot: read apart, an attempt failing in between would be counted as
+ * pending and then not be in flight.
+ */
+export async function commitments(
+  db: Db,
+  orgId: string,
+  currency: string,
+  from: Date,
+): Promise<{ committedMinor: bigint; inFlight: boolean }> {
+  const row = await db
+    .selectFrom("topup_attempts")
+    .select([
+      sql<string>`coalesce(sum(amount_minor) filter (where currency = ${currency}
+        and created_at >= ${from}
+        and status in ('succeeded', 'in_flight', 'action_required')), 0)::text`.as("committed"),
+      sql<boolean>`coalesce(bool_or(status = 'in_flight'), false)`.as("in_flight"),
+    ])
+    .where("org_id", "=", orgId)
+    .where((eb) => eb.or([eb("status", "=", "in_flight"), eb("created_at", ">=", from)]))
+    .executeTakeFirstOrThrow();
+  return { committedMinor: BigInt(row.committed), inFlight: row.in_flight };
+}
+
 /** Σ amount (minor units) of the organisation's attempts in `statuses` created since `from`. */
 export async function sumAmounts(
   db: Db,

@@ -89,13 +89,21 @@ export interface TopupSettingsView {
 }
 
 export async function getTopupSettings(ctx: AppContext, orgId: string): Promise<TopupSettingsView> {
-  const settings = await repo.findSettings(ctx.db, orgId);
-  const card = await savedPaymentMethod(ctx.db, ctx, orgId);
-  const inFlight = await repo.hasInFlight(ctx.db, orgId);
-  const currency = settings?.currency ?? ctx.config.currency;
-  const spent = await repo.sumAmounts(ctx.db, orgId, currency, monthStart(ctx.clock.now()), [
-    "succeeded",
-  ]);
+  // Four reads, one snapshot: a decline or a payment committing between them would show a state
+  // that never was (enabled next to a failure that disabled it, in flight next to its charge).
+  const { settings, card, inFlight, currency, spent } = await ctx.db
+    .transaction()
+    .setIsolationLevel("repeatable read")
+    .execute(async (tx) => {
+      const settings = await repo.findSettings(tx, orgId);
+      const card = await savedPaymentMethod(tx, ctx, orgId);
+      const inFlight = await repo.hasInFlight(tx, orgId);
+      const currency = settings?.currency ?? ctx.config.currency;
+      const spent = await repo.sumAmounts(tx, orgId, currency, monthStart(ctx.clock.now()), [
+        "succeeded",
+      ]);
+      return { settings, card, inFlight, currency, spent };
+    });
   return {
     enabled: settings?.enabled ?? false,
     threshold: settings ? creditsFromDb(settings.threshold) : 0n,
@@ -262,7 +270,7 @@ export async function onBalanceChanges(
 export async function refusalBeforeCharge(tx: Db, attempt: TopupAttempt): Promise<string | null> {
   const s = await repo.lockSettings(tx, attempt.org_id);
   if (!s?.enabled) return "Auto-topup was turned off before the payment was made.";
-  const pkg = await findPackageIn(tx, attempt.package_id);
+  const pkg = await findPackageIn(tx, attempt.package_id, "share");
   if (!pkg || s.monthly_limit_minor === null) return null; // an unavailable package: purchase says
   const price = BigInt(pkg.price_minor);
   if (pkg.currency === attempt.currency && price === BigInt(attempt.amount_minor)) return null;
@@ -334,13 +342,14 @@ async function startAttempt(
 
   if (s.monthly_limit_minor !== null) {
     const limit = BigInt(s.monthly_limit_minor);
-    const committed = await repo.sumAmounts(tx, orgId, pkg.currency, monthStart(now), [
-      "succeeded",
-      "in_flight",
-      "action_required",
-    ]);
+    const { committedMinor: committed, inFlight } = await repo.commitments(
+      tx,
+      orgId,
+      pkg.currency,
+      monthStart(now),
+    );
     if (committed + BigInt(pkg.price_minor) > limit) {
-      if (await repo.hasInFlight(tx, orgId)) return null;
+      if (inFlight) return null;
       const money = (minor: bigint) =>
         `${formatMoney({ minor, currency: pkg.currency })} ${pkg.currency}`;
       const error =

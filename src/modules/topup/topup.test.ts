@@ -2,6 +2,7 @@ import type { Static } from "@sinclair/typebox";
 import { describe, expect, it } from "vitest";
 import { createTestApp, type TestApp } from "../../../test/support/app.js";
 import { startSmtp } from "../alerts/test-smtp.js";
+import { findPackageIn } from "../billing/offsession.service.js";
 import { setPaymentProvider } from "../billing/providers/index.js";
 import type { ChargeInput, ChargeResult } from "../billing/providers/provider.js";
 import { PaymentProviderError } from "../billing/providers/provider.js";
@@ -11,7 +12,7 @@ import { runDueJobs } from "../notify/notify.service.js";
 import { insertInFlightAttempt } from "./topup.repo.js";
 import type { TopupAttemptSchema } from "./topup.routes.js";
 import { reconcileOpenAttempts } from "./topup.runner.js";
-import { onTopupPurchaseSettled } from "./topup.service.js";
+import { onTopupPurchaseSettled, refusalBeforeCharge } from "./topup.service.js";
 
 const FORM = { "content-type": "application/x-www-form-urlencoded" };
 
@@ -735,6 +736,35 @@ describe("auto-topup", async () => {
       await runDueJobs(ctx);
       expect(await h.attempts(orgId)).toMatchObject([{ status: "succeeded", amount: "59.00" }]);
       expect(await h.settings(orgId)).toMatchObject({ spent_this_month: "59.00" });
+    });
+
+    it("a price change waits while an attempt checks and creates its purchase", async () => {
+      const { orgId, pkg } = await attemptInFlight("60.00");
+      const [attempt] = await ctx.db
+        .selectFrom("topup_attempts")
+        .selectAll()
+        .where("org_id", "=", orgId)
+        .execute();
+      let reached!: () => void;
+      let release!: () => void;
+      const atGate = new Promise<void>((r) => (reached = r));
+      const gate = new Promise<void>((r) => (release = r));
+      // The runner's transaction: checked at 50.00, purchase created at the price it reads.
+      const charging = ctx.db.transaction().execute(async (tx) => {
+        expect(await refusalBeforeCharge(tx, attempt!)).toBeNull();
+        reached();
+        await gate;
+        return (await findPackageIn(tx, pkg))!.price_minor;
+      });
+      await atGate;
+      let repriced = false;
+      const repricing = reprice(pkg, "500.00").then(() => (repriced = true));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(repriced).toBe(false);
+      release();
+      expect(await charging).toBe("4900");
+      await repricing;
+      expect(repriced).toBe(true);
     });
 
     it("auto-topup turned off while the attempt waited: no charge", async () => {
