@@ -129,11 +129,15 @@ describe("payment processor faults (the real Stripe SDK against the fake Stripe)
   const ctx = app.runtime.ctx;
   /** The provider as the runtime builds it from the configuration. */
   const configured = ctx.payments;
-  /** The same SDK with a short timeout, so a hanging processor costs well under a second per call: one attempt and one SDK retry. */
+  /**
+   * The same SDK with a short timeout, so a hanging processor costs about two seconds per call
+   * (one attempt and one SDK retry) — long enough that a busy machine does not time out calls
+   * the fake answers.
+   */
   const quick = new StripeProvider({
     secretKey: fake.secretKey,
     apiBase: fake.url,
-    timeoutMs: 400,
+    timeoutMs: 1000,
     maxNetworkRetries: 1,
   });
   setPaymentProvider(ctx, quick);

@@ -162,7 +162,8 @@ describe("job queue", async () => {
   it("a runner whose lease was taken over cannot overwrite the new owner's result", async () => {
     const [gate, release] = latch();
     const queue = `test.${++n}`;
-    const slow = new JobRunner({ ctx, leaseMs: 1000 }).register(queue, async () => {
+    // A long lease, expired by hand below: a slow machine cannot expire it first.
+    const slow = new JobRunner({ ctx, leaseMs: 60_000 }).register(queue, async () => {
       await gate;
       throw new Error("late failure");
     });

@@ -364,7 +364,7 @@ describe("webhook delivery", async () => {
     const runner = createJobRunner(ctx, {
       batchSize: 6,
       pollIntervalMs: 20,
-      webhookTimeoutMs: 1_500,
+      webhookTimeoutMs: 4_000, // the hanging three stay claimed while the rest is checked
     });
     try {
       await waitFor(
