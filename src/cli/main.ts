@@ -512,8 +512,17 @@ Examples:
         const org = await resolveOrganization(ctx.db, opts.org);
         if (!org) throw new UsageError(`No organisation ${opts.org}.`);
         const periods = [opts.month ?? ctx.clock.now().toISOString().slice(0, 7)];
-        const [usage] = await usageSummaries(ctx, { orgId: org.id, periods });
-        const [ledger] = await ledgerSummaries(ctx, { orgId: org.id, periods });
+        // One snapshot: a flush committing between the two would show in one and not the other.
+        const [[usage], [ledger]] = await ctx.db
+          .transaction()
+          .setIsolationLevel("repeatable read")
+          .execute(async (tx) => {
+            const at = { ...ctx, db: tx };
+            return [
+              await usageSummaries(at, { orgId: org.id, periods }),
+              await ledgerSummaries(at, { orgId: org.id, periods }),
+            ] as const;
+          });
         if (opts.csv) {
           process.stdout.write(csvLine(USAGE_SUMMARY_CSV_COLUMNS));
           for (const row of usageSummaryCsvRows(usage!)) process.stdout.write(csvLine(row));

@@ -143,8 +143,19 @@ export async function allOrgIdsWithBalances(db: Db): Promise<string[]> {
  * Monthly totals of an organisation's entries created in [from, to) — per calendar month (UTC),
  * type and sign — and the balance before `from` (balance_after of the last earlier entry).
  * Reads through the (org_id, created_at) index. For the reports module's reconciliation view.
+ * Both reads see one snapshot: an entry committing between them would otherwise be in neither
+ * (stamped before `from`, committed after the opening balance was read).
  */
-export async function monthlyEntryTotals(db: Db, orgId: string, from: Date, to: Date) {
+export function monthlyEntryTotals(db: Db, orgId: string, from: Date, to: Date) {
+  return db.isTransaction
+    ? readEntryTotals(db, orgId, from, to)
+    : db
+        .transaction()
+        .setIsolationLevel("repeatable read")
+        .execute((tx) => readEntryTotals(tx, orgId, from, to));
+}
+
+async function readEntryTotals(db: Db, orgId: string, from: Date, to: Date) {
   const before = await db
     .selectFrom("ledger_entries")
     .select("balance_after")

@@ -71,6 +71,11 @@ export async function summaryLines(
   to: string,
 ): Promise<SummaryLine[]> {
   const q = summaryLinesQueries(orgId, from, to);
+  if (db.isTransaction) {
+    // The caller's transaction (e.g. `tally report`, at repeatable read): one connection.
+    const quantities = await q.quantities.execute(db);
+    return toLines(quantities.rows, (await q.costs.execute(db)).rows);
+  }
   const [quantities, costs] = await Promise.all([q.quantities.execute(db), q.costs.execute(db)]);
   let lines = toLines(quantities.rows, costs.rows);
   if (!breakdownsAgree(lines)) {
