@@ -125,7 +125,7 @@ function toLines(quantities: readonly QuantityRow[], costs: readonly CostRow[]):
  * lines and over its `user` lines, are equal. Rollups only ever grow by a positive event count,
  * so a write between the queries always shows here.
  */
-export function breakdownsAgree(lines: readonly SummaryLine[]): boolean {
+function breakdownsAgree(lines: readonly SummaryLine[]): boolean {
   const events = new Map<string, bigint>();
   for (const l of lines) {
     const sign = l.kind === "type" ? 1n : l.kind === "user" ? -1n : 0n;
