@@ -614,7 +614,8 @@ export function registerBillingRoutes(app: App, ctx: AppContext): void {
           },
         },
       },
-      config: { access: { roles: ROLES.billing, org: true, credits: true } },
+      // Refunds are the platform's decision: a customer asks it, the portal does not refund.
+      config: { access: { roles: ROLES.billing, org: true, credits: true, portal: false } },
       // The body is optional: a bare POST is a refund without a reason.
       preValidation: async (request) => {
         request.body ??= {};

@@ -110,6 +110,7 @@ export const BILLING_MATRIX: SecurityMatrix = {
       path: "/v1/organizations/{org_id}/purchases/{id}/refund",
       scope: "org",
       roles: BILLING,
+      portal: false,
       success: 200,
       credits: true,
       fixture: async ({ app, owner, n }) => ({

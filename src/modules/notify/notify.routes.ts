@@ -143,7 +143,8 @@ function before(cursor: string | undefined): string | undefined {
 
 export function registerNotifyRoutes(app: App, ctx: AppContext): void {
   const tags = ["webhooks"];
-  const access = { access: { roles: ROLES.admin } };
+  // The platform's integration: not the customer portal's, whatever the user's role.
+  const access = { access: { roles: ROLES.admin, portal: false as const } };
 
   app.post(
     "/v1/webhook-endpoints",

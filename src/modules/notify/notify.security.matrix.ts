@@ -20,6 +20,7 @@ const ofEndpoint = (method: MatrixRoute["method"], path: string, success: number
   path,
   scope: "resource",
   roles: ["admin"],
+  portal: false,
   success,
   fixture: async ({ app, owner }) => ({ params: { id: await endpoint(app, owner.id) } }),
 });
@@ -35,6 +36,7 @@ export const NOTIFY_MATRIX: SecurityMatrix = {
       scope: "resource",
       targets: ["own", "own ext", "foreign", "foreign ext"],
       roles: ["admin"],
+      portal: false,
       success: 201,
       fixture: ({ org }) => ({ body: { url: PUBLIC_WEBHOOK_URL, org_id: org.ref } }),
     },
@@ -44,6 +46,7 @@ export const NOTIFY_MATRIX: SecurityMatrix = {
       scope: "resource",
       targets: ["own", "own ext", "foreign", "foreign ext"],
       roles: ["admin"],
+      portal: false,
       success: 200,
       fixture: async ({ app, org, owner }) => {
         await endpoint(app, owner.id);

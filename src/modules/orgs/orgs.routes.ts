@@ -260,9 +260,10 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
         body: UpdateOrganizationBody,
         response: { 200: OrganizationSchema },
       },
-      // An organisation's admin may rename it and edit its metadata; its plan and overdraft
-      // limit are commercial terms that only the platform sets.
-      config: { access: { roles: ROLES.admin, org: true } },
+      // An organisation's admin key may rename it and edit its metadata (not from the portal:
+      // the metadata is the platform's); its plan and overdraft limit are commercial terms that
+      // only the platform sets.
+      config: { access: { roles: ROLES.admin, org: true, portal: false } },
     },
     async (request) => {
       const b = request.body;

@@ -49,6 +49,7 @@ export const ORGS_MATRIX: SecurityMatrix = {
       path: "/v1/organizations/{org_id}",
       scope: "org",
       roles: ["admin"],
+      portal: false,
       success: 200,
       fixture: ({ n }) => ({ body: { name: `Renamed ${n}` } }),
     },

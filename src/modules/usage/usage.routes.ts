@@ -161,7 +161,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
       },
       // Validated by parseUsageBody for precise errors; the schema above documents the shapes.
       validatorCompiler: () => () => true,
-      config: { access: { roles: ROLES.ingest } },
+      config: { access: { roles: ROLES.ingest, portal: false } },
     },
     async (request) => {
       let outcome: IngestOutcome;
@@ -271,7 +271,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
           },
         },
       },
-      config: { access: { roles: ROLES.ingest, org: true, credits: true } },
+      config: { access: { roles: ROLES.ingest, org: true, credits: true, portal: false } },
     },
     async (request, reply) => {
       const org = requestOrg(request);
@@ -312,7 +312,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
           422: PRICING_ERRORS,
         },
       },
-      config: { access: { roles: ROLES.ingest, org: true, credits: true } },
+      config: { access: { roles: ROLES.ingest, org: true, credits: true, portal: false } },
     },
     async (request) => {
       const org = requestOrg(request);
@@ -344,7 +344,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         params: ReservationParams,
         response: { 200: ReservationSchema },
       },
-      config: { access: { roles: ROLES.ingest, org: true, credits: true } },
+      config: { access: { roles: ROLES.ingest, org: true, credits: true, portal: false } },
     },
     async (request) => {
       const r = unwrap(

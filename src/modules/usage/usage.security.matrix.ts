@@ -49,6 +49,7 @@ export const USAGE_MATRIX: SecurityMatrix = {
       scope: "resource",
       targets: ["own", "own ext", "foreign", "foreign ext"],
       roles: INGEST,
+      portal: false,
       success: 200,
       fixture: ({ org, n }) => ({ body: { events: [event(n, org.ref)] } }),
     },
@@ -69,6 +70,7 @@ export const USAGE_MATRIX: SecurityMatrix = {
       path: "/v1/organizations/{org_id}/reservations",
       scope: "org",
       roles: INGEST,
+      portal: false,
       success: 201,
       credits: true,
       fixture: () => ({ body: { amount: "1", description: "matrix" } }),
@@ -103,6 +105,7 @@ export const USAGE_MATRIX: SecurityMatrix = {
       path: "/v1/organizations/{org_id}/reservations/{reservation_id}/settle",
       scope: "org",
       roles: INGEST,
+      portal: false,
       success: 200,
       credits: true,
       fixture: async ({ app, owner, n }) => ({
@@ -115,6 +118,7 @@ export const USAGE_MATRIX: SecurityMatrix = {
       path: "/v1/organizations/{org_id}/reservations/{reservation_id}/release",
       scope: "org",
       roles: INGEST,
+      portal: false,
       success: 200,
       credits: true,
       fixture: async ({ app, owner }) => ({

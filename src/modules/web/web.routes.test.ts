@@ -536,17 +536,19 @@ describe("cross-site requests", () => {
 
   it("PUT, PATCH and DELETE need the token like POST; nothing changes without it", async () => {
     const org = await orgWithUsers();
-    const jar = await enterPortal(org, "ada");
+    // The portal's writes are POST and PUT; the console's include PATCH and DELETE.
+    const portal = await enterPortal(org, "ada");
+    const operator = await signIn();
     const endpoint = await app.call("POST", "/v1/webhook-endpoints", {
       body: { url: PUBLIC_WEBHOOK_URL, org_id: org },
     });
     expect(endpoint.statusCode, endpoint.body).toBe(201);
     const attempts = [
-      ["PUT", `/v1/organizations/${org}/alerts`, { thresholds: ["10"] }],
-      ["PATCH", `/v1/organizations/${org}`, { name: "Renamed" }],
-      ["DELETE", `/v1/webhook-endpoints/${endpoint.json().id}`, undefined],
+      [portal, "PUT", `/v1/organizations/${org}/alerts`, { thresholds: ["10"] }],
+      [operator, "PATCH", `/v1/organizations/${org}`, { name: "Renamed" }],
+      [operator, "DELETE", `/v1/webhook-endpoints/${endpoint.json().id}`, undefined],
     ] as const;
-    for (const [method, url, body] of attempts) {
+    for (const [jar, method, url, body] of attempts) {
       for (const csrf of [null, "", "x".repeat(43), "x".repeat(201)]) {
         const res = await asBrowser(jar, method, url, { body, csrf });
         expect(res.statusCode, `${method} ${url} csrf=${csrf}`).toBe(403);
@@ -560,7 +562,7 @@ describe("cross-site requests", () => {
     expect((await app.call("GET", `/v1/webhook-endpoints/${endpoint.json().id}`)).statusCode).toBe(
       200,
     );
-    for (const [method, url, body] of attempts) {
+    for (const [jar, method, url, body] of attempts) {
       const res = await asBrowser(jar, method, url, { body });
       expect(res.statusCode, `${method} ${url}`).toBeLessThan(300);
     }
