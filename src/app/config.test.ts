@@ -113,6 +113,13 @@ describe("loadConfig", () => {
     expect(loadConfig({ HOST: "::1", PORT: "3000" }).publicUrl).toBe("http://[::1]:3000");
   });
 
+  it("normalises TALLY_PUBLIC_URL: scheme and host in lower case, no trailing slash", () => {
+    // Secure cookies and HSTS are decided by its scheme.
+    expect(loadConfig({ TALLY_PUBLIC_URL: "HTTPS://Billing.Example.COM/tally/" }).publicUrl).toBe(
+      "https://billing.example.com/tally",
+    );
+  });
+
   it("picks stripe when STRIPE_SECRET_KEY is set and sandbox otherwise", () => {
     expect(
       loadConfig({ STRIPE_SECRET_KEY: "sk_test_1", STRIPE_WEBHOOK_SECRET: "whsec_1" })

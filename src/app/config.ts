@@ -125,9 +125,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       "TALLY_ADMIN_KEY must be visible ASCII characters only (no spaces): it is sent as a bearer token",
     );
   }
+  // Normalised (`HTTPS://Billing.Example/` → `https://billing.example`): cookies, HSTS and links
+  // test its scheme by prefix.
+  const givenPublicUrl = url("TALLY_PUBLIC_URL", ["http:", "https:"]);
   const publicUrl = (
-    url("TALLY_PUBLIC_URL", ["http:", "https:"]) ??
-    `http://${host.includes(":") ? `[${host}]` : host}:${port}`
+    givenPublicUrl === null
+      ? `http://${host.includes(":") ? `[${host}]` : host}:${port}`
+      : new URL(givenPublicUrl).href
   ).replace(/\/+$/, "");
 
   const stripeSecret = str("STRIPE_SECRET_KEY");
