@@ -152,6 +152,24 @@ describe("customer portal", () => {
     await expect.poll(() => other.getByText("Vic Viewer").count()).toBe(1);
   });
 
+  it("a page keeps working after another tab renewed the session with a new link", async () => {
+    const browserContext = await context();
+    const first = await browserContext.newPage();
+    await first.goto(await portalLink("bill"));
+    const alerts = first.getByRole("form", { name: "Alert settings" });
+    await expect.poll(() => alerts.count()).toBe(1);
+    // A second tab enters through a new link: the session (and its CSRF token) is renewed.
+    const second = await browserContext.newPage();
+    await second.goto(await portalLink("bill"));
+    await expect.poll(() => second.getByText("Bill Payer").count()).toBe(1);
+    await alerts.getByLabel("Thresholds (credits)").fill("250");
+    await alerts.getByLabel("Email alerts to").fill("renewed@acme.test");
+    await alerts.getByRole("button", { name: "Save alerts" }).click();
+    await expect.poll(() => alerts.getByText("Alert settings saved.").count()).toBe(1);
+    const saved = (await app.call("GET", `/v1/organizations/${org}/alerts`)).json();
+    expect(saved.emails).toEqual(["renewed@acme.test"]);
+  });
+
   it("lets billing users change auto-topup and alert settings", async () => {
     await buyWithSandbox(app, org, starter.id); // saves the sandbox card for auto-topup
     const page = await (await context()).newPage();

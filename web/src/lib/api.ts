@@ -62,7 +62,7 @@ export async function request<T>(
   method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE",
   path: string,
   body?: unknown,
-  options: { query?: Query; signal?: AbortSignal } = {},
+  options: { query?: Query; signal?: AbortSignal; csrfRetried?: boolean } = {},
 ): Promise<T> {
   const headers: Record<string, string> = { accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
@@ -102,6 +102,18 @@ export async function request<T>(
     );
     if (res.status === 401 && !path.startsWith("/web/")) {
       for (const listener of unauthenticatedListeners) listener();
+    }
+    // Another tab renewed the session (a new portal link, a new sign-in): the cookie is the new
+    // session's, the token this page holds the old one's. Nothing was done; fetch the current
+    // token and send the request once more.
+    if (res.status === 403 && method !== "GET" && !options.csrfRetried) {
+      if (/X-CSRF-Token/.test(apiError.message)) {
+        const current = await request<Session | undefined>("GET", "/web/session");
+        if (current?.csrf_token && current.csrf_token !== csrfToken) {
+          csrfToken = current.csrf_token;
+          return request<T>(method, path, body, { ...options, csrfRetried: true });
+        }
+      }
     }
     throw apiError;
   }
