@@ -16933,7 +16933,7 @@ export interface paths {
                         };
                     };
                 };
-                /** @description Stripe was unreachable while processing; Stripe retries. */
+                /** @description Stripe was unreachable while processing, or STRIPE_WEBHOOK_SECRET is not set; Stripe retries. */
                 503: {
                     headers: {
                         [name: string]: unknown;

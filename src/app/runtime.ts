@@ -138,6 +138,11 @@ export async function createRuntime(
   try {
     const applied = await migrateToLatest(database.db);
     if (applied.length > 0) logger.info({ migrations: applied }, "migrations applied");
+    if (config.paymentProvider === "stripe" && !config.stripe.webhookSecret) {
+      logger.warn(
+        "STRIPE_WEBHOOK_SECRET is not set: Stripe's notifications are refused (503, Stripe retries them) and paid checkouts are not applied until it is",
+      );
+    }
 
     const ctx: AppContext = {
       config,

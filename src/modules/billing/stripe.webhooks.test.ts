@@ -723,3 +723,40 @@ describe("Stripe webhooks against the fake Stripe", async () => {
     });
   });
 });
+
+describe("Stripe without STRIPE_WEBHOOK_SECRET", async () => {
+  const fake = await startFakeStripe();
+  afterAll(() => fake.close());
+  const { STRIPE_WEBHOOK_SECRET: _unset, ...env } = fake.env;
+  const app = await createTestApp({ env });
+
+  it("starts and opens checkouts; notifications are refused with 503 (Stripe retries) and change nothing", async () => {
+    const orgId = await app.createOrg();
+    const pkg = (
+      await app.call("POST", "/v1/credit-packages", {
+        body: { name: "Solo", credits: "10", price: "5.00" },
+      })
+    ).json();
+    const bought = await app.call("POST", `/v1/organizations/${orgId}/purchases`, {
+      body: { package_id: pkg.id },
+    });
+    expect(bought.statusCode, bought.body).toBe(201);
+    const event = fake.event("charge.refunded", { id: "ch_x", object: "charge" });
+    const { payload, signature } = fake.signedWebhook(event, {
+      timestamp: Math.floor(app.clock.now().getTime() / 1000),
+    });
+    const res = await app.call("POST", "/v1/webhooks/stripe", {
+      key: null,
+      rawBody: payload,
+      headers: { "stripe-signature": signature },
+    });
+    expect(res.statusCode, res.body).toBe(503);
+    expect(res.json().error).toMatchObject({ code: "service_unavailable" });
+    expect(res.json().error.message).toContain("STRIPE_WEBHOOK_SECRET");
+    const recorded = await app.runtime.ctx.db
+      .selectFrom("inbound_webhook_events")
+      .selectAll()
+      .execute();
+    expect(recorded).toEqual([]);
+  });
+});

@@ -73,8 +73,16 @@ export async function handleStripeWebhook(
 ): Promise<WebhookAck> {
   const provider = paymentProvider(ctx);
   const secret = ctx.config.stripe.webhookSecret;
-  if (ctx.config.paymentProvider !== "stripe" || !(provider instanceof StripeProvider) || !secret) {
+  if (ctx.config.paymentProvider !== "stripe" || !(provider instanceof StripeProvider)) {
     throw notFound("No route POST /v1/webhooks/stripe.");
+  }
+  if (!secret) {
+    // Refused, not acknowledged: Stripe retries for three days, so once the secret is set the
+    // notifications arrive after all.
+    throw new AppError(
+      "service_unavailable",
+      "STRIPE_WEBHOOK_SECRET is not set: this notification cannot be verified.",
+    );
   }
   if (!signature)
     throw invalid("The Stripe-Signature header is missing.", "header.stripe-signature");
@@ -365,7 +373,8 @@ export function registerStripeWebhookRoutes(app: App, ctx: AppContext): void {
             200: WebhookAckSchema,
             503: {
               ...ErrorEnvelopeSchema,
-              description: "Stripe was unreachable while processing; Stripe retries.",
+              description:
+                "Stripe was unreachable while processing, or STRIPE_WEBHOOK_SECRET is not set; Stripe retries.",
             },
           },
         },
