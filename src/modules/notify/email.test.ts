@@ -6,6 +6,7 @@ import {
   autoTopupActionRequiredEmail,
   autoTopupFailedEmail,
   depletedEmail,
+  EMAIL_QUEUE,
   enqueueEmail,
   lowBalanceEmail,
   runDueJobs,
@@ -93,6 +94,26 @@ describe("email", async () => {
     expect(mail!.raw).toContain("Subject: Low credit balance for Acme");
     expect(mail!.raw).toContain("multipart/alternative");
     expect(mail!.raw).toContain("now 42.5 credits");
+  });
+
+  it("a job sent again (a crash after the send, before it was marked done) keeps its Message-ID", async () => {
+    const content = lowBalanceEmail({ orgName: "Acme", balance: "1", threshold: "100" });
+    await ctx.db
+      .transaction()
+      .execute((trx) => enqueueEmail(trx, ctx, { to: ["twice@example.com"], ...content }));
+    await runDueJobs(ctx);
+    const job = await ctx.db
+      .selectFrom("jobs")
+      .select("id")
+      .where("queue", "=", EMAIL_QUEUE)
+      .orderBy("id", "desc")
+      .executeTakeFirstOrThrow();
+    await ctx.db.updateTable("jobs").set({ status: "pending" }).where("id", "=", job.id).execute();
+    await runDueJobs(ctx);
+    const copies = smtp.received.filter((m) => m.to.includes("twice@example.com"));
+    expect(copies).toHaveLength(2);
+    const ids = copies.map((m) => /^Message-ID: (.*)$/im.exec(m.raw)?.[1]?.trim());
+    expect(ids).toEqual([`<${job.id}@tally.test>`, `<${job.id}@tally.test>`]);
   });
 
   it("does not retry a permanent SMTP refusal", async () => {

@@ -98,6 +98,9 @@ export function createEmailHandler(): {
       let rejected: { recipient?: string; responseCode?: number }[];
       try {
         const info = await transport.sendMail({
+          // The same on every try of this job: a copy sent again after a crash that lost the
+          // "sent" (email is at least once) is recognisable as the same message.
+          messageId: `<${job.id}@${senderDomain(ctx.config.emailFrom)}>`,
           from: ctx.config.emailFrom,
           to: message.to,
           subject: message.subject,
@@ -149,4 +152,9 @@ export function createEmailHandler(): {
       transport = null;
     },
   };
+}
+
+/** The domain of the sender address (`Billing <billing@example.com>` → `example.com`). */
+function senderDomain(from: string): string {
+  return /@([^\s<>@]+)>?\s*$/.exec(from)?.[1] ?? "tally.invalid";
 }
