@@ -160,6 +160,27 @@ describe("email", async () => {
     expect(smtp.received.at(-1)!.raw).toContain("Subject: Deferred");
   });
 
+  it("every recipient refused, one for now and one for good: the deferred one is tried again", async () => {
+    smtp.defer.add("later@example.com");
+    smtp.reject = true;
+    const before = smtp.received.length;
+    try {
+      await enqueueEmail(ctx.db, ctx, {
+        to: ["later@example.com", "never@example.com"],
+        subject: "All refused",
+        text: "z",
+      });
+      await runDueJobs(ctx);
+      expect(smtp.received.length).toBe(before);
+    } finally {
+      smtp.defer.delete("later@example.com");
+      smtp.reject = false;
+    }
+    app.clock.advance(60_000);
+    await runDueJobs(ctx);
+    expect(smtp.received.slice(before).map((m) => m.to)).toEqual([["later@example.com"]]);
+  });
+
   it("templates escape every value in HTML and keep subjects on one line", () => {
     const evil = `<script>alert("x")</script> & co\r\nBcc: victim@example.com`;
     const all = [

@@ -109,12 +109,20 @@ export function createEmailHandler(): {
         });
         rejected = (info as { rejectedErrors?: typeof rejected }).rejectedErrors ?? [];
       } catch (error) {
-        // A 5xx reply (unknown mailbox, policy refusal) will not change on retry.
-        const code = (error as { responseCode?: number }).responseCode;
-        if (code !== undefined && code >= 500 && code < 600) {
-          throw new PermanentJobError(`SMTP ${code}: ${(error as Error).message}`);
+        // Every recipient refused, some for now (4xx) and some for good (5xx): sent to nobody,
+        // and the deferred ones are tried again below, as when the others took it.
+        const all = (error as { rejectedErrors?: typeof rejected }).rejectedErrors ?? [];
+        const later = (e: (typeof all)[number]) => !!e.responseCode && e.responseCode < 500;
+        if (all.some(later) && !all.every(later)) {
+          rejected = all;
+        } else {
+          // A 5xx reply (unknown mailbox, policy refusal) will not change on retry.
+          const code = (error as { responseCode?: number }).responseCode;
+          if (code !== undefined && code >= 500 && code < 600) {
+            throw new PermanentJobError(`SMTP ${code}: ${(error as Error).message}`);
+          }
+          throw error;
         }
-        throw error;
       }
       // Sent, but not to everyone. A 5xx recipient will never take it; a 4xx one (greylisting, a
       // full mailbox) may later: those alone are tried again, as a job of their own, so that the
