@@ -108,7 +108,9 @@ export async function request<T>(
     // token and send the request once more.
     if (res.status === 403 && method !== "GET" && !options.csrfRetried) {
       if (/X-CSRF-Token/.test(apiError.message)) {
-        const current = await request<Session | undefined>("GET", "/web/session");
+        const current = await request<Session | undefined>("GET", "/web/session").catch(
+          () => undefined,
+        );
         if (current?.csrf_token && current.csrf_token !== csrfToken) {
           csrfToken = current.csrf_token;
           return request<T>(method, path, body, { ...options, csrfRetried: true });
