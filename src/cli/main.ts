@@ -8,6 +8,7 @@ import { CLIENT_ID_PATTERN, createIdGenerator, PLAN_NAME_PATTERN } from "../app/
 import { createMetrics } from "../app/metrics.js";
 import {
   DataDirLockedError,
+  inSnapshot,
   isDatabaseUnavailable,
   migrateToLatest,
   openDatabase,
@@ -513,16 +514,13 @@ Examples:
         if (!org) throw new UsageError(`No organisation ${opts.org}.`);
         const periods = [opts.month ?? ctx.clock.now().toISOString().slice(0, 7)];
         // One snapshot: a flush committing between the two would show in one and not the other.
-        const [[usage], [ledger]] = await ctx.db
-          .transaction()
-          .setIsolationLevel("repeatable read")
-          .execute(async (tx) => {
-            const at = { ...ctx, db: tx };
-            return [
-              await usageSummaries(at, { orgId: org.id, periods }),
-              await ledgerSummaries(at, { orgId: org.id, periods }),
-            ] as const;
-          });
+        const [[usage], [ledger]] = await inSnapshot(ctx.db, async (tx) => {
+          const at = { ...ctx, db: tx };
+          return [
+            await usageSummaries(at, { orgId: org.id, periods }),
+            await ledgerSummaries(at, { orgId: org.id, periods }),
+          ] as const;
+        });
         if (opts.csv) {
           process.stdout.write(csvLine(USAGE_SUMMARY_CSV_COLUMNS));
           for (const row of usageSummaryCsvRows(usage!)) process.stdout.write(csvLine(row));

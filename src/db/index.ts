@@ -11,6 +11,16 @@ import type { DB } from "./schema.js";
 
 export type Db = Kysely<DB>;
 
+/**
+ * Runs `fn` on one snapshot, for a read made of several statements that must agree: in `db` when
+ * it is already a transaction (the caller chose its isolation), else in a new repeatable-read one.
+ */
+export function inSnapshot<T>(db: Db, fn: (tx: Db) => Promise<T>): Promise<T> {
+  return db.isTransaction
+    ? fn(db)
+    : db.transaction().setIsolationLevel("repeatable read").execute(fn);
+}
+
 export interface Database {
   readonly db: Db;
   /**

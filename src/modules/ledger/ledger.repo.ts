@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import type { Db } from "../../db/index.js";
+import { type Db, inSnapshot } from "../../db/index.js";
 import type { BlockStatus, EntryType, LedgerEntriesTable } from "./ledger.tables.js";
 
 export type EntryRow = LedgerEntriesTable;
@@ -147,12 +147,7 @@ export async function allOrgIdsWithBalances(db: Db): Promise<string[]> {
  * (stamped before `from`, committed after the opening balance was read).
  */
 export function monthlyEntryTotals(db: Db, orgId: string, from: Date, to: Date) {
-  return db.isTransaction
-    ? readEntryTotals(db, orgId, from, to)
-    : db
-        .transaction()
-        .setIsolationLevel("repeatable read")
-        .execute((tx) => readEntryTotals(tx, orgId, from, to));
+  return inSnapshot(db, (tx) => readEntryTotals(tx, orgId, from, to));
 }
 
 async function readEntryTotals(db: Db, orgId: string, from: Date, to: Date) {

@@ -1,7 +1,7 @@
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
 import { execute, q, type Sql } from "../../db/bulk.js";
-import type { Db } from "../../db/index.js";
+import { type Db, inSnapshot } from "../../db/index.js";
 import type { Actor } from "../orgs/auth.js";
 import { type Credits, creditsFromDb, formatCredits } from "./credits.js";
 import { entryHash, GENESIS_HASH } from "./hash.js";
@@ -259,14 +259,11 @@ export interface VerifyReport {
  * sequences) cannot look like a fault.
  */
 export async function verifyLedger(db: Db, orgId: string): Promise<VerifyReport> {
-  const { balance, blocks, lastEntry } = await db
-    .transaction()
-    .setIsolationLevel("repeatable read")
-    .execute(async (trx) => ({
-      balance: await getBalance(trx, orgId),
-      blocks: creditsFromDb(await repo.sumActiveBlocks(trx, orgId)),
-      lastEntry: BigInt(await repo.lastSequence(trx, orgId)),
-    }));
+  const { balance, blocks, lastEntry } = await inSnapshot(db, async (trx) => ({
+    balance: await getBalance(trx, orgId),
+    blocks: creditsFromDb(await repo.sumActiveBlocks(trx, orgId)),
+    lastEntry: BigInt(await repo.lastSequence(trx, orgId)),
+  }));
   const upTo = balance.last_sequence.toString();
   const problems: string[] = [];
   let firstBad: bigint | null = null;

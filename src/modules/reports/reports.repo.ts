@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import type { Db } from "../../db/index.js";
+import { type Db, inSnapshot } from "../../db/index.js";
 
 /** Which breakdown a summary line belongs to (the grouping set it came from). */
 export type LineKind = "type" | "model" | "operation" | "user" | "resource";
@@ -71,24 +71,16 @@ export async function summaryLines(
   to: string,
 ): Promise<SummaryLine[]> {
   const q = summaryLinesQueries(orgId, from, to);
-  if (db.isTransaction) {
-    // The caller's transaction (e.g. `tally report`, at repeatable read): one connection.
-    const quantities = await q.quantities.execute(db);
-    return toLines(quantities.rows, (await q.costs.execute(db)).rows);
-  }
+  const inOrder = async (tx: Db) => {
+    const quantities = await q.quantities.execute(tx);
+    return toLines(quantities.rows, (await q.costs.execute(tx)).rows);
+  };
+  // In the caller's transaction (e.g. `tally report`): one connection, its snapshot.
+  if (db.isTransaction) return inOrder(db);
   const [quantities, costs] = await Promise.all([q.quantities.execute(db), q.costs.execute(db)]);
-  let lines = toLines(quantities.rows, costs.rows);
-  if (!breakdownsAgree(lines)) {
-    // A usage write committed between the two queries. Rare: read again from one snapshot.
-    lines = await db
-      .transaction()
-      .setIsolationLevel("repeatable read")
-      .execute(async (tx) => {
-        const quantities = await q.quantities.execute(tx);
-        return toLines(quantities.rows, (await q.costs.execute(tx)).rows);
-      });
-  }
-  return lines;
+  const lines = toLines(quantities.rows, costs.rows);
+  // A usage write committed between the two queries. Rare: read again from one snapshot.
+  return breakdownsAgree(lines) ? lines : inSnapshot(db, inOrder);
 }
 
 type QuantityRow = Omit<SummaryLine, "kind" | "operation" | "user_id"> & { mask: number };

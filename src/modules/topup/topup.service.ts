@@ -1,6 +1,6 @@
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
-import type { Db } from "../../db/index.js";
+import { type Db, inSnapshot } from "../../db/index.js";
 import { alertEmails } from "../alerts/alerts.service.js";
 import {
   cancelOffSessionPayment,
@@ -91,19 +91,16 @@ export interface TopupSettingsView {
 export async function getTopupSettings(ctx: AppContext, orgId: string): Promise<TopupSettingsView> {
   // Four reads, one snapshot: a decline or a payment committing between them would show a state
   // that never was (enabled next to a failure that disabled it, in flight next to its charge).
-  const { settings, card, inFlight, currency, spent } = await ctx.db
-    .transaction()
-    .setIsolationLevel("repeatable read")
-    .execute(async (tx) => {
-      const settings = await repo.findSettings(tx, orgId);
-      const card = await savedPaymentMethod(tx, ctx, orgId);
-      const inFlight = await repo.hasInFlight(tx, orgId);
-      const currency = settings?.currency ?? ctx.config.currency;
-      const spent = await repo.sumAmounts(tx, orgId, currency, monthStart(ctx.clock.now()), [
-        "succeeded",
-      ]);
-      return { settings, card, inFlight, currency, spent };
-    });
+  const { settings, card, inFlight, currency, spent } = await inSnapshot(ctx.db, async (tx) => {
+    const settings = await repo.findSettings(tx, orgId);
+    const card = await savedPaymentMethod(tx, ctx, orgId);
+    const inFlight = await repo.hasInFlight(tx, orgId);
+    const currency = settings?.currency ?? ctx.config.currency;
+    const spent = await repo.sumAmounts(tx, orgId, currency, monthStart(ctx.clock.now()), [
+      "succeeded",
+    ]);
+    return { settings, card, inFlight, currency, spent };
+  });
   return {
     enabled: settings?.enabled ?? false,
     threshold: settings ? creditsFromDb(settings.threshold) : 0n,
@@ -275,12 +272,14 @@ export async function refusalBeforeCharge(tx: Db, attempt: TopupAttempt): Promis
   const price = BigInt(pkg.price_minor);
   if (pkg.currency === attempt.currency && price === BigInt(attempt.amount_minor)) return null;
   const limit = BigInt(s.monthly_limit_minor);
+  const { committedMinor } = await repo.commitments(
+    tx,
+    attempt.org_id,
+    pkg.currency,
+    monthStart(attempt.created_at),
+  );
   const others =
-    (await repo.sumAmounts(tx, attempt.org_id, pkg.currency, monthStart(attempt.created_at), [
-      "succeeded",
-      "in_flight",
-      "action_required",
-    ])) - (pkg.currency === attempt.currency ? BigInt(attempt.amount_minor) : 0n);
+    committedMinor - (pkg.currency === attempt.currency ? BigInt(attempt.amount_minor) : 0n);
   if (others + price <= limit) return null;
   const money = (minor: bigint) =>
     `${formatMoney({ minor, currency: pkg.currency })} ${pkg.currency}`;
