@@ -159,6 +159,47 @@ describe("job queue", async () => {
     expect(dead).toEqual([`${id}:cannot ever work`]);
   });
 
+  it("a job whose runner died is taken over, but past its max age it goes dead without running", async () => {
+    const dead: string[] = [];
+    const calls: number[] = [];
+    const queue = `test.${++n}`;
+    const runner = new JobRunner({ ctx }).register(
+      queue,
+      async (job) => {
+        calls.push(job.attempts);
+      },
+      {
+        maxAgeMs: 10_000,
+        onDead: async (job, error) => {
+          dead.push(`${job.id}:${error}`);
+        },
+      },
+    );
+    // Each claim below stands for a runner that took the job and then died with it.
+    const first = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    expect((await runner.claimDueJobs(10)).map((j) => [j.id, j.reclaimed])).toEqual([
+      [first.id, false],
+    ]);
+    await expireLease(first.id);
+    app.clock.advance(10_000); // at the age limit, not past it: taken over and run
+    expect(await runner.runDueJobs()).toBe(1);
+    expect(calls).toEqual([2]);
+    expect(await findJob(ctx.db, first.id)).toMatchObject({ status: "done", attempts: 2 });
+
+    const second = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    await runner.claimDueJobs(10);
+    await expireLease(second.id);
+    app.clock.advance(10_001);
+    expect(await runner.runDueJobs()).toBe(1);
+    expect(calls).toEqual([2]); // not run again
+    const row = await findJob(ctx.db, second.id);
+    expect(row).toMatchObject({ status: "dead", attempts: 2, locked_by: null });
+    expect(row?.last_error).toMatch(/lease ran out/);
+    expect(dead).toEqual([`${second.id}:${row?.last_error}`]);
+    app.clock.advance(3600_000);
+    expect(await runner.runDueJobs()).toBe(0);
+  });
+
   it("a runner whose lease was taken over cannot overwrite the new owner's result", async () => {
     const [gate, release] = latch();
     const queue = `test.${++n}`;
@@ -289,7 +330,9 @@ describe("job queue", async () => {
     const queue = `test.${++n}`;
     let running = 0;
     let most = 0;
-    const runner = new JobRunner({ ctx, batchSize: 6, pollIntervalMs: 20 }).register(
+    // The round ends once a whole poll interval passes with no job ending and nothing claimed:
+    // long enough that a busy machine does not end it while the burst is still due.
+    const runner = new JobRunner({ ctx, batchSize: 6, pollIntervalMs: 500 }).register(
       queue,
       async () => {
         most = Math.max(most, ++running);

@@ -13,6 +13,9 @@ import type { JobsTable } from "./notify.tables.js";
 
 export type JobRow = JobsTable;
 
+/** A claimed job; `reclaimed` when it was taken over from a runner whose lease ran out. */
+export type ClaimedJob = JobRow & { reclaimed: boolean };
+
 export interface Job<P = unknown> {
   id: string;
   queue: string;
@@ -37,7 +40,10 @@ export interface BackoffPolicy {
 
 export interface QueueOptions {
   backoff?: BackoffPolicy;
-  /** After this age (from the job's creation) a failing job is not retried but marked dead. */
+  /**
+   * After this age (from the job's creation) a failing job is not retried but marked dead; so
+   * is one whose lease ran out unfinished (its runner died) when it is taken over.
+   */
   maxAgeMs?: number;
   /** Called once when a job goes dead (its last error kept on the row). */
   onDead?: (job: Job, error: string, ctx: AppContext) => Promise<void>;
@@ -293,7 +299,7 @@ export class JobRunner {
       let drained = false;
       if (free > 0 && (this.running.size === 0 || free >= refillAt || polled)) {
         this.reserved += free;
-        let jobs: JobRow[];
+        let jobs: ClaimedJob[];
         try {
           jobs = await this.claimDueJobs(free);
         } finally {
@@ -325,7 +331,7 @@ export class JobRunner {
    * Starts claimed jobs; one whose concurrency key is at its limit (a batch may hold several of
    * one key) goes back to pending, its attempt not counted. Returns how many started.
    */
-  private async launch(jobs: JobRow[]): Promise<number> {
+  private async launch(jobs: ClaimedJob[]): Promise<number> {
     const back: string[] = [];
     for (const job of jobs) {
       const key = job.concurrency_key;
@@ -398,7 +404,7 @@ export class JobRunner {
    * Claims up to `limit` due jobs of the registered queues and commits the claim. Public so that
    * tests can simulate a runner that claims and then dies.
    */
-  async claimDueJobs(limit: number): Promise<JobRow[]> {
+  async claimDueJobs(limit: number): Promise<ClaimedJob[]> {
     const queues = this.registeredQueues;
     if (queues.length === 0 || limit <= 0) return [];
     const now = this.ctx.clock.now();
@@ -415,9 +421,9 @@ export class JobRunner {
     // statement drops those beyond their key's limit, which stay pending, unclaimed (and are
     // unlocked when the statement ends). A batch may so come back short while more is due:
     // the next claim, with that key at its limit, takes others.
-    const { rows } = await sql<JobRow>`
+    const { rows } = await sql<ClaimedJob>`
       with candidates as (
-        select id, queue, run_at, concurrency_key from jobs
+        select id, queue, run_at, concurrency_key, status = 'running' as reclaimed from jobs
         where queue in (${sql.join(queues)})
           and ((status = 'pending' and run_at <= ${now})
             or (status = 'running' and locked_until <= now()))
@@ -426,8 +432,8 @@ export class JobRunner {
         limit ${limit}
         for update skip locked
       ), due as (
-        select c.id from (
-          select id, queue, run_at, concurrency_key,
+        select c.id, c.reclaimed from (
+          select id, queue, run_at, concurrency_key, reclaimed,
             row_number() over (partition by concurrency_key order by run_at, id) as rank
           from candidates
         ) c
@@ -446,14 +452,26 @@ export class JobRunner {
         updated_at = ${now}
       from due
       where jobs.id = due.id
-      returning jobs.*`.execute(this.ctx.db);
+      returning jobs.*, due.reclaimed`.execute(this.ctx.db);
     return rows.sort((a, b) => a.run_at.getTime() - b.run_at.getTime() || (a.id < b.id ? -1 : 1));
   }
 
-  private async execute(row: JobRow): Promise<void> {
+  private async execute(row: ClaimedJob): Promise<void> {
     const definition = this.queues.get(row.queue);
     const job = toJob(row);
     if (!definition) return; // claimed only for registered queues
+    // A job whose runs never end (each one takes its runner down, say) would otherwise be
+    // taken over after every lease, for ever: past the queue's age limit it goes dead instead.
+    if (
+      row.reclaimed &&
+      this.ctx.clock.now().getTime() - row.created_at.getTime() > definition.maxAgeMs
+    ) {
+      const error = new PermanentJobError(
+        "its lease ran out with the job unfinished, past the queue's age limit",
+      );
+      await this.fail(row, job, definition, error);
+      return;
+    }
     try {
       await definition.handler(job, this.ctx);
     } catch (error) {
