@@ -601,13 +601,22 @@ export function registerBillingRoutes(app: App, ctx: AppContext): void {
           "unused paid credits ÷ paid credits, rounded down to the minor unit) and voids the " +
           "purchase's remaining paid and bonus credits with `refund` ledger entries. The " +
           "purchase becomes `refunded` (nothing had been used) or `partially_refunded`. Not " +
-          "paid, already refunded, or nothing unused → 409 `invalid_state`. The processor " +
+          "paid, already refunded, or nothing unused → 409 `invalid_state`. Credits that " +
+          "open reservations hold are not refunded: when the credits removed would exceed the " +
+          "available ones (balance − reserved) → 402 `insufficient_credits`; settle or release " +
+          "the holds first. A refund made at the processor (its dashboard) is a fact and voids " +
+          "the credits regardless. The processor " +
           "unreachable → 503: the refund stays pending and is completed automatically (or by " +
           "repeating this request), never twice.",
         params: PurchaseParams,
         body: RefundBody,
         response: {
           200: RefundSchema,
+          402: {
+            ...ErrorEnvelopeSchema,
+            description:
+              "The credits to remove include credits that open reservations hold (`insufficient_credits`).",
+          },
           503: {
             ...ErrorEnvelopeSchema,
             description: "The payment processor is unreachable (`service_unavailable`).",

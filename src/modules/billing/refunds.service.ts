@@ -8,6 +8,7 @@ import { formatMoney } from "../ledger/money.js";
 import type { Block, OrgLedger } from "../ledger/posting.js";
 import { emitEvent } from "../notify/notify.service.js";
 import type { Actor, Principal } from "../orgs/auth.js";
+import { expireOverdueHolds } from "../usage/usage.service.js";
 import * as repo from "./billing.repo.js";
 import type { ProviderName, PurchaseStatus } from "./billing.tables.js";
 import { paymentProvider } from "./providers/index.js";
@@ -73,7 +74,12 @@ export function refundAmountMinor(
 export async function refundPurchase(
   ctx: AppContext,
   input: RefundPurchaseInput,
-): Promise<Result<RefundOutcome, "not_found" | "invalid_state" | "service_unavailable">> {
+): Promise<
+  Result<
+    RefundOutcome,
+    "not_found" | "invalid_state" | "insufficient_credits" | "service_unavailable"
+  >
+> {
   const started = await ctx.db.transaction().execute((tx) => startRefund(tx, ctx, input));
   if (!started.ok) return started;
   return completeRefund(ctx, started.value);
@@ -84,7 +90,7 @@ async function startRefund(
   tx: Db,
   ctx: AppContext,
   input: RefundPurchaseInput,
-): Promise<Result<Refund, "not_found" | "invalid_state">> {
+): Promise<Result<Refund, "not_found" | "invalid_state" | "insufficient_credits">> {
   const { orgId, purchaseId } = input;
   const seen = await repo.findPurchase(tx, orgId, purchaseId);
   if (!seen) return fail("not_found", "Purchase not found.");
@@ -135,6 +141,18 @@ async function startRefund(
   );
   if (amount === 0n) {
     return fail("invalid_state", "No unused paid credits remain: there is nothing to refund.");
+  }
+  // Credits held by open reservations pay for work under way: a refund may not take them (as a
+  // negative adjustment may not), or that work would end in debt. Holds past their expiry are
+  // over first.
+  await expireOverdueHolds(tx, ledger);
+  await saveLedgers(tx, [ledger]);
+  const removing = sum(blocks);
+  if (ledger.reserved > 0n && ledger.available < removing) {
+    return fail(
+      "insufficient_credits",
+      `The refund would remove ${formatCredits(removing)} credits, but only ${formatCredits(ledger.available)} are not held by open reservations (${formatCredits(ledger.reserved)} held). Settle or release them first.`,
+    );
   }
 
   const now = ctx.clock.now();

@@ -244,6 +244,43 @@ describe("refunds (sandbox provider)", async () => {
     expect((await verify(debtor)).ok).toBe(true);
   });
 
+  it("does not take credits that open reservations hold (402, nothing changes); an expired hold no longer counts", async () => {
+    const holder = await app.createOrg({ name: "Holder" });
+    const p = await bought(thirds.id, holder); // 3 credits for 10.00
+    const hold = async (amount: string, expires = 60) => {
+      const res = await app.call("POST", `/v1/organizations/${holder}/reservations`, {
+        body: { amount, expires_in_seconds: expires },
+      });
+      expect(res.statusCode).toBe(201);
+      return res.json().id as string;
+    };
+    const held = await hold("1");
+    const refused = await refund(p.id, undefined, app.platformKey, holder);
+    expect(refused.statusCode).toBe(402);
+    expect(refused.json().error).toMatchObject({ code: "insufficient_credits" });
+    expect(refused.json().error.message).toMatch(/held by open reservations/);
+    expect(await balance(holder)).toBe("3");
+    expect((await purchase(p.id, holder)).status).toBe("paid");
+    expect(await blocksOf(p.id, holder)).toMatchObject([{ remaining: "3" }]);
+
+    // Released, and a hold past its expiry the sweeper has not marked yet: neither holds credits.
+    const release = await app.call(
+      "POST",
+      `/v1/organizations/${holder}/reservations/${held}/release`,
+    );
+    expect(release.statusCode).toBe(200);
+    const overdue = await hold("2", 1);
+    app.clock.advance(1000);
+    const res = await refund(p.id, undefined, app.platformKey, holder);
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ amount: "10.00", credits_removed: "3" });
+    const after = (await app.call("GET", `/v1/organizations/${holder}/balance`)).json();
+    expect(after).toMatchObject({ balance: "0", reserved: "0", available: "0" });
+    const rsv = await app.call("GET", `/v1/organizations/${holder}/reservations/${overdue}`);
+    expect(rsv.json().status).toBe("expired");
+    expect((await verify(holder)).ok).toBe(true);
+  });
+
   it("refuses purchases that are not paid, or have nothing unused left (409)", async () => {
     const pending = await buy(growth.id);
     const r1 = await refund(pending.id);

@@ -141,9 +141,10 @@ export async function releaseReservation(
 /**
  * THE expiry of holds: marks the organisation's holds past their expiry `expired` (closed when
  * they expired) and releases them on its ledger, opened under its lock — by the sweeper, and
- * before admission or a release reads them. Returns how many expired.
+ * before admission, a release or a refund reads them. Save the ledger before the transaction
+ * commits. Returns how many expired.
  */
-async function expireOverdueHolds(tx: Db, ledger: OrgLedger): Promise<number> {
+export async function expireOverdueHolds(tx: Db, ledger: OrgLedger): Promise<number> {
   const expired = await tx
     .updateTable("reservations")
     .set((eb) => ({ status: "expired", closed_at: eb.ref("expires_at") }))
