@@ -200,6 +200,48 @@ describe("job queue", async () => {
     expect(await runner.runDueJobs()).toBe(0);
   });
 
+  it("a running handler's lease is renewed, so a slow job is not taken over and run twice at once; a hung one is, after maxRunMs", async () => {
+    const queue = `test.${++n}`;
+    const [gate, release] = latch();
+    const runs: number[] = [];
+    // Renewed every 300 ms: a busy machine may delay a renewal by up to 600 ms safely.
+    const slow = new JobRunner({ ctx, leaseMs: 900, maxRunMs: 60_000 }).register(
+      queue,
+      async (job) => {
+        runs.push(job.attempts);
+        await gate;
+      },
+    );
+    const other = new JobRunner({ ctx, leaseMs: 900 }).register(queue, async (job) => {
+      runs.push(job.attempts);
+    });
+    const { id } = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    const running = slow.runDueJobs();
+    await waitFor(async () => runs.length === 1);
+    // Three leases' time: without renewal the other runner would have taken it over.
+    for (let i = 0; i < 8; i++) {
+      await new Promise((r) => setTimeout(r, 400));
+      expect(await other.runDueJobs()).toBe(0);
+    }
+    release();
+    await running;
+    expect(runs).toEqual([1]);
+    expect(await findJob(ctx.db, id)).toMatchObject({ status: "done", attempts: 1 });
+
+    // Renewed for at most maxRunMs: then it counts as hung, and another runner takes it over.
+    const [hang, unhang] = latch();
+    const hung = new JobRunner({ ctx, leaseMs: 900, maxRunMs: 1200 }).register(queue, async () => {
+      await hang;
+    });
+    const stuck = await enqueueJob(ctx.db, ctx, { queue, payload: null });
+    const hanging = hung.runDueJobs();
+    await waitFor(async () => (await findJob(ctx.db, stuck.id))?.status === "running");
+    await waitFor(async () => (await other.runDueJobs()) === 1);
+    expect(await findJob(ctx.db, stuck.id)).toMatchObject({ status: "done", attempts: 2 });
+    unhang();
+    await hanging;
+  });
+
   it("a runner whose lease was taken over cannot overwrite the new owner's result", async () => {
     const [gate, release] = latch();
     const queue = `test.${++n}`;

@@ -133,9 +133,15 @@ export interface JobRunnerOptions {
   batchSize?: number;
   /**
    * How long a claimed job is reserved. A runner that crashes loses its jobs to the next
-   * runner once the lease has passed, so a lease must outlast any handler (default 2 min).
+   * runner once the lease has passed; while a handler runs, its lease is renewed (every third
+   * of it), up to `maxRunMs` (default 2 min).
    */
   leaseMs?: number;
+  /**
+   * How long a handler may keep its lease renewed (default 15 min). A handler still running
+   * then is taken for hung: its lease runs out and another runner may take the job over.
+   */
+  maxRunMs?: number;
   /** `start()` polls this often when nothing is due (default 1 s). */
   pollIntervalMs?: number;
   /** Finished (done/dead) jobs are deleted after this long; their dedupe keys with them (default 14 days). */
@@ -170,6 +176,7 @@ export class JobRunner {
   private readonly queues = new Map<string, QueueDefinition>();
   private readonly batchSize: number;
   private readonly leaseMs: number;
+  private readonly maxRunMs: number;
   private readonly pollIntervalMs: number;
   private readonly retentionMs: number;
   private readonly random: () => number;
@@ -191,6 +198,7 @@ export class JobRunner {
     this.workerId = options.workerId ?? `w_${randomBytes(6).toString("hex")}`;
     this.batchSize = options.batchSize ?? 20;
     this.leaseMs = options.leaseMs ?? 120_000;
+    this.maxRunMs = options.maxRunMs ?? 15 * 60_000;
     this.pollIntervalMs = options.pollIntervalMs ?? 1000;
     this.retentionMs = options.retentionMs ?? 14 * 24 * 60 * 60_000;
     this.random = options.random ?? Math.random;
@@ -472,11 +480,14 @@ export class JobRunner {
       await this.fail(row, job, definition, error);
       return;
     }
+    const renewal = this.renewLease(row);
     try {
       await definition.handler(job, this.ctx);
     } catch (error) {
       await this.fail(row, job, definition, error);
       return;
+    } finally {
+      clearInterval(renewal);
     }
     const finished = await this.ctx.db
       .updateTable("jobs")
@@ -501,6 +512,37 @@ export class JobRunner {
         "job finished after its lease was taken over; it may have run twice",
       );
     }
+  }
+
+  /**
+   * Renews a running job's lease every third of it, so a slow handler (an SMTP server that
+   * answers slowly but within its timeouts) is not taken over and run twice at once — until
+   * `maxRunMs`, after which the lease is left to run out.
+   */
+  private renewLease(row: ClaimedJob): NodeJS.Timeout {
+    const started = performance.now();
+    const renewal = setInterval(
+      () => {
+        if (performance.now() - started + this.leaseMs > this.maxRunMs) {
+          clearInterval(renewal);
+          this.ctx.logger.warn(
+            { job: row.id, queue: row.queue, max_run_ms: this.maxRunMs },
+            "job still running; its lease is no longer renewed and may be taken over",
+          );
+          return;
+        }
+        sql`update jobs set locked_until = now() + ${this.leaseMs}::float8 * interval '1 millisecond'
+            where id = ${row.id} and status = 'running' and locked_by = ${this.workerId}
+              and attempts = ${row.attempts}`
+          .execute(this.ctx.db)
+          .catch((err) =>
+            this.ctx.logger.warn({ err, job: row.id }, "could not renew a job lease"),
+          );
+      },
+      Math.max(1, Math.floor(this.leaseMs / 3)),
+    );
+    renewal.unref();
+    return renewal;
   }
 
   private async fail(
