@@ -378,18 +378,55 @@ const PART_PREFIX: Record<string, string> = {
   headers: "header",
 };
 
+/** At most this many details per error: a body with thousands of bad items gets the first ones. */
+export const MAX_DETAILS = 100;
+
 /**
- * One detail per problem. Body fields are JSON pointers (`/metadata/k1`); query, path and header
- * fields are `query.limit`, `path.org_id`, `header.idempotency-key`. A failed union (`anyOf`) is
- * one problem, not one per branch.
+ * One detail per problem, the first `MAX_DETAILS` of them (then one saying how many more). Body
+ * fields are JSON pointers (`/metadata/k1`); query, path and header fields are `query.limit`,
+ * `path.org_id`, `header.idempotency-key`. A failed union (`anyOf`) is one problem, not one per
+ * branch. Linear in the errors (times the depth of their paths): a body of many bad items must
+ * not cost more than it took to validate.
  */
 export function detailsOf(errors: ErrorObject[], part: string): ErrorDetail[] {
-  const unions = errors.filter((e) => e.keyword === "anyOf");
-  const inUnion = (e: ErrorObject) =>
-    unions.find((u) => u !== e && e.schemaPath.startsWith(`${u.schemaPath}/`));
-  const details: ErrorDetail[] = [];
+  // The unions that failed, by the value they failed at. A branch's errors are at that value or
+  // below it, and under the union's schema path; the innermost such union owns them.
+  const unionsAt = new Map<string, ErrorObject[]>();
   for (const e of errors) {
-    if (inUnion(e)) continue;
+    if (e.keyword !== "anyOf") continue;
+    const list = unionsAt.get(e.instancePath);
+    if (list) list.push(e);
+    else unionsAt.set(e.instancePath, [e]);
+  }
+  const ownerOf = (e: ErrorObject): ErrorObject | undefined => {
+    if (unionsAt.size === 0) return undefined;
+    let owner: ErrorObject | undefined;
+    let path = e.instancePath;
+    for (;;) {
+      for (const u of unionsAt.get(path) ?? []) {
+        if (
+          u !== e &&
+          e.schemaPath.startsWith(`${u.schemaPath}/`) &&
+          (!owner || u.schemaPath.length > owner.schemaPath.length)
+        ) {
+          owner = u;
+        }
+      }
+      if (path === "") return owner;
+      path = path.slice(0, path.lastIndexOf("/"));
+    }
+  };
+  const branches = new Map<ErrorObject, ErrorObject[]>();
+  const problems: ErrorObject[] = [];
+  for (const e of errors) {
+    const owner = ownerOf(e);
+    if (!owner) problems.push(e);
+    else if (branches.has(owner)) branches.get(owner)!.push(e);
+    else branches.set(owner, [e]);
+  }
+
+  const details: ErrorDetail[] = [];
+  for (const e of problems.slice(0, MAX_DETAILS)) {
     let pointer = e.instancePath || "";
     let message = e.message ?? "invalid";
     if (e.keyword === "required") {
@@ -399,20 +436,23 @@ export function detailsOf(errors: ErrorObject[], part: string): ErrorDetail[] {
       pointer += `/${(e.params as { additionalProperty: string }).additionalProperty}`;
       message = "unknown field";
     } else if (e.keyword === "anyOf") {
-      const branches = errors.filter((b) => inUnion(b) === e);
-      const allowed = branches
+      const own = branches.get(e) ?? [];
+      const allowed = own
         .filter((b) => b.keyword === "const")
         .map((b) => JSON.stringify((b.params as { allowedValue: unknown }).allowedValue));
       message =
-        allowed.length > 0 && branches.every((b) => b.keyword === "const" || b.keyword === "type")
+        allowed.length > 0 && own.every((b) => b.keyword === "const" || b.keyword === "type")
           ? `must be one of ${allowed.join(", ")}`
-          : [...new Set(branches.map((b) => b.message ?? "invalid"))].join(", or ");
+          : [...new Set(own.map((b) => b.message ?? "invalid"))].join(", or ") || message;
     }
     const field =
       part === "body"
         ? pointer || undefined
         : [PART_PREFIX[part] ?? part, ...pointer.split("/").filter(Boolean)].join(".");
     details.push(field === undefined ? { message } : { field, message });
+  }
+  if (problems.length > MAX_DETAILS) {
+    details.push({ message: `and ${problems.length - MAX_DETAILS} more problems` });
   }
   return details;
 }

@@ -55,7 +55,7 @@ function parseUsageBody(body: unknown): { events: UsageEventInput[]; single: boo
     throw new AppError(
       "invalid_request",
       "The request body is invalid.",
-      detailsOf((validate.errors ?? []) as ErrorObject[], "body").slice(0, 100),
+      detailsOf((validate.errors ?? []) as ErrorObject[], "body"),
     );
   }
   return isBatch
