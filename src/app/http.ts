@@ -72,6 +72,11 @@ declare module "fastify" {
      * lost, possibly after COMMIT): an Idempotency-Key must not be released for a re-run.
      */
     outcomeUnknown?: boolean;
+    /**
+     * A 5xx answer of a request that committed a step which running the same request again
+     * finishes (a refund whose processor was unreachable): its Idempotency-Key is released.
+     */
+    resumable?: boolean;
   }
 }
 

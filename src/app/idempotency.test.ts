@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { type AddressInfo, connect } from "node:net";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { createTestApp, waitFor } from "../../test/support/app.js";
@@ -288,6 +289,83 @@ describe("Idempotency-Key", async () => {
     const ok = await createOrg(name, "k-invalid");
     expect(ok.statusCode).toBe(201);
     expect(ok.headers["idempotent-replayed"]).toBeUndefined();
+  });
+
+  it("an invalid usage body does not use up the key (validated before the claim, as schemas are)", async () => {
+    const org = await app.createOrg();
+    const event = { id: "e-1", org_id: org, type: "compute", meter: "compute.vcpu_seconds" };
+    const headers = { "idempotency-key": "k-usage-typo" };
+    const bad = await app.call("POST", "/v1/usage-events", {
+      body: { ...event, quantity: 1 },
+      headers,
+    });
+    expect(bad.statusCode).toBe(400);
+    const fixed = await app.call("POST", "/v1/usage-events", {
+      body: { ...event, quantity: "1" },
+      headers,
+    });
+    expect(fixed.statusCode).toBe(200);
+    expect(fixed.headers["idempotent-replayed"]).toBeUndefined();
+    expect(fixed.json().data[0]).toMatchObject({ id: "e-1", status: "accepted" });
+  });
+
+  it("the user a platform acts for (On-Behalf-Of) is part of the request: another user is a conflict", async () => {
+    const org = await app.createOrg();
+    for (const id of ["alice", "bob"]) {
+      await app.call("POST", `/v1/organizations/${org}/users`, {
+        body: { id, email: `${id}@example.com`, role: "admin" },
+      });
+    }
+    const adjust = (user: string) =>
+      app.call("POST", `/v1/organizations/${org}/adjustments`, {
+        body: { amount: "+1", reason: "gift" },
+        headers: { "idempotency-key": "k-obo", "on-behalf-of": user },
+      });
+    const alice = await adjust("alice");
+    expect(alice.statusCode, alice.body).toBe(201);
+    expect(alice.json().user_id).toBe("alice");
+    expect((await adjust("alice")).headers["idempotent-replayed"]).toBe("true");
+    const bob = await adjust("bob");
+    expect(bob.statusCode).toBe(409);
+    expect(bob.json().error.code).toBe("idempotency_conflict");
+  });
+
+  it("a repeated Idempotency-Key header is 400 (Node would join the values into another key)", async () => {
+    await app.runtime.app.listen({ port: 0, host: "127.0.0.1" });
+    const { port } = app.runtime.app.server.address() as AddressInfo;
+    const name = unique("DupHeader");
+    const send = (keys: string[]) =>
+      new Promise<string>((resolve, reject) => {
+        const body = JSON.stringify({ name });
+        const socket = connect(port, "127.0.0.1", () => {
+          socket.write(
+            [
+              "POST /v1/organizations HTTP/1.1",
+              "host: tally",
+              `authorization: Bearer ${app.platformKey}`,
+              ...keys.map((k) => `idempotency-key: ${k}`),
+              "content-type: application/json",
+              `content-length: ${Buffer.byteLength(body)}`,
+              "connection: close",
+              "",
+              body,
+            ].join("\r\n"),
+          );
+        });
+        let answer = "";
+        socket.on("data", (d) => {
+          answer += d;
+        });
+        socket.on("end", () => resolve(answer));
+        socket.on("error", reject);
+      });
+    const twice = await send(["k-dup", "k-dup"]);
+    expect(twice.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+    expect(twice).toContain("given more than once");
+    expect(await orgsNamed(name)).toBe(0);
+    const once = await send(["k-dup"]);
+    expect(once.split("\r\n")[0]).toBe("HTTP/1.1 201 Created");
+    expect(await orgsNamed(name)).toBe(1);
   });
 
   it("records expire after 24 h: the key can be used again and the purge deletes them", async () => {

@@ -128,6 +128,12 @@ export function installIdempotency(app: App, ctx: AppContext): void {
   /** Claims the key for this request, or answers with the stored reply (then true). */
   async function claimOrReplay(request: FastifyRequest, reply: FastifyReply): Promise<boolean> {
     const key = request.headers["idempotency-key"];
+    // Node joins repeated headers with ", ": two keys would silently become a third one.
+    if (repeatedHeader(request.raw.rawHeaders, "idempotency-key")) {
+      throw new AppError("invalid_request", "Send one Idempotency-Key header.", [
+        { field: "header.idempotency-key", message: "given more than once" },
+      ]);
+    }
     if (typeof key !== "string" || key.length === 0 || key.length > MAX_KEY_LENGTH) {
       throw new AppError("invalid_request", "Idempotency-Key must be 1–255 characters.", [
         { field: "header.idempotency-key", message: "1–255 characters" },
@@ -139,9 +145,14 @@ export function installIdempotency(app: App, ctx: AppContext): void {
     if (!secret) return false;
     const sealKey = sealKeyFor(secret, key);
     const scope = request.principal.id;
-    // The same body is the same JSON value: key order and whitespace do not matter.
+    // The same body is the same JSON value: key order and whitespace do not matter. The user a
+    // platform acts for is part of the request (it is recorded on what the request writes).
+    const onBehalfOf = request.headers["on-behalf-of"];
+    const acting = typeof onBehalfOf === "string" ? `on-behalf-of: ${onBehalfOf}\n` : "";
     const fingerprint = (json: string) =>
-      createHash("sha256").update(`${request.method} ${request.url}\n${json}`).digest("hex");
+      createHash("sha256")
+        .update(`${request.method} ${request.url}\n${acting}${json}`)
+        .digest("hex");
     const requestHash = fingerprint(stableJson(request.body ?? null));
     // Keys claimed before fingerprints sorted the keys (kept 24 h) are compared as they were:
     // worked out only when a stored fingerprint differs.
@@ -205,6 +216,15 @@ export function installIdempotency(app: App, ctx: AppContext): void {
       let store = reply.statusCode < 500;
       if (reply.statusCode >= 500 && request.outcomeUnknown) {
         // The database is unreachable: leave the claim; its `effect_committed` decides later.
+      } else if (reply.statusCode >= 500 && request.resumable) {
+        // The handler committed a step and answered "retry": the retry must run, to finish it.
+        await ctx.db
+          .deleteFrom("idempotency_keys")
+          .where("scope", "=", c.scope)
+          .where("key", "=", c.key)
+          .where("claim_token", "=", c.token)
+          .execute();
+        store = false;
       } else if (reply.statusCode >= 500) {
         // Nothing committed: release the key for a retry. Something did: keep this answer.
         const released = await ctx.db
@@ -233,6 +253,15 @@ export function installIdempotency(app: App, ctx: AppContext): void {
       request.log.error({ err }, "could not store the idempotent response");
     }
   }
+}
+
+/** Whether a header came more than once (`rawHeaders`: name, value, name, value, …). */
+function repeatedHeader(rawHeaders: readonly string[], name: string): boolean {
+  let seen = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.toLowerCase() === name && ++seen > 1) return true;
+  }
+  return false;
 }
 
 /**

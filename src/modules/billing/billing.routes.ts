@@ -632,15 +632,15 @@ export function registerBillingRoutes(app: App, ctx: AppContext): void {
     },
     async (request) => {
       const principal = requestPrincipal(request);
-      const outcome = unwrap(
-        await refunds.refundPurchase(ctx, {
-          orgId: requestOrg(request).id,
-          purchaseId: request.params.id,
-          principal,
-          reason: request.body.reason ?? null,
-        }),
-      );
-      return refundDto(outcome);
+      const result = await refunds.refundPurchase(ctx, {
+        orgId: requestOrg(request).id,
+        purchaseId: request.params.id,
+        principal,
+        reason: request.body.reason ?? null,
+      });
+      // The refund stays pending: the same request (same Idempotency-Key too) finishes it.
+      if (!result.ok && result.code === "service_unavailable") request.resumable = true;
+      return refundDto(unwrap(result));
     },
   );
 

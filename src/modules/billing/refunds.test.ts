@@ -433,17 +433,18 @@ describe("refunds when the processor fails", async () => {
     });
     return p as Json;
   };
-  const refund = (id: string) =>
-    app.call("POST", `/v1/organizations/${orgId}/purchases/${id}/refund`, { body: {} });
+  const refund = (id: string, headers: Record<string, string> = {}) =>
+    app.call("POST", `/v1/organizations/${orgId}/purchases/${id}/refund`, { body: {}, headers });
   const balance = async () =>
     (await app.call("GET", `/v1/organizations/${orgId}/balance`)).json().balance as string;
   const refundRows = (purchaseId: string) =>
     ctx.db.selectFrom("refunds").selectAll().where("purchase_id", "=", purchaseId).execute();
 
-  it("processor down: 503, credits already voided, a retry finishes the same refund", async () => {
+  it("processor down: 503, credits already voided, a retry (same Idempotency-Key) finishes the same refund", async () => {
     const p = await bought();
     mode = "down";
-    const res = await refund(p.id);
+    const key = { "idempotency-key": `refund-${p.id}` };
+    const res = await refund(p.id, key);
     expect(res.statusCode).toBe(503);
     expect(res.json().error.code).toBe("service_unavailable");
     expect(await balance()).toBe("0");
@@ -454,9 +455,14 @@ describe("refunds when the processor fails", async () => {
     ).toBe("paid");
 
     mode = "ok";
-    const retry = await refund(p.id);
+    // The 503 was not kept for the key: the retry runs, and its answer is the one replayed.
+    const retry = await refund(p.id, key);
     expect(retry.statusCode).toBe(200);
+    expect(retry.headers["idempotent-replayed"]).toBeUndefined();
     expect(retry.json()).toMatchObject({ refund_id: pending!.id, amount: "5.00" });
+    const replay = await refund(p.id, key);
+    expect(replay.headers["idempotent-replayed"]).toBe("true");
+    expect(replay.json()).toEqual(retry.json());
     expect(await refundRows(p.id)).toHaveLength(1);
     expect(
       sandbox.refunds.filter((r) => r.idempotencyKey === `refund:${pending!.id}`),

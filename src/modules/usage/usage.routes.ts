@@ -48,6 +48,8 @@ const validateBatch = ajv.compile(UsageBatchSchema as TSchema);
  * `POST /v1/usage-events` takes `{events: [...]}` or one event object. Validating the two shapes
  * separately gives errors that point at the event and field at fault instead of a union's noise.
  */
+const parsedBodies = new WeakMap<object, ReturnType<typeof parseUsageBody>>();
+
 function parseUsageBody(body: unknown): { events: UsageEventInput[]; single: boolean } {
   const isBatch = typeof body === "object" && body !== null && "events" in body;
   const validate = isBatch ? validateBatch : validateEvent;
@@ -160,13 +162,22 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         },
       },
       // Validated by parseUsageBody for precise errors; the schema above documents the shapes.
+      // Before the handler, as schemas are: an invalid body does not use up an Idempotency-Key.
       validatorCompiler: () => () => true,
+      preValidation: async (request) => {
+        try {
+          parsedBodies.set(request, parseUsageBody(request.body));
+        } catch (error) {
+          if (error instanceof AppError) engine.countRejected(submittedEvents(request.body));
+          throw error;
+        }
+      },
       config: { access: { roles: ROLES.ingest, portal: false } },
     },
     async (request) => {
       let outcome: IngestOutcome;
       try {
-        const { events, single } = parseUsageBody(request.body);
+        const { events, single } = parsedBodies.get(request) ?? parseUsageBody(request.body);
         outcome = await service.ingestUsage(ctx, engine, requestPrincipal(request), events, (i) =>
           single ? "" : `/events/${i}`,
         );
