@@ -86,10 +86,15 @@ export class ForbiddenAddressError extends Error {
   readonly code = "EFORBIDDENADDRESS";
 }
 
-function refusal(host: string, address: string): string {
+/**
+ * Why a host is refused. For a name, the same words whether it resolves to a private address,
+ * to none, or not at all: the answer must not tell a customer what Tally's resolver knows of
+ * internal names (`db.internal` resolves to 10.0.0.5).
+ */
+function refusal(host: string, address: string | null): string {
   return host === address
     ? `${address} is a loopback, private, link-local or otherwise non-public address`
-    : `${host} resolves to ${address}, a loopback, private, link-local or otherwise non-public address`;
+    : `${host} does not resolve to public addresses only`;
 }
 
 /**
@@ -98,16 +103,10 @@ function refusal(host: string, address: string): string {
  */
 export const guardedLookup: LookupFunction = (hostname, options, callback) => {
   dns.lookup(hostname, { ...options, all: true }, (error, addresses) => {
-    if (error) {
-      callback(error, "", 4);
-      return;
-    }
-    const list = addresses as LookupAddress[];
+    const list = error ? [] : (addresses as LookupAddress[]);
     const bad = list.find((a) => !isPublicAddress(a.address));
     if (bad || list.length === 0) {
-      const err = new ForbiddenAddressError(
-        bad ? refusal(hostname, bad.address) : `${hostname} has no address`,
-      );
+      const err = new ForbiddenAddressError(refusal(hostname, null));
       callback(err as NodeJS.ErrnoException, "", 4);
       return;
     }
@@ -150,6 +149,14 @@ export async function checkWebhookUrl(
     return { ok: false, reason: "must use http or https" };
   }
   if (!url.hostname) return { ok: false, reason: "must name a host" };
+  if (url.port === "0") return { ok: false, reason: "must name a port from 1 to 65535" };
+  // Node's http.request decodes them, and throws on malformed percent-encoding.
+  try {
+    decodeURIComponent(url.username);
+    decodeURIComponent(url.password);
+  } catch {
+    return { ok: false, reason: "has malformed percent-encoding in its user name or password" };
+  }
   if (options.allowPrivate) return { ok: true, url };
 
   const host = urlHost(url);
@@ -161,10 +168,9 @@ export async function checkWebhookUrl(
   try {
     addresses = await (options.lookup ?? dns.promises.lookup)(host, { all: true });
   } catch {
-    return { ok: false, reason: `${host} could not be resolved` };
+    addresses = [];
   }
   const bad = addresses.find((a) => !isPublicAddress(a.address));
-  if (bad) return { ok: false, reason: refusal(host, bad.address) };
-  if (addresses.length === 0) return { ok: false, reason: `${host} has no address` };
+  if (bad || addresses.length === 0) return { ok: false, reason: refusal(host, null) };
   return { ok: true, url };
 }

@@ -88,7 +88,7 @@ export async function createEndpoint(
   const row: WebhookEndpoint = {
     id: ctx.ids.newId("whe"),
     org_id: orgId,
-    url: input.url,
+    url: check.url.href,
     events: [...new Set(input.events ?? [])],
     secret: generateWebhookSecret(),
     created_at: now,
