@@ -25,6 +25,7 @@ import { requestOrg, requestPrincipal } from "../orgs/auth.js";
 import type { PurchaseStatus } from "./billing.tables.js";
 import { type PackageFigures, PERCENT_DIGITS, PRICE_PER_CREDIT_DIGITS } from "./package-figures.js";
 import * as packages from "./packages.service.js";
+import { unitCostOf } from "./purchase-figures.js";
 import * as purchases from "./purchases.service.js";
 import * as refunds from "./refunds.service.js";
 import { registerSandboxRoutes } from "./sandbox.routes.js";
@@ -352,6 +353,20 @@ function parsePrice(value: string, currency: string): bigint {
   return minor;
 }
 
+/**
+ * The price per paid credit is stored on the paid block (NUMERIC(38,12): below 10^26): a package
+ * whose price ÷ credits does not fit could be sold but never granted, so it is refused here.
+ */
+function checkUnitCost(priceMinor: bigint, currency: string, credits: Credits, field: string) {
+  const unitCost = unitCostOf(priceMinor, currency, credits);
+  if (unitCost.split(".")[0]!.length > 26) {
+    throw invalid(
+      "makes the price per credit too large (price ÷ credits must be below 10^26)",
+      field,
+    );
+  }
+}
+
 function parseCurrency(value: string): string {
   if (!isCurrency(value)) throw invalid("not an ISO 4217 currency code", "/currency");
   return value;
@@ -386,15 +401,18 @@ export function registerBillingRoutes(app: App, ctx: AppContext): void {
     async (request, reply) => {
       const b = request.body;
       const currency = parseCurrency(b.currency ?? ctx.config.currency);
+      const credits = parseCreditsField(b.credits, "credits", true);
+      const priceMinor = parsePrice(b.price, currency);
+      checkUnitCost(priceMinor, currency, credits, "/price");
       const row = await packages.createPackage(ctx, {
         name: b.name,
         description: b.description ?? null,
-        credits: parseCreditsField(b.credits, "credits", true),
+        credits,
         bonusCredits:
           b.bonus_credits === undefined
             ? 0n
             : parseCreditsField(b.bonus_credits, "bonus_credits", false),
-        priceMinor: parsePrice(b.price, currency),
+        priceMinor,
         currency,
         bonusExpiresInDays: b.bonus_expires_in_days ?? null,
         active: b.active ?? true,
@@ -484,17 +502,28 @@ export function registerBillingRoutes(app: App, ctx: AppContext): void {
       const existing = unwrap(
         await packages.getPackage(ctx, request.params.id, { activeOnly: false }),
       );
+      const credits =
+        b.credits === undefined ? undefined : parseCreditsField(b.credits, "credits", true);
+      const priceMinor = b.price === undefined ? undefined : parsePrice(b.price, existing.currency);
+      if (credits !== undefined || priceMinor !== undefined) {
+        const amounts = packages.packageAmounts(existing);
+        checkUnitCost(
+          priceMinor ?? amounts.priceMinor,
+          existing.currency,
+          credits ?? amounts.credits,
+          priceMinor !== undefined ? "/price" : "/credits",
+        );
+      }
       const row = unwrap(
         await packages.updatePackage(ctx, existing.id, {
           name: b.name,
           description: b.description,
-          credits:
-            b.credits === undefined ? undefined : parseCreditsField(b.credits, "credits", true),
+          credits,
           bonusCredits:
             b.bonus_credits === undefined
               ? undefined
               : parseCreditsField(b.bonus_credits, "bonus_credits", false),
-          priceMinor: b.price === undefined ? undefined : parsePrice(b.price, existing.currency),
+          priceMinor,
           bonusExpiresInDays: b.bonus_expires_in_days,
           active: b.active,
         }),

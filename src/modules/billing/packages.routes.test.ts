@@ -165,6 +165,49 @@ describe("credit packages", async () => {
     expect(unknown.statusCode).toBe(404);
   });
 
+  it("refuses a price per credit the ledger cannot hold (such a package could be paid, never granted)", async () => {
+    const huge = {
+      name: "Huge",
+      credits: "0.000000000001",
+      price: "999999999999999",
+      currency: "JPY",
+    };
+    const res = await create(huge);
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.details).toEqual([
+      { field: "/price", message: expect.stringMatching(/price per credit too large/) },
+    ]);
+    // At the limit: 10^26 − 1 per credit is fine, and is granted when paid.
+    const edge = await create({ ...huge, credits: "0.00000000001", price: "999999999999999" });
+    expect(edge.statusCode).toBe(201);
+    const org = await app.createOrg();
+    const bought = await app.call("POST", `/v1/organizations/${org}/purchases`, {
+      body: { package_id: edge.json().id },
+    });
+    const paid = await app.call("POST", `/sandbox/checkout/${bought.json().id}`, {
+      key: null,
+      rawBody: "action=pay&card=success",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+    });
+    expect(paid.statusCode).toBe(303);
+    const balance = await app.call("GET", `/v1/organizations/${org}/balance`);
+    expect(balance.json().balance).toBe("0.00000000001");
+    // A PATCH that would cross the limit, by its credits or its price, changes nothing.
+    const id = edge.json().id;
+    const fewer = await app.call("PATCH", `/v1/credit-packages/${id}`, {
+      body: { credits: "0.000000000001" },
+    });
+    expect(fewer.statusCode).toBe(400);
+    expect(fewer.json().error.details[0].field).toBe("/credits");
+    const dearer = await app.call("PATCH", `/v1/credit-packages/${id}`, {
+      body: { credits: "0.000000000001", price: "1" },
+    });
+    expect(dearer.statusCode).toBe(200);
+    expect((await app.call("GET", `/v1/credit-packages/${id}`)).json().credits).toBe(
+      "0.000000000001",
+    );
+  });
+
   it("lets any key read but only platform keys write", async () => {
     for (const key of [readKey, ingestKey, adminKey]) {
       expect((await app.call("GET", "/v1/credit-packages", { key })).statusCode).toBe(200);
