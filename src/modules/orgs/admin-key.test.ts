@@ -45,6 +45,14 @@ describe("TALLY_ADMIN_KEY", async () => {
   it("changing it rotates the key: the earlier value stops working", async () => {
     const other = await app.call("POST", "/v1/platform-keys", { body: { name: "ops" } });
     expect(other.statusCode).toBe(201);
+    // Its name is reserved: a key created under it would be revoked by the next start.
+    const named = await app.call("POST", "/v1/platform-keys", {
+      body: { name: "TALLY_ADMIN_KEY" },
+    });
+    expect(named.statusCode).toBe(400);
+    expect(named.json().error.details).toEqual([
+      { field: "/name", message: expect.stringMatching(/reserved/) },
+    ]);
     await startWith(SECOND);
     expect(await status(SECOND)).toBe(200);
     expect(await status(FIRST)).toBe(401);

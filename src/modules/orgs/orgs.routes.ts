@@ -491,6 +491,13 @@ export function registerOrgRoutes(app: App, ctx: AppContext): void {
       config: { access: { roles: ROLES.platform } },
     },
     async (request, reply) => {
+      // The name marks the key TALLY_ADMIN_KEY configures: a start with another value revokes
+      // every platform key of that name.
+      if (request.body.name === service.ADMIN_KEY_NAME) {
+        throw new AppError("invalid_request", `The name ${service.ADMIN_KEY_NAME} is reserved.`, [
+          { field: "/name", message: "reserved for the key TALLY_ADMIN_KEY configures" },
+        ]);
+      }
       const created = await service.createApiKey(ctx, {
         orgId: null,
         name: request.body.name,
