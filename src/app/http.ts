@@ -352,6 +352,12 @@ export function installValidation(app: App): void {
   app.removeContentTypeParser(["application/json", "text/plain"]);
   const parseJson = app.getDefaultJsonParser("error", "error");
   app.addContentTypeParser("application/json", { parseAs: "string" }, (request, body, done) => {
+    // JSON is UTF-8 (RFC 8259): a body declared in another charset would be read wrongly.
+    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(request.headers["content-type"] ?? "");
+    if (charset && !/^utf-?8$/i.test(charset[1]!)) {
+      const message = `JSON bodies are UTF-8; charset=${charset[1]} is not accepted.`;
+      return done(new AppError("unsupported_media_type", message), undefined);
+    }
     if (body.length === 0) return done(null, undefined);
     return parseJson(request, body.toString(), done);
   });

@@ -35,7 +35,7 @@ export interface TestApp {
       key?: string | null;
       body?: unknown;
       headers?: Record<string, string>;
-      rawBody?: string;
+      rawBody?: string | Buffer;
     },
   ): Promise<LightMyRequestResponse & { json<T = any>(): T }>;
   /** Creates an organisation (platform key) and returns its id. */
@@ -87,7 +87,7 @@ export async function createTestApp(
       const headers: Record<string, string> = { ...opts.headers };
       const key = opts.key === undefined ? platformKey : opts.key;
       if (key !== null) headers.authorization = `Bearer ${key}`;
-      let payload: string | undefined;
+      let payload: string | Buffer | undefined;
       if (opts.rawBody !== undefined) payload = opts.rawBody;
       else if (opts.body !== undefined) payload = JSON.stringify(opts.body);
       if (payload !== undefined) headers["content-type"] ??= "application/json";

@@ -247,6 +247,27 @@ describe("orgs routes", async () => {
       }
     });
 
+    it("JSON in a charset other than UTF-8 is 415 (it was read as UTF-8, é stored as U+FFFD)", async () => {
+      const latin1 = Buffer.concat([
+        Buffer.from('{"name":"Caf'),
+        Buffer.from([0xe9]),
+        Buffer.from('"}'),
+      ]);
+      const res = await app.call("POST", "/v1/organizations", {
+        rawBody: latin1,
+        headers: { "content-type": "application/json; charset=iso-8859-1" },
+      });
+      expectError(res, 415, "unsupported_media_type");
+      for (const type of ["application/json; charset=utf-8", 'application/json;charset="UTF8"']) {
+        const ok = await app.call("POST", "/v1/organizations", {
+          rawBody: '{"name":"Café"}',
+          headers: { "content-type": type },
+        });
+        expect(ok.statusCode, type).toBe(201);
+        expect(ok.json().name).toBe("Café");
+      }
+    });
+
     it("a body over 4 MiB is 413", async () => {
       const res = await app.call("POST", "/v1/organizations", {
         rawBody: JSON.stringify({ name: "x".repeat(4 * 1024 * 1024) }),
