@@ -130,6 +130,25 @@ describe("ledger routes", async () => {
       });
     });
 
+    it("credits past their expiry are not shown: they are expired when the balance is read", async () => {
+      const orgId = await app.createOrg();
+      const expiresAt = new Date(app.clock.now().getTime() + HOUR).toISOString();
+      await grant(orgId, "+100", { expires_at: expiresAt, category: "promotional" });
+      await grant(orgId, "+5");
+      expect((await balance(orgId)).balance).toBe("105");
+      app.clock.advance(HOUR);
+      // The expiry worker has not run: the read writes the expiry, so balance = Σ entries.
+      expect(await balance(orgId)).toMatchObject({
+        balance: "5",
+        available: "5",
+        last_sequence: 3,
+      });
+      const [expiry] = await transactions(orgId);
+      expect(expiry).toMatchObject({ type: "expiry", amount: "-100", balance_after: "5" });
+      expect((await balance(orgId)).last_sequence).toBe(3); // once
+      expect(await verify(orgId)).toMatchObject({ ok: true, entries: 3 });
+    });
+
     it("accepts ext:<external_id> in the path", async () => {
       const orgId = await app.createOrg({ external_id: "acme:eu-1" });
       await ok(adjust("ext:acme:eu-1", { amount: "+7", reason: "via external id" }), 201);
@@ -916,9 +935,9 @@ describe("ledger routes", async () => {
         expires_at: new Date(app.clock.now().getTime() + HOUR).toISOString(),
       });
       const blockId = granted.allocations[0].block_id;
+      const before = await snapshot(orgId);
       app.clock.advance(2 * HOUR);
 
-      const before = await snapshot(orgId);
       expectError(
         await adjust(orgId, { amount: "-10", reason: "late" }),
         402,

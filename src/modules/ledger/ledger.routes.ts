@@ -160,7 +160,7 @@ export async function balanceDto(
     view: b,
     inAlert,
     autoTopup,
-  } = await service.readBalance(ctx.db, org.id, flags, ctx.clock.now());
+  } = await service.readBalance(ctx, org.id, flags, ctx.clock.now());
   return {
     org_id: org.id,
     balance: formatCredits(b.balance),

@@ -95,28 +95,40 @@ export type AutoTopupState = "off" | "idle" | "in_flight" | "disabled";
 
 /**
  * The balance as `GET …/balance` and the CLI show it: a hold past its expiry no longer counts in
- * `reserved`, though the sweeper may not have marked it yet.
+ * `reserved`, though the sweeper may not have marked it yet; credits past their expiry are
+ * expired first (their `expiry` entries written now, not when the expiry worker comes by), so
+ * the balance shown is always the ledger's.
  */
 export async function readBalance(
-  db: Db,
+  ctx: AppContext,
   orgId: string,
   flags: BalanceFlags,
   now: Date,
 ): Promise<{ view: BalanceView; inAlert: boolean; autoTopup: AutoTopupState }> {
   // Always one row; the balance columns are null when the organisation has none yet.
-  const rows = await execute<
-    { [K in keyof BalanceRow]: BalanceRow[K] | null } & {
-      in_alert: boolean;
-      auto_topup: AutoTopupState;
-    }
-  >(
-    db,
-    q`select b.balance, b.debt, b.last_sequence, b.head_hash, b.updated_at,
-        b.reserved - ${flags.overdueHolds(orgId, now)} as reserved,
-        ${flags.inAlert(orgId)} as in_alert, ${flags.autoTopup(orgId)} as auto_topup
-      from (select 1) as one left join org_balances as b on b.org_id = ${orgId}`,
-  );
-  const { in_alert, auto_topup, ...found } = rows[0]!;
+  const read = () =>
+    execute<
+      { [K in keyof BalanceRow]: BalanceRow[K] | null } & {
+        in_alert: boolean;
+        auto_topup: AutoTopupState;
+        expiry_due: boolean;
+      }
+    >(
+      ctx.db,
+      q`select b.balance, b.debt, b.last_sequence, b.head_hash, b.updated_at,
+          b.reserved - ${flags.overdueHolds(orgId, now)} as reserved,
+          ${flags.inAlert(orgId)} as in_alert, ${flags.autoTopup(orgId)} as auto_topup,
+          exists (select 1 from credit_blocks as k where k.org_id = ${orgId}
+            and k.status = 'active' and k.expires_at <= ${now.toISOString()}::timestamptz)
+            as expiry_due
+        from (select 1) as one left join org_balances as b on b.org_id = ${orgId}`,
+    );
+  let rows = await read();
+  if (rows[0]!.expiry_due) {
+    await expireOrgs(ctx, [orgId], now);
+    rows = await read();
+  }
+  const { in_alert, auto_topup, expiry_due: _, ...found } = rows[0]!;
   return {
     view: balanceView(orgId, found.balance === null ? undefined : (found as BalanceRow)),
     inAlert: in_alert,
