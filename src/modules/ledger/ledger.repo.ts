@@ -122,15 +122,20 @@ export async function sumActiveBlocks(db: Db, orgId: string): Promise<string> {
 }
 
 /** Organisations that hold an active block past its expiry. */
-export async function orgsWithExpiredBlocks(db: Db, now: Date, limit: number): Promise<string[]> {
-  const rows = await db
+export async function orgsWithExpiredBlocks(
+  db: Db,
+  now: Date,
+  limit: number,
+  except: readonly string[] = [],
+): Promise<string[]> {
+  let query = db
     .selectFrom("credit_blocks")
     .select("org_id")
     .distinct()
     .where("status", "=", "active")
-    .where("expires_at", "<=", now)
-    .limit(limit)
-    .execute();
+    .where("expires_at", "<=", now);
+  if (except.length > 0) query = query.where("org_id", "not in", except);
+  const rows = await query.limit(limit).execute();
   return rows.map((r) => r.org_id);
 }
 

@@ -202,14 +202,24 @@ export async function adjustCredits(
 /** Writes `expiry` entries for blocks past their expiry, one transaction per organisation. */
 export async function expireDueBlocks(ctx: AppContext, batch = 100): Promise<number> {
   let expired = 0;
+  // An organisation whose expiry fails is logged and left for the next run, not retried round
+  // after round, and never holds up the others.
+  const failed = new Set<string>();
   // Bounded: each round expires every due block of the organisations it picks.
   for (let round = 0; round < 1000; round++) {
     // The ledgers expire as of the instant the blocks were found due (a clock stepping back
     // must not leave them due yet unexpired, picked round after round).
     const now = ctx.clock.now();
-    const orgIds = await repo.orgsWithExpiredBlocks(ctx.db, now, batch);
+    const orgIds = await repo.orgsWithExpiredBlocks(ctx.db, now, batch, [...failed]);
     if (orgIds.length === 0) break;
-    expired += await expireOrgs(ctx, orgIds, now);
+    for (const orgId of orgIds) {
+      try {
+        expired += await expireOrgs(ctx, [orgId], now);
+      } catch (err) {
+        ctx.logger.error({ err, org_id: orgId }, "could not expire an organisation's credits");
+        failed.add(orgId);
+      }
+    }
   }
   return expired;
 }

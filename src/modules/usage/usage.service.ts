@@ -181,12 +181,17 @@ export async function expireReservations(ctx: AppContext, limit = 500): Promise<
     .execute();
   let n = 0;
   for (const { org_id } of due) {
-    n += await ctx.db.transaction().execute(async (tx) => {
-      const ledger = (await openLedgers(tx, ctx, [org_id], { blocks: false })).get(org_id)!;
-      const expired = await expireOverdueHolds(tx, ledger);
-      await saveLedgers(tx, [ledger]);
-      return expired;
-    });
+    // One organisation failing does not hold up the others' holds.
+    try {
+      n += await ctx.db.transaction().execute(async (tx) => {
+        const ledger = (await openLedgers(tx, ctx, [org_id], { blocks: false })).get(org_id)!;
+        const expired = await expireOverdueHolds(tx, ledger);
+        await saveLedgers(tx, [ledger]);
+        return expired;
+      });
+    } catch (err) {
+      ctx.logger.error({ err, org_id }, "could not expire an organisation's holds");
+    }
   }
   return n;
 }
