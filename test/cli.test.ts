@@ -79,7 +79,6 @@ async function seed(database: Database) {
   }
   const hold = await createReservation(ctx, {
     orgId: org.value.id,
-    overdraftLimit: 0n,
     amount: 40_000_000_000_000n,
     expiresInSeconds: 60,
     description: "overdue",

@@ -150,6 +150,32 @@ describe("reservations", async () => {
     expectError(patch, 403, "forbidden");
   });
 
+  it("admission reads the overdraft limit as it is now, not as this instance's cache last saw it", async () => {
+    const { orgId, key } = await setup("1");
+    await ok(reserve(orgId, { amount: "1" }, key), 201); // the organisation is now cached
+    // Changed by another instance, whose cache notice has not arrived here yet.
+    const lookups = app.runtime.ctx.lookups;
+    const invalidate = lookups.invalidate;
+    lookups.invalidate = () => {};
+    try {
+      await app.runtime.ctx.db
+        .updateTable("organizations")
+        .set({ overdraft_limit: "3" })
+        .where("id", "=", orgId)
+        .execute();
+      expect(Number((await lookups.organization(orgId))?.overdraft_limit)).toBe(0); // stale
+      await ok(reserve(orgId, { amount: "3" }, key), 201);
+      expectError(
+        await reserve(orgId, { amount: "0.000000000001" }, key),
+        402,
+        "insufficient_credits",
+      );
+    } finally {
+      lookups.invalidate = invalidate;
+      lookups.invalidate();
+    }
+  });
+
   it("settle records the events (cost may exceed the hold) and releases the hold in one go", async () => {
     const { orgId, key } = await setup("100");
     const hold = await ok(reserve(orgId, { amount: "5" }, key), 201);

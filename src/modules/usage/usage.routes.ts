@@ -295,7 +295,6 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
       const reservation = unwrap(
         await service.createReservation(ctx, {
           orgId: org.id,
-          overdraftLimit: creditsFromDb(org.overdraft_limit),
           amount,
           expiresInSeconds: request.body.expires_in_seconds ?? 300,
           description: request.body.description ?? null,

@@ -50,7 +50,6 @@ export async function createReservation(
   ctx: AppContext,
   input: {
     orgId: string;
-    overdraftLimit: Credits;
     amount: Credits;
     expiresInSeconds: number;
     description: string | null;
@@ -62,7 +61,13 @@ export async function createReservation(
     const ledger = (await openLedgers(tx, ctx, [input.orgId], { blocks: true })).get(input.orgId)!;
     await expireOverdueHolds(tx, ledger);
     await saveLedgers(tx, [ledger]);
-    if (ledger.available + input.overdraftLimit < input.amount) {
+    // The limit as it is now, not as this instance's organisation cache last saw it.
+    const { overdraft_limit } = await tx
+      .selectFrom("organizations")
+      .select("overdraft_limit")
+      .where("id", "=", input.orgId)
+      .executeTakeFirstOrThrow();
+    if (ledger.available + creditsFromDb(overdraft_limit) < input.amount) {
       return fail("insufficient_credits", "Not enough credits available to reserve this amount.");
     }
     ledger.reserve(input.amount);
