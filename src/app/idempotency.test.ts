@@ -252,6 +252,72 @@ describe("Idempotency-Key", async () => {
     expect(await effect("k-refused")).toBe(false);
   });
 
+  it("usage and settles, written by a flush shared with other requests, mark their claims too", async () => {
+    const org = await app.createOrg();
+    await app.call("POST", `/v1/organizations/${org}/adjustments`, {
+      body: { amount: "+100", reason: "funds" },
+    });
+    const event = (id: string) => ({
+      id,
+      org_id: org,
+      type: "compute",
+      meter: "compute.vcpu_seconds",
+      quantity: "1",
+    });
+    const effect = async (key: string) =>
+      (
+        await db
+          .selectFrom("idempotency_keys")
+          .select("effect_committed")
+          .where("key", "=", key)
+          .executeTakeFirstOrThrow()
+      ).effect_committed;
+    const hold = await app.call("POST", `/v1/organizations/${org}/reservations`, {
+      body: { amount: "5" },
+    });
+    const settleUrl = `/v1/organizations/${org}/reservations/${hold.json().id}/settle`;
+    // Both in one flush, with a request without a key beside them.
+    const [usage, settle, plain] = await Promise.all([
+      app.call("POST", "/v1/usage-events", {
+        body: event("k-e1"),
+        headers: { "idempotency-key": "k-usage" },
+      }),
+      app.call("POST", settleUrl, {
+        body: { events: [event("k-e2")] },
+        headers: { "idempotency-key": "k-settle" },
+      }),
+      app.call("POST", "/v1/usage-events", { body: event("k-e3") }),
+    ]);
+    expect([usage.statusCode, settle.statusCode, plain.statusCode]).toEqual([200, 200, 200]);
+    expect(await effect("k-usage")).toBe(true);
+    expect(await effect("k-settle")).toBe(true);
+    // As if both had died after committing, before storing their answers: a retry is told the
+    // request was applied (it ran again before: a settle then answered 409 invalid_state, kept
+    // for 24 h, and usage events `duplicate`).
+    await db
+      .updateTable("idempotency_keys")
+      .set({ status: "in_progress", locked_until: app.clock.now() })
+      .where("key", "in", ["k-usage", "k-settle"])
+      .execute();
+    app.clock.advance(1000);
+    for (const [url, body, key] of [
+      ["/v1/usage-events", event("k-e1"), "k-usage"],
+      [settleUrl, { events: [event("k-e2")] }, "k-settle"],
+    ] as const) {
+      const retry = await app.call("POST", url, { body, headers: { "idempotency-key": key } });
+      expect(retry.statusCode, key).toBe(409);
+      expect(retry.json().error.code).toBe("idempotency_in_progress");
+      expect(retry.json().error.message).toMatch(/applied/);
+    }
+    // A request the engine refuses (a conflicting event) commits nothing and marks nothing.
+    const conflict = await app.call("POST", "/v1/usage-events", {
+      body: { ...event("k-e1"), quantity: "2" },
+      headers: { "idempotency-key": "k-conflict" },
+    });
+    expect(conflict.statusCode).toBe(409);
+    expect(await effect("k-conflict")).toBe(false);
+  });
+
   it("4xx responses of the handler are replayed too", async () => {
     const org = await app.createOrg();
     const url = `/v1/organizations/${org}/portal-sessions`;

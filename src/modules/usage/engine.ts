@@ -1,6 +1,7 @@
 import { Counter, Histogram } from "prom-client";
 import type { AppContext } from "../../app/context.js";
 import { type ErrorCode, type ErrorDetail, OUT_OF_RANGE } from "../../app/errors.js";
+import type { Claim } from "../../app/idempotency.js";
 import {
   type Column,
   failedGuard,
@@ -56,6 +57,12 @@ export interface IngestRequest {
   actor: Actor;
   /** Settles this hold in the same transaction as the events. */
   reservation?: { orgId: string; id: string };
+  /**
+   * The request's Idempotency-Key claim: marked applied in the flush that commits the request
+   * (a flush runs outside any one request's commit hook), so a retry after a lost answer is
+   * told so instead of running again.
+   */
+  claim?: Claim | null;
 }
 
 export interface IngestResult {
@@ -523,6 +530,25 @@ export async function writeBatch(
   if (accepted.length > 0) {
     steps.push(insertEvents(accepted, requests, nowOf));
     steps.push(...upsertRollups(accepted));
+  }
+  const claims = requests.flatMap((r, i) =>
+    r.claim && !outcomes[i] ? [[r.claim.scope, r.claim.key, r.claim.token]] : [],
+  );
+  if (claims.length > 0) {
+    const source = unnestRows(
+      [
+        ["scope", "text"],
+        ["key", "text"],
+        ["token", "text"],
+      ],
+      claims,
+    );
+    steps.push({
+      name: "usage:claims",
+      statement: q`update idempotency_keys as k set effect_committed = true
+        from (${source}) as v
+        where k.scope = v.scope and k.key = v.key and k.claim_token = v.token returning 1`,
+    });
   }
   const written = await saveLedgers(
     tx,

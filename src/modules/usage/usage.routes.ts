@@ -178,8 +178,13 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
       let outcome: IngestOutcome;
       try {
         const { events, single } = parsedBodies.get(request) ?? parseUsageBody(request.body);
-        outcome = await service.ingestUsage(ctx, engine, requestPrincipal(request), events, (i) =>
-          single ? "" : `/events/${i}`,
+        outcome = await service.ingestUsage(
+          ctx,
+          engine,
+          requestPrincipal(request),
+          events,
+          (i) => (single ? "" : `/events/${i}`),
+          request.idempotency,
         );
       } catch (error) {
         // Refused before the engine (schema, price, time window, plan): counted like the
@@ -333,6 +338,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
         org.id,
         request.params.reservation_id,
         request.body.events,
+        request.idempotency,
       );
       const body = ingestResponse(outcome);
       const reservation = await ctx.db

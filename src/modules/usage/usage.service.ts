@@ -1,5 +1,6 @@
 import type { AppContext } from "../../app/context.js";
 import { fail, ok, type Result } from "../../app/errors.js";
+import type { Claim } from "../../app/idempotency.js";
 import { q, type Sql } from "../../db/bulk.js";
 import type { Db } from "../../db/index.js";
 import { type Credits, creditsFromDb, creditsToDb } from "../ledger/credits.js";
@@ -20,9 +21,10 @@ export async function ingestUsage(
   principal: Principal,
   events: readonly UsageEventInput[],
   pointer: (index: number) => string,
+  claim: Claim | null = null,
 ): Promise<IngestOutcome> {
   const prepared = await prepareEvents(ctx, principal, events, pointer);
-  return engine.submit({ events: prepared, actor: principal.actor });
+  return engine.submit({ events: prepared, actor: principal.actor, claim });
 }
 
 /** The `usage` ledger entry of a stored usage event (the ledger's reference filter asks). */
@@ -100,6 +102,7 @@ export async function settleReservation(
   orgId: string,
   reservationId: string,
   events: readonly UsageEventInput[],
+  claim: Claim | null = null,
 ): Promise<IngestOutcome> {
   const prepared = await prepareEvents(ctx, principal, events, (i) => `/events/${i}`, {
     orgId,
@@ -108,6 +111,7 @@ export async function settleReservation(
     events: prepared,
     actor: principal.actor,
     reservation: { orgId, id: reservationId },
+    claim,
   });
 }
 
