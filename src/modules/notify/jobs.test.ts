@@ -405,6 +405,50 @@ describe("job queue", async () => {
     expect(jobs).toEqual(Array(30).fill({ status: "done", attempts: 1 }));
   });
 
+  it("perOrganisation: one organisation's backlog of slow jobs leaves the other slots to the rest", async () => {
+    const queue = `test.${++n}`;
+    const [noisy, quiet] = [await app.createOrg(), await app.createOrg()];
+    const [gate, release] = latch();
+    const running = new Map<string, number>();
+    const most = new Map<string, number>();
+    const done: string[] = [];
+    const runner = new JobRunner({ ctx, batchSize: 6, pollIntervalMs: 500 }).register(
+      queue,
+      async (job) => {
+        const org = job.orgId!;
+        running.set(org, (running.get(org) ?? 0) + 1);
+        most.set(org, Math.max(most.get(org) ?? 0, running.get(org)!));
+        if (org === noisy) await gate;
+        running.set(org, running.get(org)! - 1);
+        done.push(org);
+      },
+      { perOrganisation: (slots) => slots / 3 },
+    );
+    for (let i = 0; i < 12; i++)
+      await enqueueJob(ctx.db, ctx, { queue, orgId: noisy, payload: null });
+    for (let i = 0; i < 3; i++)
+      await enqueueJob(ctx.db, ctx, { queue, orgId: quiet, payload: null });
+    const round = runner.runDueJobs();
+    // The noisy organisation's jobs hang; the quiet one's, enqueued after them, all run.
+    await waitFor(async () => done.filter((o) => o === quiet).length === 3);
+    expect(running.get(noisy)).toBe(2);
+    release();
+    // A round ends after a poll interval with nothing it may claim: later rounds take the rest.
+    let claimed = await round;
+    await waitFor(async () => {
+      claimed += await runner.runDueJobs();
+      return done.length === 15;
+    });
+    expect(claimed).toBe(15);
+    expect(most.get(noisy)).toBe(2);
+    const jobs = await ctx.db
+      .selectFrom("jobs")
+      .select(["status", "attempts"])
+      .where("queue", "=", queue)
+      .execute();
+    expect(jobs).toEqual(Array(15).fill({ status: "done", attempts: 1 }));
+  });
+
   it("shutdown during a round's claim waits for the jobs that claim starts", async () => {
     const queue = `test.${++n}`;
     let started = 0;

@@ -53,6 +53,12 @@ export interface QueueOptions {
    * are not claimed: they wait, their attempts not counted, while other keys' jobs go on.
    */
   concurrency?: (key: string, load: { oldestRunningMs: number; slots: number }) => number;
+  /**
+   * How many of this queue's jobs of one organisation a runner runs at once, given its slots
+   * (default: no limit): one tenant's backlog (say, its slow webhook endpoints) leaves the
+   * other slots to everyone else. Jobs of an organisation at its limit wait, unclaimed.
+   */
+  perOrganisation?: (slots: number) => number;
 }
 
 export const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 5_000, maxMs: 60 * 60_000, jitter: 0.25 };
@@ -156,6 +162,7 @@ interface QueueDefinition {
   maxAgeMs: number;
   onDead?: QueueOptions["onDead"];
   concurrency?: QueueOptions["concurrency"];
+  perOrganisation?: number;
 }
 
 const PURGE_EVERY_MS = 10 * 60_000;
@@ -192,6 +199,8 @@ export class JobRunner {
   private readonly rounds = new Set<Promise<number>>();
   /** When each running job with a concurrency key started, per key (oldest first). */
   private readonly keyed = new Map<string, { queue: string; starts: number[] }>();
+  /** Running jobs of queues with a `perOrganisation` limit, per `queue org_id`. */
+  private readonly perOrg = new Map<string, number>();
 
   constructor(options: JobRunnerOptions) {
     this.ctx = options.ctx;
@@ -213,6 +222,9 @@ export class JobRunner {
       maxAgeMs: options.maxAgeMs ?? DEFAULT_MAX_AGE_MS,
       onDead: options.onDead,
       concurrency: options.concurrency,
+      perOrganisation: options.perOrganisation
+        ? Math.max(1, Math.floor(options.perOrganisation(this.batchSize)))
+        : undefined,
     });
     return this;
   }
@@ -344,6 +356,12 @@ export class JobRunner {
     for (const job of jobs) {
       const key = job.concurrency_key;
       const startedAt = performance.now();
+      const orgLimit = this.queues.get(job.queue)?.perOrganisation;
+      const org = orgLimit !== undefined && job.org_id !== null ? orgSlot(job) : null;
+      if (org !== null && (this.perOrg.get(org) ?? 0) >= orgLimit!) {
+        back.push(job.id);
+        continue;
+      }
       if (key !== null) {
         const entry = this.keyed.get(key) ?? { queue: job.queue, starts: [] };
         if (entry.starts.length >= this.limitOf(key, entry, startedAt)) {
@@ -353,10 +371,16 @@ export class JobRunner {
         entry.starts.push(startedAt);
         this.keyed.set(key, entry);
       }
+      if (org !== null) this.perOrg.set(org, (this.perOrg.get(org) ?? 0) + 1);
       const run: Promise<void> = this.execute(job)
         .catch((err) => this.ctx.logger.error({ err, job: job.id }, "job execution failed"))
         .finally(() => {
           this.running.delete(run);
+          if (org !== null) {
+            const left = this.perOrg.get(org)! - 1;
+            if (left > 0) this.perOrg.set(org, left);
+            else this.perOrg.delete(org);
+          }
           const entry = key === null ? undefined : this.keyed.get(key);
           if (!entry) return;
           entry.starts.splice(entry.starts.indexOf(startedAt), 1);
@@ -422,6 +446,11 @@ export class JobRunner {
     // queue's limit for a key it does not run yet; `launch` hands back what still exceeds one.
     const capped = this.keyCapacity();
     const saturated = [...capped].filter(([, room]) => room <= 0).map(([key]) => key);
+    // Organisations at a queue's perOrganisation limit in this runner: their jobs of that queue
+    // stay pending, unclaimed (else a burst of one tenant is claimed and handed back for ever).
+    const fullOrgs = [...this.perOrg]
+      .filter(([slot, n]) => n >= (this.queues.get(slot.split(" ")[0]!)?.perOrganisation ?? 0))
+      .map(([slot]) => slot);
     const room = [...capped].filter(([, n]) => n > 0);
     const fresh = queues.map((q) => this.freshKeyLimit(q));
     // Candidates are locked as they are read (SKIP LOCKED: runners at once take different
@@ -436,6 +465,7 @@ export class JobRunner {
           and ((status = 'pending' and run_at <= ${now})
             or (status = 'running' and locked_until <= now()))
           and (concurrency_key is null or concurrency_key <> all(${saturated}::text[]))
+          and (org_id is null or queue || ' ' || org_id <> all(${fullOrgs}::text[]))
         order by run_at, id
         limit ${limit}
         for update skip locked
@@ -594,6 +624,11 @@ export class JobRunner {
       this.ctx.logger.error({ err, job: row.id }, "onDead hook failed");
     }
   }
+}
+
+/** A job's entry in `perOrg`: its queue and organisation. */
+function orgSlot(job: Pick<JobRow, "queue" | "org_id">): string {
+  return `${job.queue} ${job.org_id}`;
 }
 
 function toJob(row: JobRow): Job {

@@ -30,7 +30,14 @@ export function registerNotifyJobs(runner: JobRunner, options: NotifyJobOptions 
   runner.register<DeliverPayload>(
     DELIVER_QUEUE,
     createDeliverHandler({ timeoutMs: options.webhookTimeoutMs, pacing }),
-    { ...WEBHOOK_QUEUE_OPTIONS, onDead: onDeliveryDead, concurrency: pacing.concurrency },
+    {
+      ...WEBHOOK_QUEUE_OPTIONS,
+      onDead: onDeliveryDead,
+      concurrency: pacing.concurrency,
+      // One organisation's deliveries (its slow endpoints, or many) leave half the slots to
+      // the others, and to emails and auto-topup charges.
+      perOrganisation: (slots) => Math.ceil(slots / 2),
+    },
   );
   runner.register<EmailMessage>(EMAIL_QUEUE, createEmailHandler().handle, EMAIL_QUEUE_OPTIONS);
   return runner;
