@@ -271,6 +271,55 @@ describe("Stripe webhooks against the fake Stripe", async () => {
     expect(await inbound(foreign.id as string)).toMatchObject({ status: "ignored" });
   });
 
+  it("only the purchase's own session pays it: another session naming it (a payment link's client_reference_id) grants nothing", async () => {
+    const stripe = (ctx.payments as StripeProvider).client;
+    const otherSession = (reference: string, unitAmount: number) =>
+      stripe.checkout.sessions.create({
+        mode: "payment",
+        client_reference_id: reference,
+        success_url: "https://example.com/ok",
+        line_items: [
+          {
+            quantity: 1,
+            price_data: { currency: "usd", unit_amount: unitAmount, product_data: { name: "Tip" } },
+          },
+        ],
+      });
+    // A purchase whose checkout could not be opened: failed, with no session of its own.
+    fake.failNext(500, 3);
+    const failed = await app.call("POST", `/v1/organizations/${orgId}/purchases`, {
+      body: { package_id: pkg.id, save_payment_method: false },
+    });
+    expect(failed.statusCode).toBe(503);
+    const [victim] = (await app.call("GET", `/v1/organizations/${orgId}/purchases?limit=1`)).json()
+      .data as Json[];
+    expect(victim).toMatchObject({ status: "failed" });
+    // And a pending one, with its own session open.
+    const { purchase: open } = await checkout();
+    const before = await balance();
+    for (const target of [victim!, open]) {
+      const tip = await otherSession(target.id, 100); // 1.00 USD
+      fake.completeSession(tip.id);
+      const res = await deliver(sessionEvent("checkout.session.completed", tip.id));
+      expect(res.statusCode).toBe(200);
+      expect(res.json()).toMatchObject({ ignored: true, outcome: "unknown_session" });
+      expect((await purchase(target.id)).status).toBe(target.status);
+    }
+    expect(await balance()).toBe(before);
+  });
+
+  it("a paid session of the purchase that charged another amount grants nothing", async () => {
+    const { purchase: p, sessionId } = await checkout();
+    fake.completeSession(sessionId);
+    fake.sessions.get(sessionId)!.amount_total = 100; // as if altered at the processor
+    const before = await balance();
+    const res = await deliver(sessionEvent("checkout.session.completed", sessionId));
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ outcome: "amount or currency does not match the purchase" });
+    expect((await purchase(p.id)).status).toBe("pending");
+    expect(await balance()).toBe(before);
+  });
+
   it("answers 503 when Stripe cannot be reached to re-fetch the session; the retry works", async () => {
     const { purchase: p, sessionId } = await checkout();
     fake.completeSession(sessionId);

@@ -183,6 +183,18 @@ async function planCheckout(
     objectId: session.id,
     async apply(tx) {
       if (state.paymentStatus === "paid" && state.paymentId) {
+        // The session is the purchase's own (checked above); what it charged must be too.
+        if (
+          state.amountMinor != null &&
+          (String(state.amountMinor) !== purchase.amount_minor ||
+            state.currency !== purchase.currency)
+        ) {
+          ctx.logger.error(
+            { purchase_id: id, session_id: session.id, amount: String(state.amountMinor) },
+            "a paid checkout session does not charge its purchase's amount; not granted",
+          );
+          return { status: "failed", detail: "amount or currency does not match the purchase" };
+        }
         const result = await fulfilPurchaseInTx(tx, ctx, orgId, id, {
           providerPaymentId: state.paymentId,
           paymentMethod: state.paymentMethod,
@@ -214,7 +226,12 @@ async function planCheckout(
   };
 }
 
-/** The purchase a session belongs to: by our reference, confirmed by the stored session id. */
+/**
+ * The purchase a session belongs to: by our reference, confirmed by the session id stored when
+ * Tally opened the checkout — always, since a reference can be set by anyone who opens a session
+ * on the account (a payment link's `client_reference_id`): a purchase whose own checkout could not
+ * be opened has no session, and no other session can pay it.
+ */
 async function checkoutPurchase(
   ctx: AppContext,
   session: Stripe.Checkout.Session,
@@ -223,8 +240,7 @@ async function checkoutPurchase(
   const purchase = reference
     ? await repo.findPurchaseById(ctx.db, reference)
     : await repo.findPurchaseBySessionId(ctx.db, "stripe", session.id);
-  if (purchase?.provider !== "stripe") return undefined;
-  if (purchase.provider_session_id !== null && purchase.provider_session_id !== session.id) {
+  if (purchase?.provider !== "stripe" || purchase.provider_session_id !== session.id) {
     return undefined;
   }
   return purchase;

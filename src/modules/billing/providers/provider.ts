@@ -77,6 +77,9 @@ export interface CheckoutState {
   paymentId: string | null;
   /** The card used, when the session saved it for later use. */
   paymentMethod?: SavedPaymentMethod | null;
+  /** What the session charges, as the processor has it (minor units, ISO code upper case). */
+  amountMinor?: bigint | null;
+  currency?: string | null;
 }
 
 export interface ChargeInput {

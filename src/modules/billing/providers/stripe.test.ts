@@ -91,6 +91,8 @@ describe("Stripe provider (real SDK against the fake Stripe)", async () => {
       paymentStatus: "unpaid",
       paymentId: null,
       paymentMethod: null,
+      amountMinor: 4900n,
+      currency: "USD",
     });
     fake.completeSession(session.sessionId, { last4: "1881", brand: "visa" });
     const state = await provider.retrieveCheckout(session.sessionId);

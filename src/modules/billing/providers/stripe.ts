@@ -154,6 +154,8 @@ export class StripeProvider implements PaymentProvider {
         ),
         paymentId,
         paymentMethod,
+        amountMinor: session.amount_total === null ? null : BigInt(session.amount_total),
+        currency: session.currency?.toUpperCase() ?? null,
       };
     });
   }
