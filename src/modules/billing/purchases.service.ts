@@ -20,6 +20,9 @@ export type Purchase = repo.PurchaseRow;
 /** A checkout left unpaid this long becomes `expired` (Stripe Checkout's default lifetime). */
 export const CHECKOUT_TTL_MS = 24 * 60 * 60 * 1000;
 
+/** A checkout completed with a bank debit still processing waits this long for its outcome. */
+export const DEBIT_WAIT_MS = 14 * 24 * 60 * 60 * 1000;
+
 /** Statuses from which a confirmed payment still grants credits (a late payment counts). */
 const PAYABLE: readonly PurchaseStatus[] = ["pending", "failed", "expired"];
 const SETTLED: readonly PurchaseStatus[] = ["paid", "refunded", "partially_refunded"];
@@ -375,8 +378,10 @@ export async function failPurchaseInTx(
   failure: { code: string; message: string },
 ): Promise<Result<Purchase, "invalid_state">> {
   const current = await repo.findPurchase(tx, orgId, purchaseId);
+  // A checkout fails once per declined card on its page; and a bank debit that fails after its
+  // checkout window passed (it showed `expired` meanwhile) fails it too.
   const from: PurchaseStatus[] =
-    current?.source === "auto_topup" ? ["pending", "expired"] : ["pending", "failed"];
+    current?.source === "auto_topup" ? ["pending", "expired"] : ["pending", "failed", "expired"];
   const row = await repo.updatePurchase(
     tx,
     orgId,

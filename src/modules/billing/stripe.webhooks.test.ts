@@ -4,7 +4,7 @@ import { startFakeStripe } from "../../../test/support/fake-stripe.js";
 import type { Db } from "../../db/index.js";
 import { insertPurchase } from "./billing.repo.js";
 import type { StripeProvider } from "./providers/stripe.js";
-import { fulfilPurchaseInTx } from "./purchases.service.js";
+import { expirePurchases, fulfilPurchaseInTx } from "./purchases.service.js";
 import {
   applyKeptRefunds,
   reflectProviderRefundInTx,
@@ -214,6 +214,29 @@ describe("Stripe webhooks against the fake Stripe", async () => {
       .where("type", "=", "purchase.failed")
       .execute();
     expect(events.map((e) => (e.data as Json).purchase_id)).toContain(p.id);
+  });
+
+  it("a bank debit still processing past the checkout window stays pending for days; its late failure fails it", async () => {
+    const { purchase: p, sessionId } = await checkout();
+    fake.completeSession(sessionId, { payment: "pending" });
+    await deliver(sessionEvent("checkout.session.completed", sessionId));
+    app.clock.advance(25 * 3_600_000);
+    await expirePurchases(ctx);
+    expect((await purchase(p.id)).status).toBe("pending"); // not `expired` while it processes
+    // Had it shown expired all the same (a purchase completed before this rule), a late failure
+    // still fails it, with its code and event.
+    await ctx.db
+      .updateTable("purchases")
+      .set({ status: "expired" })
+      .where("id", "=", p.id)
+      .execute();
+    app.clock.advance(3 * 24 * 3_600_000);
+    const failed = await deliver(sessionEvent("checkout.session.async_payment_failed", sessionId));
+    expect(failed.json()).toMatchObject({ outcome: "purchase_failed" });
+    expect(await purchase(p.id)).toMatchObject({
+      status: "failed",
+      failure_code: "async_payment_failed",
+    });
   });
 
   it("concurrent duplicate notifications grant once", async () => {

@@ -10,6 +10,7 @@ import { paymentProvider } from "./providers/index.js";
 import { PaymentProviderError } from "./providers/provider.js";
 import { StripeProvider } from "./providers/stripe.js";
 import {
+  DEBIT_WAIT_MS,
   expirePurchaseInTx,
   failPurchaseInTx,
   fulfilPurchaseInTx,
@@ -220,7 +221,20 @@ async function planCheckout(
           ? { status: "processed", detail: "purchase_expired" }
           : ignore("purchase_not_pending", orgId);
       }
-      // Complete but unpaid: an asynchronous method (bank debit) — wait for its outcome.
+      // Complete but unpaid: an asynchronous method (bank debit) — wait for its outcome, which
+      // can take days: the purchase stays pending that long rather than showing `expired`.
+      if (state.status === "complete") {
+        await repo.updatePurchase(
+          tx,
+          orgId,
+          id,
+          {
+            expires_at: new Date(ctx.clock.now().getTime() + DEBIT_WAIT_MS),
+            updated_at: ctx.clock.now(),
+          },
+          ["pending"],
+        );
+      }
       return { status: "processed", detail: "awaiting_payment" };
     },
   };
