@@ -181,7 +181,8 @@ export type PurchaseDto = Static<typeof PurchaseSchema>;
 const ReturnUrl = (description: string) =>
   Type.String({
     format: "uri",
-    pattern: "^https?://",
+    // With a host: Stripe refuses `https://`, which would fail the purchase.
+    pattern: "^https?://[^/?#\\s]+",
     maxLength: 2000,
     description,
     examples: ["https://app.example.com/billing?done=1"],

@@ -331,6 +331,38 @@ describe("Stripe webhooks against the fake Stripe", async () => {
     expect(await balance()).toBe(before);
   });
 
+  it("a customer deleted at Stripe does not block the organisation's checkouts: a new one is used", async () => {
+    const org = await app.createOrg({ name: "Deleted customer" });
+    const buy = (save: boolean) =>
+      app.call("POST", `/v1/organizations/${org}/purchases`, {
+        body: { package_id: pkg.id, save_payment_method: save },
+      });
+    const first = (await buy(true)).json();
+    const session = [...fake.sessions.values()].find((s) => s.client_reference_id === first.id)!;
+    fake.completeSession(session.id as string);
+    await deliver(sessionEvent("checkout.session.completed", session.id as string));
+    const customer = fake.sessions.get(session.id as string)!.customer as string;
+    expect(customer).toMatch(/^cus_/);
+    fake.customers.delete(customer); // deleted in the Stripe dashboard
+    for (const save of [true, false]) {
+      const res = await buy(save);
+      expect(res.statusCode, res.body).toBe(201);
+      const opened = [...fake.sessions.values()].find(
+        (s) => s.client_reference_id === res.json().id,
+      )!;
+      expect(opened.customer ?? null).not.toBe(customer);
+      if (save) expect(opened.customer).toMatch(/^cus_/);
+    }
+  });
+
+  it("a return URL without a host is 400 (Stripe would refuse it, failing the purchase)", async () => {
+    const res = await app.call("POST", `/v1/organizations/${orgId}/purchases`, {
+      body: { package_id: pkg.id, success_url: "https://" },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.details[0].field).toBe("/success_url");
+  });
+
   it("a paid session of the purchase that charged another amount grants nothing", async () => {
     const { purchase: p, sessionId } = await checkout();
     fake.completeSession(sessionId);

@@ -115,9 +115,29 @@ export class StripeProvider implements PaymentProvider {
         },
         ...(customerId ? { customer: customerId } : {}),
       };
-      const session = await this.client.checkout.sessions.create(params, {
-        idempotencyKey: `tally:checkout:${purchase.id}`,
-      });
+      let session: Stripe.Checkout.Session;
+      try {
+        session = await this.client.checkout.sessions.create(params, {
+          idempotencyKey: `tally:checkout:${purchase.id}`,
+        });
+      } catch (error) {
+        // The organisation's customer was deleted at Stripe (in its dashboard): every checkout
+        // would fail for good. Open this one with a new customer (or none), as for a first one.
+        if (!(isMissing(error, "customer") && customerId)) throw error;
+        customerId = null;
+        if (input.savePaymentMethod) {
+          const customer = await this.client.customers.create(
+            { name: input.customer.name, metadata: { org_id: input.customer.orgId } },
+            { idempotencyKey: `tally:customer:${purchase.id}:renewed` },
+          );
+          customerId = customer.id;
+        }
+        const { customer: _, ...rest } = params;
+        session = await this.client.checkout.sessions.create(
+          { ...rest, ...(customerId ? { customer: customerId } : {}) },
+          { idempotencyKey: `tally:checkout:${purchase.id}:renewed` },
+        );
+      }
       if (!session.url) throw new PaymentProviderError("Stripe returned no checkout URL", false);
       return { sessionId: session.id, url: session.url, customerId };
     });
@@ -256,6 +276,15 @@ function oneOf<const T extends string, const D extends string>(
   fallback: D,
 ): T | D {
   return known.find((k) => k === value) ?? fallback;
+}
+
+/** Stripe refused a request because the object named by `param` does not exist. */
+function isMissing(error: unknown, param: string): boolean {
+  return (
+    error instanceof Stripe.errors.StripeInvalidRequestError &&
+    error.code === "resource_missing" &&
+    error.param === param
+  );
 }
 
 async function call<T>(fn: () => Promise<T>): Promise<T> {
