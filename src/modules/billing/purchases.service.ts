@@ -436,9 +436,12 @@ export const purchaseExpiryTask: PeriodicTask = {
 };
 
 export function isExpired(ctx: AppContext, p: Purchase): boolean {
+  // A declined checkout may be paid with another card — within its window, as a pending one.
   return (
     p.status === "expired" ||
-    (p.status === "pending" && p.expires_at !== null && p.expires_at <= ctx.clock.now())
+    ((p.status === "pending" || p.status === "failed") &&
+      p.expires_at !== null &&
+      p.expires_at <= ctx.clock.now())
   );
 }
 
@@ -460,7 +463,12 @@ export async function settleSandboxCheckout(
 ): Promise<Result<SandboxSettlement, "not_found" | "invalid_state">> {
   const provider = paymentProvider(ctx);
   const purchase = await repo.findPurchaseById(ctx.db, purchaseId);
-  if (purchase?.provider !== "sandbox" || !(provider instanceof SandboxProvider)) {
+  // Auto-topup purchases are charged off-session: they have no checkout page.
+  if (
+    purchase?.provider !== "sandbox" ||
+    purchase.source !== "checkout" ||
+    !(provider instanceof SandboxProvider)
+  ) {
     return fail("not_found", "Checkout not found.");
   }
   if (SETTLED.includes(purchase.status)) return ok({ outcome: "already_paid", purchase });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
+import { insertPurchase } from "./billing.repo.js";
 import { escapeHtml } from "./sandbox.page.js";
 
 const FORM = { "content-type": "application/x-www-form-urlencoded" };
@@ -66,6 +67,55 @@ describe("sandbox checkout page", async () => {
       404,
     );
     expect((await submit("pur_nope", { action: "cancel" })).statusCode).toBe(404);
+  });
+
+  it("a declined checkout can be paid with another card only within its window", async () => {
+    const p = await buy();
+    expect((await submit(p.id, { action: "pay", card: "decline" })).statusCode).toBe(402);
+    app.clock.advance(25 * 3_600_000);
+    const page = await app.call("GET", `/sandbox/checkout/${p.id}`, { key: null });
+    expect(page.body).toContain("This checkout has expired.");
+    expect((await submit(p.id, { action: "pay", card: "success" })).statusCode).toBe(409);
+    expect((await purchase(p.id)).status).toBe("failed");
+  });
+
+  it("auto-topup purchases have no checkout page (404): they are charged off-session", async () => {
+    const id = app.runtime.ctx.ids.newId("pur");
+    const now = app.clock.now();
+    await insertPurchase(app.runtime.ctx.db, {
+      org_id: orgId,
+      id,
+      package_id: pkg.id,
+      package_name: "Growth",
+      source: "auto_topup",
+      status: "failed",
+      provider: "sandbox",
+      provider_session_id: null,
+      provider_payment_id: null,
+      amount_minor: "4900",
+      currency: "USD",
+      credits: "1000",
+      bonus_credits: "0",
+      bonus_expires_in_days: null,
+      refunded_minor: "0",
+      user_id: null,
+      actor_type: "system",
+      actor_id: "auto_topup",
+      success_url: null,
+      cancel_url: null,
+      checkout_url: null,
+      save_payment_method: false,
+      payment_method_id: null,
+      failure_code: "card_declined",
+      failure_message: "declined",
+      paid_at: null,
+      expires_at: new Date(now.getTime() + 86_400_000),
+      created_at: now,
+      updated_at: now,
+    });
+    expect((await app.call("GET", `/sandbox/checkout/${id}`, { key: null })).statusCode).toBe(404);
+    expect((await submit(id, { action: "pay", card: "success" })).statusCode).toBe(404);
+    expect((await purchase(id)).status).toBe("failed");
   });
 
   it("cancel redirects to cancel_url and leaves the purchase pending", async () => {

@@ -38,7 +38,11 @@ export function registerSandboxRoutes(app: App, ctx: AppContext): void {
 
     async function sandboxPurchase(id: string): Promise<Purchase> {
       const purchase = await repo.findPurchaseById(ctx.db, id);
-      if (purchase?.provider !== "sandbox" || !(paymentProvider(ctx) instanceof SandboxProvider)) {
+      if (
+        purchase?.provider !== "sandbox" ||
+        purchase.source !== "checkout" ||
+        !(paymentProvider(ctx) instanceof SandboxProvider)
+      ) {
         throw notFound("Checkout not found.");
       }
       return purchase;
@@ -58,7 +62,7 @@ export function registerSandboxRoutes(app: App, ctx: AppContext): void {
 
     function stateNotice(purchase: Purchase): CheckoutPageOptions {
       if (purchase.status === "pending" && !isExpired(ctx, purchase)) return { payable: true };
-      if (purchase.status === "failed") {
+      if (purchase.status === "failed" && !isExpired(ctx, purchase)) {
         return {
           payable: true,
           message: {
