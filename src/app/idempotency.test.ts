@@ -1,10 +1,11 @@
 import { createHash } from "node:crypto";
 import { type AddressInfo, connect } from "node:net";
 import { sql } from "kysely";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { createTestApp, waitFor } from "../../test/support/app.js";
 import { onPostgres } from "../../test/support/db.js";
 import { hashSecret } from "../modules/orgs/keys.js";
+import { IngestEngine } from "../modules/usage/engine.js";
 import { purgeExpiredIdempotencyKeys, RETENTION_MS } from "./idempotency.js";
 
 /** As the idempotency layer hashes a POST: method, URL and JSON body. */
@@ -316,6 +317,50 @@ describe("Idempotency-Key", async () => {
     });
     expect(conflict.statusCode).toBe(409);
     expect(await effect("k-conflict")).toBe(false);
+  });
+
+  it("a settle taken over by its retry while waiting for its flush applies nothing; the retry does", async () => {
+    const org = await app.createOrg();
+    await app.call("POST", `/v1/organizations/${org}/adjustments`, {
+      body: { amount: "+100", reason: "funds" },
+    });
+    const hold = await app.call("POST", `/v1/organizations/${org}/reservations`, {
+      body: { amount: "5", expires_in_seconds: 3600 },
+    });
+    const settleUrl = `/v1/organizations/${org}/reservations/${hold.json().id}/settle`;
+    const body = {
+      events: [{ id: "tk-1", type: "compute", meter: "compute.vcpu_seconds", quantity: "1000" }],
+    };
+    // Each request waits at the engine until the test lets it through.
+    const submit = IngestEngine.prototype.submit;
+    const gates: (() => void)[] = [];
+    const spy = vi.spyOn(IngestEngine.prototype, "submit").mockImplementation(function (
+      this: IngestEngine,
+      request,
+    ) {
+      return new Promise<void>((open) => gates.push(open)).then(() => submit.call(this, request));
+    });
+    try {
+      const headers = { "idempotency-key": "k-takeover" };
+      const first = app.call("POST", settleUrl, { body, headers });
+      await waitFor(async () => gates.length === 1);
+      app.clock.advance(61_000); // slow, nothing committed: a retry may take the key over
+      const retry = app.call("POST", settleUrl, { body, headers });
+      await waitFor(async () => gates.length === 2);
+      gates[0]!(); // the slow request's flush comes first
+      const r1 = await first;
+      expect(r1.statusCode).toBe(409);
+      expect(r1.json().error.code).toBe("idempotency_in_progress");
+      gates[1]!();
+      const r2 = await retry;
+      expect(r2.statusCode).toBe(200);
+      expect(r2.json().data[0]).toMatchObject({ id: "tk-1", status: "accepted" });
+      const replay = await app.call("POST", settleUrl, { body, headers });
+      expect(replay.headers["idempotent-replayed"]).toBe("true");
+      expect(replay.json()).toEqual(r2.json());
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it("4xx responses of the handler are replayed too", async () => {

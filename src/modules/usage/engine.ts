@@ -373,7 +373,10 @@ export async function writeBatch(
   options: WriteBatchOptions = { lookUpStored: true },
 ): Promise<IngestOutcome[]> {
   const { restored } = options;
-  if (restored && requests.some((r) => r.reservation || r.events.some((e) => e.cost === null))) {
+  if (
+    restored &&
+    requests.some((r) => r.reservation || r.claim || r.events.some((e) => e.cost === null))
+  ) {
     throw new OptimisticMiss("locks");
   }
   const orgIds = new Set<string>();
@@ -390,13 +393,27 @@ export async function writeBatch(
     ? await findExisting(tx, requests)
     : new Map<string, ExistingEvent>();
   const holds = await lockReservations(tx, requests);
+  const claimsHeld = await lockClaims(tx, requests);
 
   // Classify request by request, in order: a refused request contributes nothing.
   const outcomes: (IngestOutcome | null)[] = requests.map(() => null);
+  requests.forEach((r, i) => {
+    // Taken over by a retry while this request waited (over a minute): the retry runs it.
+    if (r.claim && !claimsHeld.has(claimKey(r.claim))) {
+      outcomes[i] = {
+        ok: false,
+        code: "idempotency_in_progress",
+        message:
+          "This request ran so long that a retry with the same Idempotency-Key took it over; nothing of it was applied.",
+        details: [],
+      };
+    }
+  });
   const inFlush = new Map<string, Accepted>();
   const accepted: Accepted[] = [];
   const duplicates: { requestIndex: number; slot: number; of: Accepted | ExistingEvent }[] = [];
   requests.forEach((request, requestIndex) => {
+    if (outcomes[requestIndex]) return;
     const mine: Accepted[] = [];
     const myDuplicates: typeof duplicates = [];
     const conflicts: ErrorDetail[] = [];
@@ -646,6 +663,32 @@ async function findExisting(tx: Db, requests: readonly IngestRequest[]) {
     for (const r of rows) if (keys.has(key(r.org_id, r.id))) found.set(key(r.org_id, r.id), r);
   }
   return found;
+}
+
+const claimKey = (c: Pick<Claim, "scope" | "key" | "token">) =>
+  `${c.scope}\u0000${c.key}\u0000${c.token}`;
+
+/**
+ * The Idempotency-Key claims of the flush's requests that are still theirs, locked until the
+ * flush commits: a retry cannot take one over meanwhile (its takeover waits for the lock, then
+ * finds the claim applied), and a request whose claim was taken over is refused.
+ */
+async function lockClaims(tx: Db, requests: readonly IngestRequest[]): Promise<Set<string>> {
+  const claims = requests.flatMap((r) => (r.claim ? [r.claim] : []));
+  const held = new Set<string>();
+  if (claims.length === 0) return held;
+  // By the primary key (scope, key), as flat IN lists; the token is compared here.
+  const rows = await tx
+    .selectFrom("idempotency_keys")
+    .select(["scope", "key", "claim_token"])
+    .where("scope", "in", [...new Set(claims.map((c) => c.scope))])
+    .where("key", "in", [...new Set(claims.map((c) => c.key))])
+    .forUpdate()
+    .execute();
+  for (const r of rows) {
+    if (r.claim_token) held.add(claimKey({ scope: r.scope, key: r.key, token: r.claim_token }));
+  }
+  return held;
 }
 
 async function lockReservations(tx: Db, requests: readonly IngestRequest[]) {
