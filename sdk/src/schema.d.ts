@@ -12550,7 +12550,7 @@ export interface paths {
         put?: never;
         /**
          * Refund a purchase's unused credits
-         * @description Refunds the money for the purchase's unused paid credits at its price (amount × unused paid credits ÷ paid credits, rounded down to the minor unit) and voids the purchase's remaining paid and bonus credits with `refund` ledger entries. The purchase becomes `refunded` (nothing had been used) or `partially_refunded`. Not paid, already refunded, or nothing unused → 409 `invalid_state`. The processor unreachable → 503: the refund stays pending and is completed automatically (or by repeating this request), never twice.
+         * @description Refunds the money for the purchase's unused paid credits at its price (amount × unused paid credits ÷ paid credits, rounded down to the minor unit) and voids the purchase's remaining paid and bonus credits with `refund` ledger entries. The purchase becomes `refunded` (nothing had been used) or `partially_refunded`. Not paid, already refunded, or nothing unused → 409 `invalid_state`. Credits that open reservations hold are not refunded: when the credits removed would exceed the available ones (balance − reserved) → 402 `insufficient_credits`; settle or release the holds first. A refund made at the processor (its dashboard) is a fact and voids the credits regardless. The processor unreachable → 503: the refund stays pending and is completed automatically (or by repeating this request), never twice.
          */
         post: {
             parameters: {
@@ -12698,6 +12698,28 @@ export interface paths {
                 };
                 /** @description No, unknown or revoked API key (`unauthenticated`). */
                 401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @example invalid_request */
+                                code: string;
+                                message: string;
+                                request_id: string;
+                                details: ({
+                                    field?: string;
+                                    message: string;
+                                } & {
+                                    [key: string]: unknown;
+                                })[];
+                            };
+                        };
+                    };
+                };
+                /** @description The credits to remove include credits that open reservations hold (`insufficient_credits`). */
+                402: {
                     headers: {
                         [name: string]: unknown;
                     };
