@@ -563,9 +563,10 @@ function environmentProblem(error: unknown): string | null {
     (Array.isArray(e.errors) && typeof e.errors[0]?.message === "string" && e.errors[0].message) ||
     String(e.code ?? "unknown error");
   if (e.syscall === "listen") {
+    const where = e.port === undefined ? `${e.address}` : `${e.address}:${e.port}`;
     return e.code === "EADDRINUSE"
-      ? `Cannot listen on ${e.address}:${e.port}: the port is already in use (set PORT).`
-      : `Cannot listen on ${e.address}:${e.port}: ${message} (check HOST and PORT).`;
+      ? `Cannot listen on ${where}: the port is already in use (set PORT).`
+      : `Cannot listen on ${where}: ${message} (check HOST and PORT).`;
   }
   if (
     typeof e.path === "string" &&
@@ -575,6 +576,19 @@ function environmentProblem(error: unknown): string | null {
   }
   if (e.code === "3D000" || e.code === "28P01" || e.code === "28000") {
     return `The database refused the connection: ${message} (check DATABASE_URL).`;
+  }
+  // Kysely's words for a migration the database has and this version does not know.
+  const newer = /previously executed migration (\S+) is missing/.exec(message);
+  if (newer) {
+    return `The database was migrated by a newer version of Tally (it has migration ${newer[1]}, which this version does not know): run that version, or restore a backup taken before the upgrade.`;
+  }
+  // TLS set up in DATABASE_URL (sslmode, sslrootcert, …) that cannot work.
+  if (
+    /\bSSL\b|certificate|self[- ]signed|TLS/i.test(message) ||
+    (typeof e.code === "string" && /CERT|SSL|TLS/.test(e.code)) ||
+    (e.code === "ENOENT" && typeof e.path === "string" && /\.(pem|crt|key)$|ssl|cert/i.test(e.path))
+  ) {
+    return `Cannot set up TLS to the database: ${message} (check the sslmode, sslrootcert, sslcert and sslkey parameters of DATABASE_URL).`;
   }
   if (isDatabaseUnavailable(error)) {
     return `Cannot reach the database: ${message} (check DATABASE_URL and that PostgreSQL is running).`;
