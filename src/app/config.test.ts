@@ -263,3 +263,25 @@ describe("loadConfig", () => {
     expect(problemsOf({ TALLY_USAGE_BACKDATE_DAYS: "3651" })).toHaveLength(1);
   });
 });
+
+describe("config errors never echo a password", () => {
+  const cases: [string, string][] = [
+    ["DATABASE_URL", "host=db user=tally password=S3cretPw dbname=tally"], // libpq keyword DSN
+    ["DATABASE_URL", "jdbc:postgresql://db:5432/tally?user=tally&password=S3cretPw"], // JDBC
+    ["DATABASE_URL", "db:5432:tally:tally:S3cretPw"], // .pgpass line
+    ["TALLY_SMTP_URL", "smtp.example.com:587?user=a&pass=S3cretPw"],
+    ["STRIPE_API_BASE", "ftp://sk_live_S3cretPw@stripe.example"], // user-only credential
+  ];
+  for (const [name, value] of cases) {
+    it(`${name}=${value.slice(0, 24)}…`, () => {
+      let message = "";
+      try {
+        loadConfig({ [name]: value });
+      } catch (e) {
+        message = (e as ConfigError).message;
+      }
+      expect(message).toContain(name);
+      expect(message).not.toContain("S3cretPw");
+    });
+  }
+});

@@ -47,18 +47,23 @@ export interface Config {
 
 /**
  * A URL as an error message may quote it: its password and query string (which can carry one)
- * are blanked. Text that is not a URL at all is quoted only up to any `@`.
+ * are blanked, and so is a user name given without a password (a token used as one). Text that
+ * is not such a URL (a libpq `key=value` string, a JDBC URL, a `.pgpass` line, `host:port?pass=…`)
+ * is quoted only up to its first `@`, `?`, `=`, `;`, `:` or space.
  */
 export function withoutSecrets(raw: string): string {
   const scheme = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)([^?#]*)([?#].*)?$/i.exec(raw);
-  if (!scheme)
-    return raw.includes("@") ? `${raw.slice(0, raw.indexOf("@")).replace(/:.*/, ":***")}@…` : raw;
+  if (!scheme) {
+    const cut = raw.search(/[@?=;:\s]/);
+    return cut < 0 ? raw : `${raw.slice(0, cut)}…`;
+  }
   const [, prefix, authority, path, rest] = scheme;
   const at = authority!.lastIndexOf("@");
+  const user = authority!.slice(0, Math.max(at, 0));
   const hostPart =
     at < 0
       ? authority
-      : `${authority!.slice(0, at).replace(/:.*/, ":***")}@${authority!.slice(at + 1)}`;
+      : `${user.includes(":") ? user.replace(/:.*/, ":***") : "***"}@${authority!.slice(at + 1)}`;
   return `${prefix}${hostPart}${path}${rest ? `${rest[0]}***` : ""}`;
 }
 
