@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, utimesSync, writeFileSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -190,6 +190,18 @@ describe("startup", { timeout: 90_000 }, () => {
     // A clean shutdown releases the directory.
     expect(existsSync(join(dataDir, "tally.lock"))).toBe(false);
     lockDataDir(dataDir)();
+  });
+
+  it("an empty lock file (another process between creating it and writing its pid) is not taken over", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tally-lock-"));
+    removeAfterwards(dir);
+    writeFileSync(join(dir, "tally.lock"), "");
+    expect(() => lockDataDir(dir)).toThrow(DataDirLockedError);
+    expect(existsSync(join(dir, "tally.lock"))).toBe(true);
+    // One that stayed empty (its process died in between) is stale after a few seconds.
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(join(dir, "tally.lock"), old, old);
+    lockDataDir(dir)();
   });
 
   it("a lock left by a dead process is taken over", async () => {

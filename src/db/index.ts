@@ -1,4 +1,4 @@
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PGlite, types as pgliteTypes } from "@electric-sql/pglite";
 import { Kysely, PostgresDialect, sql } from "kysely";
@@ -358,7 +358,14 @@ export function lockDataDir(dir: string): () => void {
       return release;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
-      const pid = Number(readFileSync(path, "utf8").trim());
+      const text = readFileSync(path, "utf8").trim();
+      // Empty: another process has just created it and is writing its pid — not a stale lock.
+      if (text === "" && Date.now() - statSync(path).mtimeMs < 10_000) {
+        throw new DataDirLockedError(
+          `The embedded database in ${dir} is being opened by another process. Stop it first, or use another TALLY_DATA_DIR.`,
+        );
+      }
+      const pid = Number(text);
       if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
         throw new DataDirLockedError(
           `The embedded database in ${dir} is in use by process ${pid}. Stop it first, or use another TALLY_DATA_DIR.`,
