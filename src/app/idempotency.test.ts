@@ -31,6 +31,16 @@ describe("Idempotency-Key", async () => {
       headers: { "idempotency-key": key },
     });
 
+  /** Whether the key's request committed something (`effect_committed`). */
+  const effect = async (key: string) =>
+    (
+      await db
+        .selectFrom("idempotency_keys")
+        .select("effect_committed")
+        .where("key", "=", key)
+        .executeTakeFirstOrThrow()
+    ).effect_committed;
+
   async function orgsNamed(name: string): Promise<number> {
     const rows = await db
       .selectFrom("organizations")
@@ -226,14 +236,6 @@ describe("Idempotency-Key", async () => {
 
   it("marks the claim in the transaction of each write the request commits, and only then", async () => {
     const org = await app.createOrg();
-    const effect = async (key: string) =>
-      (
-        await db
-          .selectFrom("idempotency_keys")
-          .select("effect_committed")
-          .where("key", "=", key)
-          .executeTakeFirstOrThrow()
-      ).effect_committed;
     // A ledger adjustment: an explicit transaction.
     const adjusted = await app.call("POST", `/v1/organizations/${org}/adjustments`, {
       body: { amount: "+5", reason: "marked" },
@@ -265,14 +267,6 @@ describe("Idempotency-Key", async () => {
       meter: "compute.vcpu_seconds",
       quantity: "1",
     });
-    const effect = async (key: string) =>
-      (
-        await db
-          .selectFrom("idempotency_keys")
-          .select("effect_committed")
-          .where("key", "=", key)
-          .executeTakeFirstOrThrow()
-      ).effect_committed;
     const hold = await app.call("POST", `/v1/organizations/${org}/reservations`, {
       body: { amount: "5" },
     });
