@@ -41,6 +41,19 @@ describe("Idempotency-Key", async () => {
         .executeTakeFirstOrThrow()
     ).effect_committed;
 
+  /** A new organisation with 100 credits, 5 of them held for an hour; the hold's settle path. */
+  async function heldOrg() {
+    const org = await app.createOrg();
+    await app.call("POST", `/v1/organizations/${org}/adjustments`, {
+      body: { amount: "+100", reason: "funds" },
+    });
+    const hold = await app.call("POST", `/v1/organizations/${org}/reservations`, {
+      body: { amount: "5", expires_in_seconds: 3600 },
+    });
+    expect(hold.statusCode).toBe(201);
+    return { org, settleUrl: `/v1/organizations/${org}/reservations/${hold.json().id}/settle` };
+  }
+
   async function orgsNamed(name: string): Promise<number> {
     const rows = await db
       .selectFrom("organizations")
@@ -256,10 +269,7 @@ describe("Idempotency-Key", async () => {
   });
 
   it("usage and settles, written by a flush shared with other requests, mark their claims too", async () => {
-    const org = await app.createOrg();
-    await app.call("POST", `/v1/organizations/${org}/adjustments`, {
-      body: { amount: "+100", reason: "funds" },
-    });
+    const { org, settleUrl } = await heldOrg();
     const event = (id: string) => ({
       id,
       org_id: org,
@@ -267,10 +277,6 @@ describe("Idempotency-Key", async () => {
       meter: "compute.vcpu_seconds",
       quantity: "1",
     });
-    const hold = await app.call("POST", `/v1/organizations/${org}/reservations`, {
-      body: { amount: "5" },
-    });
-    const settleUrl = `/v1/organizations/${org}/reservations/${hold.json().id}/settle`;
     // Both in one flush, with a request without a key beside them.
     const [usage, settle, plain] = await Promise.all([
       app.call("POST", "/v1/usage-events", {
@@ -314,14 +320,7 @@ describe("Idempotency-Key", async () => {
   });
 
   it("a settle taken over by its retry while waiting for its flush applies nothing; the retry does", async () => {
-    const org = await app.createOrg();
-    await app.call("POST", `/v1/organizations/${org}/adjustments`, {
-      body: { amount: "+100", reason: "funds" },
-    });
-    const hold = await app.call("POST", `/v1/organizations/${org}/reservations`, {
-      body: { amount: "5", expires_in_seconds: 3600 },
-    });
-    const settleUrl = `/v1/organizations/${org}/reservations/${hold.json().id}/settle`;
+    const { settleUrl } = await heldOrg();
     const body = {
       events: [{ id: "tk-1", type: "compute", meter: "compute.vcpu_seconds", quantity: "1000" }],
     };

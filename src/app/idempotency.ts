@@ -216,24 +216,17 @@ export function installIdempotency(app: App, ctx: AppContext): void {
       let store = reply.statusCode < 500;
       if (reply.statusCode >= 500 && request.outcomeUnknown) {
         // The database is unreachable: leave the claim; its `effect_committed` decides later.
-      } else if (reply.statusCode >= 500 && request.resumable) {
-        // The handler committed a step and answered "retry": the retry must run, to finish it.
-        await ctx.db
-          .deleteFrom("idempotency_keys")
-          .where("scope", "=", c.scope)
-          .where("key", "=", c.key)
-          .where("claim_token", "=", c.token)
-          .execute();
-        store = false;
       } else if (reply.statusCode >= 500) {
-        // Nothing committed: release the key for a retry. Something did: keep this answer.
-        const released = await ctx.db
+        // Nothing committed: release the key for a retry. Something did: keep this answer —
+        // unless the handler marked the request resumable (it committed a step and answered
+        // "retry"): the retry must run, to finish it.
+        let release = ctx.db
           .deleteFrom("idempotency_keys")
           .where("scope", "=", c.scope)
           .where("key", "=", c.key)
-          .where("claim_token", "=", c.token)
-          .where("effect_committed", "=", false)
-          .executeTakeFirst();
+          .where("claim_token", "=", c.token);
+        if (!request.resumable) release = release.where("effect_committed", "=", false);
+        const released = await release.executeTakeFirst();
         store = Number(released.numDeletedRows) === 0;
       }
       if (store) {

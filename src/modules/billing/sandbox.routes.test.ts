@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
-import { insertPurchase } from "./billing.repo.js";
+import { insertTopupPurchase } from "../../../test/support/purchases.js";
 import { escapeHtml } from "./sandbox.page.js";
 
 const FORM = { "content-type": "application/x-www-form-urlencoded" };
@@ -80,38 +80,14 @@ describe("sandbox checkout page", async () => {
   });
 
   it("auto-topup purchases have no checkout page (404): they are charged off-session", async () => {
-    const id = app.runtime.ctx.ids.newId("pur");
-    const now = app.clock.now();
-    await insertPurchase(app.runtime.ctx.db, {
+    const id = await insertTopupPurchase(app.runtime.ctx, {
       org_id: orgId,
-      id,
       package_id: pkg.id,
-      package_name: "Growth",
-      source: "auto_topup",
-      status: "failed",
       provider: "sandbox",
-      provider_session_id: null,
-      provider_payment_id: null,
-      amount_minor: "4900",
-      currency: "USD",
-      credits: "1000",
-      bonus_credits: "0",
-      bonus_expires_in_days: null,
-      refunded_minor: "0",
-      user_id: null,
-      actor_type: "system",
-      actor_id: "auto_topup",
-      success_url: null,
-      cancel_url: null,
-      checkout_url: null,
-      save_payment_method: false,
-      payment_method_id: null,
+      status: "failed",
       failure_code: "card_declined",
       failure_message: "declined",
-      paid_at: null,
-      expires_at: new Date(now.getTime() + 86_400_000),
-      created_at: now,
-      updated_at: now,
+      expires_at: new Date(app.clock.now().getTime() + 86_400_000),
     });
     expect((await app.call("GET", `/sandbox/checkout/${id}`, { key: null })).statusCode).toBe(404);
     expect((await submit(id, { action: "pay", card: "success" })).statusCode).toBe(404);

@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { createTestApp } from "../../../test/support/app.js";
 import { startFakeStripe } from "../../../test/support/fake-stripe.js";
+import { insertTopupPurchase } from "../../../test/support/purchases.js";
 import type { Db } from "../../db/index.js";
-import { insertPurchase } from "./billing.repo.js";
 import type { StripeProvider } from "./providers/stripe.js";
 import { expirePurchases, fulfilPurchaseInTx } from "./purchases.service.js";
 import {
@@ -395,38 +395,11 @@ describe("Stripe webhooks against the fake Stripe", async () => {
 
     /** A pending auto-topup purchase and its PaymentIntent at Stripe. */
     const topup = async (amount = 4900) => {
-      const id = ctx.ids.newId("pur");
-      const now = app.clock.now();
-      await insertPurchase(ctx.db, {
+      const id = await insertTopupPurchase(ctx, {
         org_id: orgId,
-        id,
         package_id: pkg.id,
-        package_name: "Growth",
-        source: "auto_topup",
-        status: "pending",
         provider: "stripe",
-        provider_session_id: null,
-        provider_payment_id: null,
-        amount_minor: "4900",
-        currency: "USD",
-        credits: "1000",
         bonus_credits: "200",
-        bonus_expires_in_days: null,
-        refunded_minor: "0",
-        user_id: null,
-        actor_type: "system",
-        actor_id: "auto_topup",
-        success_url: null,
-        cancel_url: null,
-        checkout_url: null,
-        save_payment_method: false,
-        payment_method_id: null,
-        failure_code: null,
-        failure_message: null,
-        paid_at: null,
-        expires_at: null,
-        created_at: now,
-        updated_at: now,
       });
       const intent = await stripe.paymentIntents.create({
         amount,

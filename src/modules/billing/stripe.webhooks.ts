@@ -187,14 +187,13 @@ async function planCheckout(
         // The session is the purchase's own (checked above); what it charged must be too.
         if (
           state.amountMinor != null &&
-          (String(state.amountMinor) !== purchase.amount_minor ||
-            state.currency !== purchase.currency)
+          !chargesPurchase(purchase, state.amountMinor, state.currency)
         ) {
           ctx.logger.error(
             { purchase_id: id, session_id: session.id, amount: String(state.amountMinor) },
             "a paid checkout session does not charge its purchase's amount; not granted",
           );
-          return { status: "failed", detail: "amount or currency does not match the purchase" };
+          return { status: "failed", detail: AMOUNT_MISMATCH };
         }
         const result = await fulfilPurchaseInTx(tx, ctx, orgId, id, {
           providerPaymentId: state.paymentId,
@@ -238,6 +237,19 @@ async function planCheckout(
       return { status: "processed", detail: "awaiting_payment" };
     },
   };
+}
+
+const AMOUNT_MISMATCH = "amount or currency does not match the purchase";
+
+/** Whether a payment at Stripe is for exactly what the purchase costs (never grant otherwise). */
+function chargesPurchase(
+  purchase: Purchase,
+  amountMinor: bigint | number,
+  currency: string | null | undefined,
+): boolean {
+  return (
+    String(amountMinor) === purchase.amount_minor && currency?.toUpperCase() === purchase.currency
+  );
 }
 
 /**
@@ -290,15 +302,13 @@ async function planPaymentIntent(
   ) {
     return { orgId, objectId, apply: async () => ignore("authentication_required", orgId) };
   }
-  const matches =
-    String(intent.amount) === purchase.amount_minor &&
-    intent.currency.toUpperCase() === purchase.currency;
+  const matches = chargesPurchase(purchase, intent.amount, intent.currency);
   return {
     orgId,
     objectId,
     async apply(tx) {
       if (!matches) {
-        return { status: "failed", detail: "amount or currency does not match the purchase" };
+        return { status: "failed", detail: AMOUNT_MISMATCH };
       }
       if (type === "payment_intent.succeeded") {
         const result = await fulfilPurchaseInTx(tx, ctx, orgId, id, {

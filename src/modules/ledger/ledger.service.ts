@@ -125,7 +125,7 @@ export async function readBalance(
     );
   let rows = await read();
   if (rows[0]!.expiry_due) {
-    await expireOrgs(ctx, [orgId], now);
+    await expireOrg(ctx, orgId, now);
     rows = await read();
   }
   const { in_alert, auto_topup, expiry_due: _, ...found } = rows[0]!;
@@ -214,7 +214,7 @@ export async function expireDueBlocks(ctx: AppContext, batch = 100): Promise<num
     if (orgIds.length === 0) break;
     for (const orgId of orgIds) {
       try {
-        expired += await expireOrgs(ctx, [orgId], now);
+        expired += await expireOrg(ctx, orgId, now);
       } catch (err) {
         ctx.logger.error({ err, org_id: orgId }, "could not expire an organisation's credits");
         failed.add(orgId);
@@ -224,16 +224,13 @@ export async function expireDueBlocks(ctx: AppContext, batch = 100): Promise<num
   return expired;
 }
 
-async function expireOrgs(ctx: AppContext, orgIds: string[], now: Date): Promise<number> {
-  let expired = 0;
-  for (const orgId of orgIds) {
-    expired += await ctx.db.transaction().execute(async (tx) => {
-      const ledgers = await openLedgers(tx, ctx, [orgId], { blocks: true, now });
-      await saveLedgers(tx, ledgers.values());
-      return ledgers.get(orgId)!.entries.length;
-    });
-  }
-  return expired;
+/** Writes the `expiry` entries of one organisation's blocks due at `now`; how many. */
+function expireOrg(ctx: AppContext, orgId: string, now: Date): Promise<number> {
+  return ctx.db.transaction().execute(async (tx) => {
+    const ledgers = await openLedgers(tx, ctx, [orgId], { blocks: true, now });
+    await saveLedgers(tx, ledgers.values());
+    return ledgers.get(orgId)!.entries.length;
+  });
 }
 
 export function entryFromRow(r: repo.EntryRow): LedgerEntry {

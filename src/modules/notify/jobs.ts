@@ -199,8 +199,8 @@ export class JobRunner {
   private readonly rounds = new Set<Promise<number>>();
   /** When each running job with a concurrency key started, per key (oldest first). */
   private readonly keyed = new Map<string, { queue: string; starts: number[] }>();
-  /** Running jobs of queues with a `perOrganisation` limit, per `queue org_id`. */
-  private readonly perOrg = new Map<string, number>();
+  /** Running jobs of queues with a `perOrganisation` limit, per `queue org_id`, and the limit. */
+  private readonly perOrg = new Map<string, { running: number; limit: number }>();
 
   constructor(options: JobRunnerOptions) {
     this.ctx = options.ctx;
@@ -356,9 +356,11 @@ export class JobRunner {
     for (const job of jobs) {
       const key = job.concurrency_key;
       const startedAt = performance.now();
-      const orgLimit = this.queues.get(job.queue)?.perOrganisation;
-      const org = orgLimit !== undefined && job.org_id !== null ? orgSlot(job) : null;
-      if (org !== null && (this.perOrg.get(org) ?? 0) >= orgLimit!) {
+      const limit = this.queues.get(job.queue)?.perOrganisation;
+      const org = limit !== undefined && job.org_id !== null ? `${job.queue} ${job.org_id}` : null;
+      const orgEntry =
+        org === null ? null : (this.perOrg.get(org) ?? { running: 0, limit: limit! });
+      if (orgEntry && orgEntry.running >= orgEntry.limit) {
         back.push(job.id);
         continue;
       }
@@ -371,16 +373,15 @@ export class JobRunner {
         entry.starts.push(startedAt);
         this.keyed.set(key, entry);
       }
-      if (org !== null) this.perOrg.set(org, (this.perOrg.get(org) ?? 0) + 1);
+      if (orgEntry) {
+        orgEntry.running++;
+        this.perOrg.set(org!, orgEntry);
+      }
       const run: Promise<void> = this.execute(job)
         .catch((err) => this.ctx.logger.error({ err, job: job.id }, "job execution failed"))
         .finally(() => {
           this.running.delete(run);
-          if (org !== null) {
-            const left = this.perOrg.get(org)! - 1;
-            if (left > 0) this.perOrg.set(org, left);
-            else this.perOrg.delete(org);
-          }
+          if (orgEntry && --orgEntry.running === 0) this.perOrg.delete(org!);
           const entry = key === null ? undefined : this.keyed.get(key);
           if (!entry) return;
           entry.starts.splice(entry.starts.indexOf(startedAt), 1);
@@ -449,7 +450,7 @@ export class JobRunner {
     // Organisations at a queue's perOrganisation limit in this runner: their jobs of that queue
     // stay pending, unclaimed (else a burst of one tenant is claimed and handed back for ever).
     const fullOrgs = [...this.perOrg]
-      .filter(([slot, n]) => n >= (this.queues.get(slot.split(" ")[0]!)?.perOrganisation ?? 0))
+      .filter(([, { running, limit }]) => running >= limit)
       .map(([slot]) => slot);
     const room = [...capped].filter(([, n]) => n > 0);
     const fresh = queues.map((q) => this.freshKeyLimit(q));
@@ -624,11 +625,6 @@ export class JobRunner {
       this.ctx.logger.error({ err, job: row.id }, "onDead hook failed");
     }
   }
-}
-
-/** A job's entry in `perOrg`: its queue and organisation. */
-function orgSlot(job: Pick<JobRow, "queue" | "org_id">): string {
-  return `${job.queue} ${job.org_id}`;
 }
 
 function toJob(row: JobRow): Job {

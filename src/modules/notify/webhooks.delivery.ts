@@ -72,6 +72,27 @@ export async function postWebhook(
   const request = protocol === "https:" ? https.request : http.request;
   const timeoutMs = options.timeoutMs ?? WEBHOOK_TIMEOUT_MS;
 
+  let req: http.ClientRequest;
+  try {
+    req = request(url, {
+      method: "POST",
+      agent,
+      headers: {
+        ...headers,
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(body),
+        "user-agent": USER_AGENT,
+      },
+    });
+  } catch (err) {
+    // Thrown at once for what the URL parser let through (a stored URL from before a check).
+    return {
+      statusCode: null,
+      error: `invalid URL: ${(err as Error).message}`,
+      durationMs: elapsed(),
+    };
+  }
+
   return new Promise<PostResult>((resolve) => {
     let settled = false;
     const settle = (result: Omit<PostResult, "durationMs">) => {
@@ -80,28 +101,6 @@ export async function postWebhook(
       clearTimeout(timer);
       resolve({ ...result, durationMs: elapsed() });
     };
-    let req: http.ClientRequest;
-    try {
-      req = request(url, {
-        method: "POST",
-        agent,
-        headers: {
-          ...headers,
-          "content-type": "application/json",
-          "content-length": Buffer.byteLength(body),
-          "user-agent": USER_AGENT,
-        },
-      });
-    } catch (err) {
-      // Thrown at once for what the URL parser let through (a stored URL from before a check).
-      settled = true;
-      resolve({
-        statusCode: null,
-        error: `invalid URL: ${(err as Error).message}`,
-        durationMs: elapsed(),
-      });
-      return;
-    }
     const timer = setTimeout(() => {
       settle({ statusCode: null, error: `timed out after ${timeoutMs} ms` });
       req.destroy();

@@ -177,7 +177,7 @@ export function registerUsageRoutes(app: App, ctx: AppContext, engine: IngestEng
     async (request) => {
       let outcome: IngestOutcome;
       try {
-        const { events, single } = parsedBodies.get(request) ?? parseUsageBody(request.body);
+        const { events, single } = parsedBodies.get(request)!;
         outcome = await service.ingestUsage(
           ctx,
           engine,

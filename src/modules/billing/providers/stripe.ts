@@ -79,15 +79,18 @@ export class StripeProvider implements PaymentProvider {
   async createCheckout(input: CreateCheckoutInput): Promise<CheckoutSession> {
     const { purchase } = input;
     const metadata = { purchase_id: purchase.id, org_id: purchase.orgId };
+    // Off-session charges need the card attached to a customer.
+    const newCustomer = async (idempotencyKey: string) =>
+      (
+        await this.client.customers.create(
+          { name: input.customer.name, metadata: { org_id: input.customer.orgId } },
+          { idempotencyKey },
+        )
+      ).id;
     return call(async () => {
       let customerId = input.customer.customerId ?? null;
       if (input.savePaymentMethod && !customerId) {
-        // Off-session charges need the card attached to a customer.
-        const customer = await this.client.customers.create(
-          { name: input.customer.name, metadata: { org_id: input.customer.orgId } },
-          { idempotencyKey: `tally:customer:${purchase.id}` },
-        );
-        customerId = customer.id;
+        customerId = await newCustomer(`tally:customer:${purchase.id}`);
       }
       const params: Stripe.Checkout.SessionCreateParams = {
         mode: "payment",
@@ -124,14 +127,9 @@ export class StripeProvider implements PaymentProvider {
         // The organisation's customer was deleted at Stripe (in its dashboard): every checkout
         // would fail for good. Open this one with a new customer (or none), as for a first one.
         if (!(isMissing(error, "customer") && customerId)) throw error;
-        customerId = null;
-        if (input.savePaymentMethod) {
-          const customer = await this.client.customers.create(
-            { name: input.customer.name, metadata: { org_id: input.customer.orgId } },
-            { idempotencyKey: `tally:customer:${purchase.id}:renewed` },
-          );
-          customerId = customer.id;
-        }
+        customerId = input.savePaymentMethod
+          ? await newCustomer(`tally:customer:${purchase.id}:renewed`)
+          : null;
         const { customer: _, ...rest } = params;
         session = await this.client.checkout.sessions.create(
           { ...rest, ...(customerId ? { customer: customerId } : {}) },
