@@ -28,6 +28,13 @@ import { OptimisticMiss, type OrgLedger } from "../ledger/posting.js";
 import type { Actor } from "../orgs/auth.js";
 import { storageIntervalCost } from "../pricing/pricing.service.js";
 import { type PreparedEvent, sameSubmission } from "./prepare.js";
+import {
+  findStoredEvents,
+  orgScopedKey,
+  type StoredEvent,
+  storedResult,
+  storedSubmission,
+} from "./stored.js";
 
 /**
  * The ingest engine: group commit for usage events.
@@ -308,17 +315,6 @@ export class IngestEngine {
   }
 }
 
-interface ExistingEvent {
-  org_id: string;
-  id: string;
-  payload_hash: string;
-  timestamp: Date;
-  timestamp_defaulted: boolean;
-  cost: string;
-  transaction_id: string;
-  balance_after: string;
-}
-
 interface Accepted {
   event: PreparedEvent;
   requestIndex: number;
@@ -329,8 +325,6 @@ interface Accepted {
   transactionId: string;
   balanceAfter: Credits;
 }
-
-const key = (orgId: string, id: string) => `${orgId}\u0000${id}`;
 
 /** A flush written without looking its events up needs them looked up after all. */
 export class StoredEventsNeeded extends Error {}
@@ -390,8 +384,11 @@ export async function writeBatch(
   const nowOf = (orgId: string) => ledgers.get(orgId)!.now;
 
   const existing = options.lookUpStored
-    ? await findExisting(tx, requests)
-    : new Map<string, ExistingEvent>();
+    ? await findStoredEvents(
+        tx,
+        requests.flatMap((r) => r.events),
+      )
+    : new Map<string, StoredEvent>();
   const holds = await lockReservations(tx, requests);
   const claimsHeld = await lockClaims(tx, requests);
 
@@ -411,7 +408,7 @@ export async function writeBatch(
   });
   const inFlush = new Map<string, Accepted>();
   const accepted: Accepted[] = [];
-  const duplicates: { requestIndex: number; slot: number; of: Accepted | ExistingEvent }[] = [];
+  const duplicates: { requestIndex: number; slot: number; of: Accepted | StoredEvent }[] = [];
   requests.forEach((request, requestIndex) => {
     if (outcomes[requestIndex]) return;
     const mine: Accepted[] = [];
@@ -419,16 +416,12 @@ export async function writeBatch(
     const conflicts: ErrorDetail[] = [];
     const seen = new Map<string, Accepted>();
     request.events.forEach((event, slot) => {
-      const k = key(event.orgId, event.id);
+      const k = orgScopedKey(event.orgId, event.id);
       const stored = existing.get(k);
       const earlier = seen.get(k) ?? inFlush.get(k);
       if (stored) {
-        const same = sameSubmission(event, {
-          payloadHash: stored.payload_hash,
-          timestamp: stored.timestamp,
-          timestampDefaulted: stored.timestamp_defaulted,
-        });
-        if (same) myDuplicates.push({ requestIndex, slot, of: stored });
+        if (sameSubmission(event, storedSubmission(stored)))
+          myDuplicates.push({ requestIndex, slot, of: stored });
         else
           conflicts.push({
             field: `/events/${slot}/id`,
@@ -466,7 +459,7 @@ export async function writeBatch(
       return;
     }
     if (request.reservation) {
-      const hold = holds.get(key(request.reservation.orgId, request.reservation.id));
+      const hold = holds.get(orgScopedKey(request.reservation.orgId, request.reservation.id));
       if (!hold || hold.status !== "held" || hold.expires_at <= nowOf(hold.org_id)) {
         outcomes[requestIndex] = {
           ok: false,
@@ -482,7 +475,7 @@ export async function writeBatch(
       hold.status = "settled";
     }
     for (const a of mine) {
-      inFlush.set(key(a.event.orgId, a.event.id), a);
+      inFlush.set(orgScopedKey(a.event.orgId, a.event.id), a);
       accepted.push(a);
     }
     duplicates.push(...myDuplicates);
@@ -519,7 +512,7 @@ export async function writeBatch(
   const settledRows: [string, string, string, Date][] = [];
   for (const [i, request] of requests.entries()) {
     if (!request.reservation || outcomes[i]) continue;
-    const hold = holds.get(key(request.reservation.orgId, request.reservation.id))!;
+    const hold = holds.get(orgScopedKey(request.reservation.orgId, request.reservation.id))!;
     const cost = accepted.filter((a) => a.requestIndex === i).reduce((s, a) => s + a.cost, 0n);
     ledgers.get(hold.org_id)!.release(creditsFromDb(hold.amount));
     settled.set(i, cost);
@@ -612,57 +605,16 @@ export async function writeBatch(
             transactionId: of.transactionId,
             balanceAfter: of.balanceAfter,
           }
-        : {
-            id: of.id,
-            status:
-              options.given?.get(of.transaction_id) === `${requestIndex}:${slot}`
-                ? "accepted"
-                : "duplicate",
-            cost: creditsFromDb(of.cost),
-            transactionId: of.transaction_id,
-            balanceAfter: creditsFromDb(of.balance_after),
-          };
+        : storedResult(
+            of,
+            options.given?.get(of.transaction_id) === `${requestIndex}:${slot}`
+              ? "accepted"
+              : "duplicate",
+          );
   }
   return requests.map(
     (_r, i) => outcomes[i] ?? { ok: true, results: results[i]!, settledCost: settled.get(i) ?? 0n },
   );
-}
-
-async function findExisting(tx: Db, requests: readonly IngestRequest[]) {
-  const keys = new Map<string, { orgId: string; id: string }>();
-  for (const r of requests)
-    for (const e of r.events) keys.set(key(e.orgId, e.id), { orgId: e.orgId, id: e.id });
-  const found = new Map<string, ExistingEvent>();
-  const all = [...keys.values()];
-  for (let i = 0; i < all.length; i += 1000) {
-    const part = all.slice(i, i + 1000);
-    const rows = await tx
-      .selectFrom("usage_events as e")
-      .innerJoin("ledger_entries as l", (j) =>
-        j.onRef("l.org_id", "=", "e.org_id").onRef("l.id", "=", "e.transaction_id"),
-      )
-      .select([
-        "e.org_id",
-        "e.id",
-        "e.payload_hash",
-        "e.timestamp",
-        "e.timestamp_defaulted",
-        "e.cost",
-        "e.transaction_id",
-        "l.balance_after",
-      ])
-      // Two flat IN lists, not a list of row tuples: a long tuple list nests deeply enough to
-      // overflow PGlite's parser stack. The superset is filtered by key below.
-      .where("e.org_id", "in", [...new Set(part.map((k) => k.orgId))])
-      .where(
-        "e.id",
-        "in",
-        part.map((k) => k.id),
-      )
-      .execute();
-    for (const r of rows) if (keys.has(key(r.org_id, r.id))) found.set(key(r.org_id, r.id), r);
-  }
-  return found;
 }
 
 const claimKey = (c: Pick<Claim, "scope" | "key" | "token">) =>
@@ -701,7 +653,7 @@ async function lockReservations(tx: Db, requests: readonly IngestRequest[]) {
   const rows = await tx
     .selectFrom("reservations")
     .select(["org_id", "id", "amount", "status", "expires_at"])
-    // Flat IN lists, not a row-tuple list (see findExisting); reservation ids are unique anyway.
+    // Flat IN lists, not a row-tuple list (see findStoredEvents); reservation ids are unique anyway.
     .where("org_id", "in", [...new Set(wanted.map((w) => w.orgId))])
     .where(
       "id",
@@ -710,8 +662,9 @@ async function lockReservations(tx: Db, requests: readonly IngestRequest[]) {
     )
     .forUpdate()
     .execute();
-  const keys = new Set(wanted.map((w) => key(w.orgId, w.id)));
-  for (const r of rows) if (keys.has(key(r.org_id, r.id))) holds.set(key(r.org_id, r.id), r);
+  const keys = new Set(wanted.map((w) => orgScopedKey(w.orgId, w.id)));
+  for (const r of rows)
+    if (keys.has(orgScopedKey(r.org_id, r.id))) holds.set(orgScopedKey(r.org_id, r.id), r);
   return holds;
 }
 

@@ -13,6 +13,8 @@ import {
   type TokenCounts,
   tokensCost,
 } from "../pricing/pricing.service.js";
+import type { IngestResult } from "./engine.js";
+import { findStoredEvents, orgScopedKey, storedResult, storedSubmission } from "./stored.js";
 import type { UsageEventInput } from "./usage.schemas.js";
 import type { UsageType } from "./usage.tables.js";
 
@@ -100,21 +102,32 @@ const DAY_MS = 86_400_000;
 
 /**
  * Validates and prices a request's events. Any problem rejects the whole request, with every
- * problem listed; nothing is recorded. Only the engine decides duplicates, because only it sees
- * the database under the organisation's lock.
+ * problem listed; nothing is recorded. The engine decides duplicates, because only it sees the
+ * database under the organisation's lock — except for an event too old (or no longer priced) to
+ * be recorded now, which can only be a duplicate of a stored event (see `recorded`).
  */
 export async function prepareEvents(
   ctx: AppContext,
   principal: Principal,
   inputs: readonly UsageEventInput[],
   pointer: (index: number) => string,
-  options: { orgId?: string } = {},
+  options: {
+    orgId?: string;
+    /**
+     * Given: an event refused only for its timestamp or price that is stored already, with the
+     * same submission, is not a problem but a `duplicate` result here, by its index (a retry
+     * after the time window closed or the price changed). Its slot has no prepared event.
+     */
+    recorded?: Map<number, IngestResult>;
+  } = {},
 ): Promise<PreparedEvent[]> {
-  const problems: { code: ErrorCode; detail: ErrorDetail }[] = [];
+  const problems: { code: ErrorCode; index: number; detail: ErrorDetail }[] = [];
   const problem = (code: ErrorCode, index: number, field: string, message: string): null => {
-    problems.push({ code, detail: { field: `${pointer(index)}${field}`, message } });
+    problems.push({ code, index, detail: { field: `${pointer(index)}${field}`, message } });
     return null;
   };
+  /** Events whose only fault may be their timestamp or price, by index. */
+  const refusedAsOfNow = new Map<number, EventBase>();
 
   const orgIds = await resolveOrgs(ctx, principal, inputs, options.orgId, (i, code, message) =>
     problem(code, i, "/org_id", message),
@@ -130,6 +143,7 @@ export async function prepareEvents(
       if (!(await findUser(ctx, orgId, onBehalfOf))) {
         problems.push({
           code: "invalid_request",
+          index: -1,
           detail: {
             field: "header.on-behalf-of",
             message: `On-Behalf-Of must name a user of the organisation (not of ${orgId}).`,
@@ -151,15 +165,6 @@ export async function prepareEvents(
     const t = timestamp.getTime();
     if (Number.isNaN(t))
       return problem("invalid_request", i, "/timestamp", "not a valid date-time");
-    if (t < oldest || t > now.getTime() + FUTURE_TOLERANCE_MS) {
-      problem(
-        "timestamp_out_of_range",
-        i,
-        "/timestamp",
-        `must be within the last ${ctx.config.usageBackdateDays} days and at most 5 minutes ahead`,
-      );
-      return null;
-    }
     const base: EventBase = {
       orgId: orgId ?? "",
       id: e.id,
@@ -173,6 +178,15 @@ export async function prepareEvents(
       metadata: e.metadata ?? null,
       ...payloadHashes(e),
     };
+    if (t < oldest || t > now.getTime() + FUTURE_TOLERANCE_MS) {
+      refusedAsOfNow.set(i, base);
+      return problem(
+        "timestamp_out_of_range",
+        i,
+        "/timestamp",
+        `must be within the last ${ctx.config.usageBackdateDays} days and at most 5 minutes ahead`,
+      );
+    }
 
     if (e.type === "ai_tokens") {
       for (const f of ["meter", "quantity"] as const) {
@@ -203,14 +217,17 @@ export async function prepareEvents(
         );
         if (!normalised.ok) {
           for (const d of normalised.details ?? [{ message: normalised.message ?? "invalid" }]) {
-            problems.push({ code: "invalid_request", detail: d });
+            problems.push({ code: "invalid_request", index: i, detail: d });
           }
           return null;
         }
         tokens = normalised.value;
       }
       const quote = catalogue.modelPriceAt(timestamp, e.model);
-      if (!quote.ok) return problem("price_not_found", i, "/model", quote.message ?? "no price");
+      if (!quote.ok) {
+        refusedAsOfNow.set(i, base);
+        return problem("price_not_found", i, "/model", quote.message ?? "no price");
+      }
       prepared.push(
         preparedEvent(base, {
           model: e.model,
@@ -237,7 +254,10 @@ export async function prepareEvents(
     }
     const quantity = parseScaled6(e.quantity);
     const quote = catalogue.meterPriceAt(timestamp, e.meter, e.type as MeterType);
-    if (!quote.ok) return problem("price_not_found", i, "/meter", quote.message ?? "no price");
+    if (!quote.ok) {
+      refusedAsOfNow.set(i, base);
+      return problem("price_not_found", i, "/meter", quote.message ?? "no price");
+    }
     const price = quote.value.price;
     const timeWeighted = price.aggregation === "time_weighted";
     prepared.push(
@@ -257,7 +277,19 @@ export async function prepareEvents(
   };
   for (const [i, e] of inputs.entries()) prepareOne(e, i);
 
-  if (problems.length > 0) {
+  // A retry of an event stored earlier, refused now only because its timestamp has left the
+  // window or its price has changed since: answered as the stored event (a duplicate).
+  const { recorded } = options;
+  const asOfNow = (c: ErrorCode) => c === "timestamp_out_of_range" || c === "price_not_found";
+  if (recorded && problems.length > 0 && problems.every((p) => asOfNow(p.code))) {
+    const stored = await findStoredEvents(ctx.db, [...refusedAsOfNow.values()]);
+    for (const [i, event] of refusedAsOfNow) {
+      const s = stored.get(orgScopedKey(event.orgId, event.id));
+      if (s && sameSubmission(event, storedSubmission(s))) recorded.set(i, storedResult(s));
+    }
+  }
+  const unresolved = problems.filter((p) => !recorded?.has(p.index));
+  if (unresolved.length > 0) {
     // The most fundamental problem decides the status; every problem is listed.
     const order: ErrorCode[] = [
       "invalid_request",
@@ -266,12 +298,12 @@ export async function prepareEvents(
       "timestamp_out_of_range",
       "price_not_found",
     ];
-    const code = order.find((c) => problems.some((p) => p.code === c)) ?? "invalid_request";
-    const first = problems.find((p) => p.code === code)!;
+    const code = order.find((c) => unresolved.some((p) => p.code === c)) ?? "invalid_request";
+    const first = unresolved.find((p) => p.code === code)!;
     throw new AppError(
       code,
       `${first.detail.field}: ${first.detail.message}`,
-      problems.map((p) => ({ ...p.detail, code: p.code })),
+      unresolved.map((p) => ({ ...p.detail, code: p.code })),
     );
   }
   return prepared;

@@ -706,6 +706,74 @@ describe("usage events routes", async () => {
       expect(res.data[0].status).toBe("accepted");
       expect((await stored(b.orgId)).map((e) => e.id)).toEqual([id]);
     });
+
+    it("a retry after the event's timestamp has left the window is a duplicate, not a 422", async () => {
+      const { orgId, key } = await setup("10");
+      const old = tokensEvent({ timestamp: at(NOW - 34 * DAY) });
+      const first = (await ok(ingest(old, key))).data[0];
+      expect(first.status).toBe("accepted");
+      app.clock.advance(2 * DAY);
+      try {
+        const before = await snapshot(orgId);
+        expect((await ok(ingest(old, key))).data).toEqual([{ ...first, status: "duplicate" }]);
+        // Alongside new events, which are recorded as usual.
+        const fresh = tokensEvent({ timestamp: at(NOW + DAY) });
+        const mixed = await ok(ingest({ events: [fresh, old] }, key));
+        expect(mixed.data.map((r: Json) => r.status)).toEqual(["accepted", "duplicate"]);
+        expect(mixed.data[1]).toEqual({ ...first, status: "duplicate" });
+        expect((await snapshot(orgId)).events).toBe(before.events + 1);
+
+        const after = await snapshot(orgId);
+        // Not stored with this payload, or not stored at all: still refused, and only these listed.
+        const changed = { ...old, tokens: { input: 1001 } };
+        const unknown = tokensEvent({ timestamp: old.timestamp });
+        const details = expectError(
+          await ingest({ events: [old, changed, unknown, tokensEvent({ timestamp: at(NOW) })] }, key),
+          422,
+          "timestamp_out_of_range",
+        );
+        expect(details.map((d) => d.field)).toEqual([
+          expect.stringMatching(/events\/1\/timestamp$/),
+          expect.stringMatching(/events\/2\/timestamp$/),
+        ]);
+        // Another problem in the request: refused as before, with every problem listed.
+        const invalid = expectError(
+          await ingest({ events: [old, tokensEvent({ model: undefined })] }, key),
+          400,
+          "invalid_request",
+        );
+        expect(invalid.map((d) => d.code)).toEqual(["timestamp_out_of_range", "invalid_request"]);
+        expect(await snapshot(orgId)).toEqual(after);
+      } finally {
+        app.clock.set(new Date(NOW));
+      }
+    });
+
+    it("a retry of an event whose price has since been withdrawn is a duplicate, not a 422", async () => {
+      const own = await createTestApp();
+      const orgId = await own.createOrg();
+      await own.call("POST", url(orgId, "adjustments"), { body: { amount: "+10", reason: "g" } });
+      const event = tokensEvent({ org_id: orgId, model: "gpt-4o-mini" });
+      const first = await own.call("POST", "/v1/usage-events", { body: event });
+      expect(first.statusCode, first.body).toBe(200);
+      const current = (await own.call("GET", "/v1/prices")).json();
+      const put = await own.call("PUT", "/v1/prices", {
+        body: {
+          effective_from: at(NOW - 30 * DAY),
+          models: current.models.filter((m: Json) => m.model !== "gpt-4o-mini"),
+          meters: current.meters.map(({ aggregation: _a, ...m }: Json) => m),
+        },
+      });
+      expect(put.statusCode, put.body).toBe(200);
+      const again = await own.call("POST", "/v1/usage-events", { body: event });
+      expect(again.statusCode, again.body).toBe(200);
+      expect(again.json().data).toEqual([{ ...first.json().data[0], status: "duplicate" }]);
+      // A new event for that model is refused.
+      const res = await own.call("POST", "/v1/usage-events", {
+        body: { ...event, id: evtId() },
+      });
+      expectError(res, 422, "price_not_found");
+    });
   });
 
   describe("validation: any invalid event rejects the whole request", () => {

@@ -7,7 +7,7 @@ import { type Credits, creditsFromDb, creditsToDb } from "../ledger/credits.js";
 import { openLedgers, saveLedgers } from "../ledger/ledger.service.js";
 import type { OrgLedger } from "../ledger/posting.js";
 import type { Principal } from "../orgs/auth.js";
-import type { IngestEngine, IngestOutcome } from "./engine.js";
+import type { IngestEngine, IngestOutcome, IngestResult } from "./engine.js";
 import { prepareEvents } from "./prepare.js";
 import type { UsageEventInput } from "./usage.schemas.js";
 import type { ReservationsTable } from "./usage.tables.js";
@@ -23,8 +23,21 @@ export async function ingestUsage(
   pointer: (index: number) => string,
   claim: Claim | null = null,
 ): Promise<IngestOutcome> {
-  const prepared = await prepareEvents(ctx, principal, events, pointer);
-  return engine.submit({ events: prepared, actor: principal.actor, claim });
+  const recorded = new Map<number, IngestResult>();
+  const prepared = await prepareEvents(ctx, principal, events, pointer, { recorded });
+  if (recorded.size === 0)
+    return engine.submit({ events: prepared, actor: principal.actor, claim });
+  // Some events were answered from their stored rows; the others go to the engine as usual.
+  const outcome: IngestOutcome =
+    prepared.length > 0
+      ? await engine.submit({ events: prepared, actor: principal.actor, claim })
+      : { ok: true, results: [], settledCost: 0n };
+  if (!outcome.ok) return outcome;
+  const fresh = outcome.results.values();
+  return {
+    ...outcome,
+    results: events.map((_e, i) => recorded.get(i) ?? fresh.next().value!),
+  };
 }
 
 /** The `usage` ledger entry of a stored usage event (the ledger's reference filter asks). */
