@@ -237,6 +237,12 @@ describe("tally CLI: orgs, balance, keys", () => {
     expect(listed.code, listed.stderr).toBe(0);
     expect(listed.stdout).toContain("Evil\\x1b[2J\\x1b]0;owned\\x07 Co");
     expect([...listed.stdout].filter((c) => c < " " && c !== "\n")).toEqual([]);
+    // A line break or tab in a name cannot forge a row or shift the columns.
+    const forged = await tally(dir, ["orgs", "create", "--name", "Mallory\norg_FAKE\tBig Corp"]);
+    expect(forged.code, forged.stderr).toBe(0);
+    const rows = (await tally(dir, ["orgs", "list"])).stdout.trim().split("\n");
+    expect(rows.filter((r) => r.startsWith("org_FAKE"))).toEqual([]);
+    expect(rows.find((r) => r.includes("Mallory"))).toContain("Mallory\\norg_FAKE\\tBig Corp");
     // JSON for scripts keeps the name as stored (JSON escapes it).
     const data = await json(dir, ["orgs", "list"]);
     expect(data.data.map((o: { name: string }) => o.name)).toContain(
@@ -261,6 +267,19 @@ describe("tally CLI: orgs, balance, keys", () => {
 
     const ingest = await json(dir, ["keys", "create", "--org", "ext:seeded", "--role", "ingest"]);
     const platform = await json(dir, ["keys", "create", "--platform", "--name", "ops"]);
+    // A platform key has the platform role; the admin key's name is reserved (as in the API).
+    const withRole = await tally(dir, ["keys", "create", "--platform", "--role", "read"]);
+    expect(withRole.code).toBe(2);
+    expect(withRole.stderr).toContain("--role is for --org keys");
+    const reserved = await tally(dir, [
+      "keys",
+      "create",
+      "--platform",
+      "--name",
+      "TALLY_ADMIN_KEY",
+    ]);
+    expect(reserved.code).toBe(2);
+    expect(reserved.stderr).toContain("reserved");
 
     // Platform keys first (the seeding runtime generated one, "initial admin"), then by org.
     const listed = await json(dir, ["keys", "list"]);

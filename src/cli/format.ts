@@ -11,12 +11,19 @@ export function visible(text: string): string {
   );
 }
 
+/** A table cell on one line: line breaks and tabs escaped too, so no text can forge a row. */
+function cell(text: string): string {
+  return visible(text).replace(/[\n\r\t]/g, (c) =>
+    c === "\n" ? "\\n" : c === "\r" ? "\\r" : "\\t",
+  );
+}
+
 /** Left-aligned columns separated by two spaces; `null`/`undefined` cells print as "-". */
 export function table(
   header: readonly string[],
   rows: readonly (readonly (string | number | null | undefined)[])[],
 ): string[] {
-  const cells = [header, ...rows].map((row) => row.map((c) => (c == null ? "-" : String(c))));
+  const cells = [header, ...rows].map((row) => row.map((c) => (c == null ? "-" : cell(String(c)))));
   const widths = header.map((_, i) => Math.max(...cells.map((row) => row[i]?.length ?? 0)));
   return cells.map((row) =>
     row
@@ -29,7 +36,7 @@ export function table(
 /** `key: value` lines with the keys aligned. */
 export function fields(entries: readonly (readonly [string, string | number | null])[]): string[] {
   const width = Math.max(...entries.map(([k]) => k.length)) + 1;
-  return entries.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v ?? "-"}`);
+  return entries.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v == null ? "-" : cell(String(v))}`);
 }
 
 /** An integer option within bounds, for commander's argument parser. */

@@ -17,6 +17,7 @@ import { verifyLedger } from "../modules/ledger/ledger.service.js";
 import { RequestLookups } from "../modules/orgs/lookups.js";
 import * as orgsRepo from "../modules/orgs/orgs.repo.js";
 import {
+  ADMIN_KEY_NAME,
   apiKeyView,
   createApiKey,
   createOrganization,
@@ -153,7 +154,15 @@ export function buildCli(): Command {
         }
         if (opts.org && !opts.role)
           throw new UsageError("--org needs --role admin|billing|ingest|read.");
+        if (opts.platform && opts.role)
+          throw new UsageError("--role is for --org keys; a --platform key has the platform role.");
         const name = nameOption(opts.name);
+        // As in the API: the name marks the key TALLY_ADMIN_KEY configures (a start with another
+        // value revokes every platform key of that name).
+        if (opts.platform && name === ADMIN_KEY_NAME)
+          throw new UsageError(
+            `The name ${ADMIN_KEY_NAME} is reserved for the key TALLY_ADMIN_KEY configures.`,
+          );
         await withContext(async (ctx) => {
           let orgId: string | null = null;
           if (opts.org) {
