@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { createTestApp } from "./support/app.js";
 
@@ -13,6 +14,19 @@ describe("operational routes", async () => {
   it("GET /readyz is 200 once migrations are applied", async () => {
     const res = await app.call("GET", "/readyz", { key: null });
     expect(res.statusCode).toBe(200);
+  });
+
+  it("GET /readyz is 503 once a newer version has migrated the database", async () => {
+    const db = app.runtime.ctx.db;
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_from_the_future', now())`.execute(
+      db,
+    );
+    try {
+      expect((await app.call("GET", "/readyz", { key: null })).statusCode).toBe(503);
+    } finally {
+      await sql`delete from kysely_migration where name = '9999_from_the_future'`.execute(db);
+    }
+    expect((await app.call("GET", "/readyz", { key: null })).statusCode).toBe(200);
   });
 
   it("GET /metrics exposes request counters by route and status", async () => {

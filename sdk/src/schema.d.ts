@@ -602,7 +602,7 @@ export interface paths {
                         };
                     };
                 };
-                /** @description The database does not answer, or migrations are pending (`service_unavailable`). */
+                /** @description The database does not answer, migrations are pending, or a newer version has applied migrations this one does not know (`service_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;

@@ -193,7 +193,8 @@ function registerOperationalRoutes(app: App, ctx: AppContext): void {
           503: {
             ...ErrorEnvelopeSchema,
             description:
-              "The database does not answer, or migrations are pending (`service_unavailable`).",
+              "The database does not answer, migrations are pending, or a newer version has " +
+              "applied migrations this one does not know (`service_unavailable`).",
           },
         },
       },

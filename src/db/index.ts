@@ -404,17 +404,22 @@ export async function migrateToLatest(db: Db): Promise<string[]> {
 }
 
 /**
- * True when the database answers within `timeoutMs` and every known migration is applied. A
- * probe must answer promptly, also while connections to the database hang.
+ * True when the database answers within `timeoutMs` and its migrations are exactly the known
+ * ones: all applied, and none this build does not know (a newer version migrated the database,
+ * and this one's writes may no longer fit it). A probe must answer promptly, also while
+ * connections to the database hang.
  */
 export async function isReady(db: Db, timeoutMs = 5_000): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<false>((resolve) => {
     timer = setTimeout(() => resolve(false), timeoutMs);
   });
-  const probe = sql<{ n: string }>`select count(*) as n from kysely_migration`
+  const known = Object.keys(migrations);
+  const probe = sql<{ n: string; unknown: string }>`
+    select count(*) as n, count(*) filter (where not (name = any(${known}))) as unknown
+      from kysely_migration`
     .execute(db)
-    .then(({ rows }) => Number(rows[0]?.n) >= Object.keys(migrations).length)
+    .then(({ rows }) => Number(rows[0]?.n) === known.length && Number(rows[0]?.unknown) === 0)
     .catch(() => false);
   try {
     return await Promise.race([probe, timeout]);
