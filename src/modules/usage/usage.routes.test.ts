@@ -728,7 +728,10 @@ describe("usage events routes", async () => {
         const changed = { ...old, tokens: { input: 1001 } };
         const unknown = tokensEvent({ timestamp: old.timestamp });
         const details = expectError(
-          await ingest({ events: [old, changed, unknown, tokensEvent({ timestamp: at(NOW) })] }, key),
+          await ingest(
+            { events: [old, changed, unknown, tokensEvent({ timestamp: at(NOW) })] },
+            key,
+          ),
           422,
           "timestamp_out_of_range",
         );
