@@ -52,6 +52,13 @@ async function json(dataDir: string, args: string[]) {
   return JSON.parse(r.stdout);
 }
 
+/** A command refused as a usage error: exit 2, with `message` in its error output. */
+async function refused(dataDir: string, args: string[], message = "") {
+  const r = await tally(dataDir, args);
+  expect(r.code, args.join(" ")).toBe(2);
+  expect(r.stderr).toContain(message);
+}
+
 /**
  * One organisation with 100.5 − 0.25 credits, a user and a 40-credit hold past its expiry that
  * the sweeper has not marked yet (no workers here), written through the services.
@@ -148,19 +155,16 @@ describe("tally CLI: orgs, balance, keys", () => {
       overdraft_limit: "0",
     });
 
-    const duplicate = await tally(dir, [
-      "orgs",
-      "create",
-      "--name",
-      "Again",
+    await refused(
+      dir,
+      ["orgs", "create", "--name", "Again", "--external-id", "acme"],
+      'external_id "acme" exists',
+    );
+    await refused(
+      dir,
+      ["orgs", "create", "--name", "X", "--external-id", "no spaces"],
       "--external-id",
-      "acme",
-    ]);
-    expect(duplicate.code).toBe(2);
-    expect(duplicate.stderr).toContain('external_id "acme" exists');
-    const badId = await tally(dir, ["orgs", "create", "--name", "X", "--external-id", "no spaces"]);
-    expect(badId.code).toBe(2);
-    expect(badId.stderr).toContain("--external-id");
+    );
 
     const all = await json(dir, ["orgs", "list"]);
     expect(all.has_more).toBe(false);
@@ -268,18 +272,12 @@ describe("tally CLI: orgs, balance, keys", () => {
     const ingest = await json(dir, ["keys", "create", "--org", "ext:seeded", "--role", "ingest"]);
     const platform = await json(dir, ["keys", "create", "--platform", "--name", "ops"]);
     // A platform key has the platform role; the admin key's name is reserved (as in the API).
-    const withRole = await tally(dir, ["keys", "create", "--platform", "--role", "read"]);
-    expect(withRole.code).toBe(2);
-    expect(withRole.stderr).toContain("--role is for --org keys");
-    const reserved = await tally(dir, [
-      "keys",
-      "create",
-      "--platform",
-      "--name",
-      "TALLY_ADMIN_KEY",
-    ]);
-    expect(reserved.code).toBe(2);
-    expect(reserved.stderr).toContain("reserved");
+    await refused(
+      dir,
+      ["keys", "create", "--platform", "--role", "read"],
+      "--role is for --org keys",
+    );
+    await refused(dir, ["keys", "create", "--platform", "--name", "TALLY_ADMIN_KEY"], "reserved");
 
     // Platform keys first (the seeding runtime generated one, "initial admin"), then by org.
     const listed = await json(dir, ["keys", "list"]);
@@ -333,14 +331,9 @@ describe("tally CLI: orgs, balance, keys", () => {
     });
     expect(last.stderr).toContain("No active platform key is left");
 
-    const unknown = await tally(dir, ["keys", "revoke", "key_unknown"]);
-    expect(unknown.code).toBe(2);
-    expect(unknown.stderr).toContain("No API key key_unknown");
-    const both = await tally(dir, ["keys", "list", "--platform", "--org", "ext:seeded"]);
-    expect(both.code).toBe(2);
-    const noOrg = await tally(dir, ["keys", "list", "--org", "ext:nope"]);
-    expect(noOrg.code).toBe(2);
-    expect(noOrg.stderr).toContain("No organisation ext:nope");
+    await refused(dir, ["keys", "revoke", "key_unknown"], "No API key key_unknown");
+    await refused(dir, ["keys", "list", "--platform", "--org", "ext:seeded"]);
+    await refused(dir, ["keys", "list", "--org", "ext:nope"], "No organisation ext:nope");
   }, 180_000);
 
   it("a database, port or data directory that cannot be used is one line, not a stack trace", async () => {
